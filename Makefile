@@ -1,0 +1,21 @@
+# The two README commands: `make run` (environment + dvc repro on the toy data) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test env
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BIN)/activate
+
+env: $(BIN)/activate
+
+run: env
+	$(BIN)/dvc repro
+	$(BIN)/python -m train.report --print
+
+test: env
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,1 @@
+"""fss_model package."""

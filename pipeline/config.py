@@ -1,0 +1,260 @@
+"""Typed view of params.yaml: the one place where its key names are known and checked.
+
+Every stage and entry point calls `load_params()`; an unknown key, a wrong type or an impossible
+combination stops with one line that names the key and says what to change.
+Values written as `auto` are filled from the presets in `resolve()` (by `source` and `protocol`),
+so that `dvc exp run -S source=official` switches every data-size knob at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+AUTO = "auto"
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message is one line that names the key."""
+
+
+@dataclass
+class Paths:
+    raw: str = "data/raw"
+    archives: str = "data/archives"
+    shards: str = "shards"
+    folds: str = "data/folds"
+    episodes: str = "data/episodes"
+    models: str = "models"
+    results: str = "results"
+
+
+@dataclass
+class Download:
+    mirror: str | None = None  # URL or folder holding the official archive names; None = official hosts
+    retries: int = 5
+    timeout_s: float = 60.0
+
+
+@dataclass
+class Toy:
+    seed: int = 0
+    scale: float = 1.0  # multiplies the number of images
+
+
+@dataclass
+class Data:
+    """Masks, per-class index, folds and shards."""
+
+    skip_bad: bool = False  # skip and report bad raw files instead of stopping
+    workers: int = 2
+    coco_split: Literal["interleaved", "contiguous"] = "interleaved"
+    min_fraction: float | str = AUTO  # class present if area >= this fraction of the image (denet preset)
+    min_pixels: int | str = AUTO  # ... or >= this many pixels (standard preset)
+    shard_max_samples: int | str = AUTO
+    min_shards: int | str = AUTO
+
+
+@dataclass
+class Sampler:
+    image_size: int | str = AUTO
+    pool_size: int = 64  # samples kept per class pool
+    workers: int = 2
+    test_episodes: int | str = AUTO
+    val_episodes: int | str = AUTO
+    decode_reduced: bool = True  # PIL draft mode for JPEGs larger than the target size
+    gpu_decode: bool = False
+
+
+@dataclass
+class Backbone:
+    name: str | None = AUTO
+    weights: str = AUTO  # imagenet | none | path to a state_dict file
+    frozen: bool | str = AUTO  # the release freezes the ImageNet backbone; a random-init one must train
+    freeze_bn: bool = True  # the release leaves BN in train mode; frozen statistics are the saner default
+
+
+@dataclass
+class Train:
+    way: int = 1  # training episodes; the release trains 1-way 1-shot and reuses the model for all settings
+    shot: int = 1
+    steps: int | str = AUTO
+    batch_size: int = 8
+    lr: float | str = AUTO
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_accum: int = 1
+    val_every: int | str = AUTO
+    checkpoint_every: int | str = AUTO
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True
+    compile: bool = False
+    device: str = AUTO  # auto = cuda if available else cpu
+    nan_policy: Literal["stop", "skip"] = "stop"
+    select_on_test: bool = False  # the release picks the best checkpoint on test classes
+
+
+@dataclass
+class Evaluate:
+    batch_size: int = 8
+
+
+@dataclass
+class Infer:
+    episodes: int = 8
+    worst: int = 4
+
+
+@dataclass
+class Params:
+    dataset: Literal["pascal", "coco"] = "pascal"
+    source: Literal["toy", "official"] = "toy"
+    protocol: Literal["denet", "standard"] = "denet"
+    fold: int = 0
+    way: int = 1
+    shot: int = 1
+    model: str = "denet"
+    seed: int = 0
+    paths: Paths = field(default_factory=Paths)
+    download: Download = field(default_factory=Download)
+    toy: Toy = field(default_factory=Toy)
+    data: Data = field(default_factory=Data)
+    sampler: Sampler = field(default_factory=Sampler)
+    backbone: Backbone = field(default_factory=Backbone)
+    train: Train = field(default_factory=Train)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    infer: Infer = field(default_factory=Infer)
+
+
+# Presets for `auto` values, keyed by (section, key); each maps a selector to a value.
+# Facts behind the numbers: ../shared/fss-notes.md sections 1 and 2.
+_BY_SOURCE: dict[tuple[str, str], dict[str, Any]] = {
+    ("sampler", "image_size"): {"toy": 161, "official": 321},
+    ("sampler", "test_episodes"): {"toy": 300, "official": 1000},
+    ("sampler", "val_episodes"): {"toy": 100, "official": 300},
+    ("data", "shard_max_samples"): {"toy": 200, "official": 500},
+    ("data", "min_shards"): {"toy": 1, "official": 64},
+    ("backbone", "name"): {"toy": "small", "official": "resnet50"},
+    ("backbone", "weights"): {"toy": "none", "official": "imagenet"},
+    ("backbone", "frozen"): {"toy": False, "official": True},
+    ("train", "steps"): {"toy": 600, "official": 150_000},
+    ("train", "lr"): {"toy": 0.01, "official": 0.0025},
+    ("train", "val_every"): {"toy": 200, "official": 500},
+    ("train", "checkpoint_every"): {"toy": 200, "official": 2000},
+}
+_BY_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
+    # class presence: DENet keeps a class at >= 2% (PASCAL) / 1% (COCO) of the pixels,
+    # HSNet/PFENet at >= 2 * 32 * 32 pixels.
+    ("data", "min_fraction"): {"denet": None, "standard": 0.0},
+    ("data", "min_pixels"): {"denet": 0, "standard": 2 * 32 * 32},
+}
+_DENET_MIN_FRACTION = {"pascal": 0.02, "coco": 0.01}
+_COCO_STEPS = 200_000
+NUM_CLASSES = {"pascal": 20, "coco": 80}
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` converted to `hint` (int -> float only), or raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = " | ".join(str(a) for a in typing.get_args(hint))
+            raise ConfigError(f"params: {key} = {value!r} is not one of {choices}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"params: {key} = {value!r} has the wrong type (expected {hint})")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"params: {key} = {value!r} must be null")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and value == AUTO:
+        return value
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"params: {key} = {value!r} has the wrong type (expected {name})")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"params: unknown key '{prefix}{key}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def resolve(params: Params) -> Params:
+    """Fill `auto` values from the presets and check combinations; returns a new Params."""
+    p = dataclasses.replace(params)
+    for section in ("paths", "download", "toy", "data", "sampler", "backbone", "train", "evaluate", "infer"):
+        setattr(p, section, dataclasses.replace(getattr(params, section)))
+    for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):
+        for (section, key), choices in table.items():
+            obj = getattr(p, section)
+            if getattr(obj, key) == AUTO:
+                setattr(obj, key, choices[selector])
+    if p.data.min_fraction is None:
+        p.data.min_fraction = _DENET_MIN_FRACTION[p.dataset]
+    if params.train.steps == AUTO and p.source == "official" and p.dataset == "coco":
+        p.train.steps = _COCO_STEPS
+    if p.train.device == AUTO:
+        import torch
+
+        p.train.device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_combinations(p)
+    return p
+
+
+def _check_combinations(p: Params) -> None:
+    if not 0 <= p.fold <= 3:
+        raise ConfigError(f"params: fold = {p.fold} is out of range: use 0, 1, 2 or 3")
+    if p.way not in (1, 2):
+        raise ConfigError(f"params: way = {p.way} is not supported: use 1 or 2")
+    if p.shot < 1:
+        raise ConfigError(f"params: shot = {p.shot} must be >= 1 (1 and 5 are the benchmark settings)")
+    novel = NUM_CLASSES[p.dataset] // 4
+    if p.way > novel:
+        raise ConfigError(f"params: way = {p.way} exceeds the {novel} novel classes of a {p.dataset} fold")
+    for key in ("steps", "val_every", "checkpoint_every"):
+        if int(getattr(p.train, key)) < 1:
+            raise ConfigError(f"params: train.{key} must be >= 1")
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read, type-check and resolve params.yaml; `overrides` maps dotted keys to values (tests, CLI)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params: {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = value
+    return resolve(_build(Params, raw, ""))

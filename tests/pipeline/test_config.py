@@ -1,0 +1,62 @@
+"""params.yaml loading: strict keys, types, presets and impossible combinations."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_params
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repo_params_load_and_resolve_presets():
+    p = load_params(REPO_PARAMS)
+    assert (p.dataset, p.source, p.protocol, p.model) == ("pascal", "toy", "denet", "denet")
+    assert p.sampler.image_size == 161 and p.backbone.weights == "none"
+    assert p.data.min_fraction == 0.02 and p.train.device in ("cpu", "cuda")
+
+
+def test_official_source_switches_presets():
+    p = load_params(REPO_PARAMS, {"source": "official", "dataset": "coco"})
+    assert p.sampler.image_size == 321 and p.backbone.name == "resnet50" and p.backbone.frozen is True
+    assert p.train.steps == 200_000 and p.train.lr == 0.0025 and p.data.min_fraction == 0.01
+
+
+def test_explicit_value_beats_preset():
+    p = load_params(REPO_PARAMS, {"source": "official", "train.steps": 10, "protocol": "standard"})
+    assert p.train.steps == 10 and p.data.min_pixels == 2048
+
+
+def test_unknown_key_is_one_line_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lrr'") as err:
+        load_params(write(tmp_path, {"train": {"lrr": 0.1}}))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"way": "two"}, r"way = 'two' has the wrong type"),
+        ({"way": True}, r"way = True has the wrong type"),
+        ({"dataset": "ade20k"}, r"dataset = 'ade20k' is not one of pascal \| coco"),
+        ({"fold": 4}, r"fold = 4 is out of range"),
+        ({"way": 3}, r"way = 3 is not supported"),
+        ({"shot": 0}, r"shot = 0 must be >= 1"),
+        ({"train": {"steps": 0}}, r"train.steps must be >= 1"),
+        ({"paths": 3}, r"paths must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, data, match):
+    with pytest.raises(ConfigError, match=match):
+        load_params(write(tmp_path, data))
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
