@@ -1,0 +1,379 @@
+"""Backbones returning named feature maps, built by name; `load_weights` is the only weight loader.
+
+API::
+
+    bb = build_backbone("resnet50", frozen=True, freeze_bn=True, out_layers=("layer2", "layer3"))
+    feats = bb(images)           # {"layer2": [N, 512, h, w], "layer3": [N, 1024, h, w]}
+    bb.channels["layer3"]        # 1024; bb.strides["layer3"] == 8; bb.out_channels = last out layer's
+    load_weights(bb, "imagenet") # or a state_dict file path, or "none"; called by train/, never here
+    list_backbones()             # names below
+
+| name        | layers (channels, stride)                                                  | imagenet |
+|-------------|----------------------------------------------------------------------------|----------|
+| resnet50    | layer1 256 /4, layer2 512 /8, layer3 1024 /8, layer4 2048 /8               | V1       |
+| resnet101   | same as resnet50                                                           | V1       |
+| resnet18    | layer1 64 /4, layer2 128 /8, layer3 256 /8, layer4 512 /8                  | V1       |
+| densenet121 | layer1 256 /4, layer2 512 /8, layer3 1024 /8                               | V1       |
+| vgg16       | pool3 256 /8, pool4 512 /16, pool5 512 /32                                 | V1       |
+| small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params)      | none     |
+
+Sizes: the ResNets, "small" and vgg16's pool3 map 321 px -> 41 x 41 (65 px -> 9 x 9): ResNets use
+torchvision's `replace_stride_with_dilation=[False, True, True]` (BasicBlock ResNet-18 is dilated here by
+hand, which torchvision refuses). densenet121 is the release's variant: transition2's average pool is
+removed so denseblock2 and denseblock3 stay at stride 8; its transition1 pool floors, so 321 px -> 40 x 40
+(65 px -> 8 x 8). vgg16 is the one AMP's release uses: ceil-mode pooling (321 -> 161 -> 81 -> 41 -> 21 ->
+11) and dilated conv4 (1, 1, 2) / conv5 (2, 4, 4) (`amp_dilation=False` gives plain VGG16); FCN-8s's
+fc6/fc7 are head-owned (torchvision's are Linear layers for 224 px), so no fc7 map is offered here.
+
+A backbone holds only the stages up to its deepest `out_layers` entry (no unused ResNet layer4 weights)
+and names its modules exactly as torchvision does, so a torchvision state_dict loads strictly once the
+keys of the deliberately dropped parts (`unused_prefixes`, e.g. "fc.", "layer4.") are removed.
+
+`frozen=True`: no parameter requires grad. `freeze_bn=True`: BatchNorm layers stay in eval mode (running
+statistics fixed) even under `model.train()`; the release leaves BN in train mode (`freeze_bn=False`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from torch import Tensor
+from torchvision.models import WeightsEnum
+
+from fss_model.registry import Registry
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+
+
+def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+    """Register a backbone builder under its function name."""
+    return BACKBONES.register(fn)
+
+
+def build_backbone(
+    name: str,
+    *,
+    frozen: bool = False,
+    freeze_bn: bool = False,
+    out_layers: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Backbone:
+    """Build a backbone by name (random init); unknown names raise ValueError listing the known ones.
+
+    `out_layers` default: ("layer3",), or ("pool3", "pool4", "pool5") for vgg16.
+    """
+    return BACKBONES.build(name, frozen=frozen, freeze_bn=freeze_bn, out_layers=out_layers, **kwargs)
+
+
+def list_backbones() -> list[str]:
+    """Sorted names of the registered backbones."""
+    return BACKBONES.names()
+
+
+class Backbone(nn.Module):
+    """Feature extractor base: runs `plan` in order and returns the maps named in `out_layers`.
+
+    Subclasses register their modules under torchvision's names, then call `_finish` with the plan:
+    a list of (output name or None, module) steps up to the deepest layer they may expose.
+    """
+
+    channels: dict[str, int]  # channels of every layer this family can expose
+    strides: dict[str, int]  # output stride of every layer
+    default_out: tuple[str, ...] = ("layer3",)
+    imagenet_weights: WeightsEnum | None = None  # torchvision weights enum used by load_weights
+    unused_prefixes: tuple[str, ...] = ()  # pretrained keys this backbone deliberately does not hold
+
+    def __init__(self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool) -> None:
+        super().__init__()
+        self.out_layers = tuple(out_layers or self.default_out)
+        unknown = [n for n in self.out_layers if n not in self.channels]
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no layer {unknown}; known: {list(self.channels)}")
+        self.frozen = frozen
+        self.freeze_bn = freeze_bn
+        self._plan: list[tuple[str | None, nn.Module]] = []
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the last entry of `out_layers` (the map single-feature heads use)."""
+        return self.channels[self.out_layers[-1]]
+
+    def _finish(self, plan: list[tuple[str | None, nn.Module]]) -> None:
+        """Truncate the plan after the deepest requested layer, then apply freezing."""
+        last = max(i for i, (name, _) in enumerate(plan) if name in self.out_layers)
+        self._plan = plan[: last + 1]
+        if self.frozen:
+            for p in self.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name, module in self._plan:
+            x = module(x)
+            if name in self.out_layers:
+                out[name] = x
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- ResNet
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet with layer3/layer4 dilated (stride 8); modules keep torchvision's names."""
+
+    def __init__(
+        self,
+        arch: Callable[..., tvm.ResNet],
+        weights: WeightsEnum,
+        widths: tuple[int, int, int, int],
+        out_layers: Sequence[str] | None,
+        frozen: bool,
+        freeze_bn: bool,
+    ) -> None:
+        self.channels = {f"layer{i + 1}": c for i, c in enumerate(widths)}
+        self.strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
+        self.imagenet_weights = weights
+        super().__init__(out_layers, frozen, freeze_bn)
+        basic = widths[0] == 64  # BasicBlock nets: torchvision refuses dilation for them
+        net = arch(weights=None, replace_stride_with_dilation=None if basic else [False, True, True])
+        if basic:
+            _dilate_basic_layer(net.layer3, 2)
+            _dilate_basic_layer(net.layer4, 4)
+        deepest = max(int(n[-1]) for n in self.out_layers)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        for i in range(1, deepest + 1):
+            setattr(self, f"layer{i}", getattr(net, f"layer{i}"))
+        self.unused_prefixes = ("fc.", *(f"layer{i}." for i in range(deepest + 1, 5)))
+        plan: list[tuple[str | None, nn.Module]] = [
+            (None, self.conv1),
+            (None, self.bn1),
+            (None, self.relu),
+            (None, self.maxpool),
+        ]
+        plan += [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, deepest + 1)]
+        self._finish(plan)
+
+
+def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Turn a stride-2 BasicBlock layer into a stride-1 dilated one (what torchvision does for Bottleneck).
+
+    The first block keeps the previous dilation on its first conv (stride removed), every other 3x3
+    conv gets `dilation`; kernel shapes are unchanged, so ImageNet weights still load.
+    """
+    for i, block in enumerate(layer):
+        for conv_name in ("conv1", "conv2"):
+            conv: nn.Conv2d = getattr(block, conv_name)
+            conv.stride = (1, 1)
+            d = dilation // 2 if (i == 0 and conv_name == "conv1") else dilation
+            conv.dilation, conv.padding = (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
+@register_backbone
+def resnet50(**kw: Any) -> Backbone:
+    """ResNet-50, dilated layer3/4 (the DENet release's backbone)."""
+    return ResNetBackbone(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), **kw)
+
+
+@register_backbone
+def resnet101(**kw: Any) -> Backbone:
+    """ResNet-101, dilated layer3/4."""
+    return ResNetBackbone(tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), **kw)
+
+
+@register_backbone
+def resnet18(**kw: Any) -> Backbone:
+    """ResNet-18, dilated layer3/4 by hand (layer3: 256 channels at stride 8)."""
+    return ResNetBackbone(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512), **kw)
+
+
+# -------------------------------------------------------------------------------------------- DenseNet
+
+
+class DenseNetBackbone(Backbone):
+    """torchvision DenseNet-121 `features` up to denseblock3, transition2's pool removed (as released)."""
+
+    channels = {"layer1": 256, "layer2": 512, "layer3": 1024}  # noqa: RUF012
+    strides = {"layer1": 4, "layer2": 8, "layer3": 8}  # noqa: RUF012
+    imagenet_weights = tvm.DenseNet121_Weights.IMAGENET1K_V1
+
+    def __init__(self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool) -> None:
+        super().__init__(out_layers, frozen, freeze_bn)
+        features = tvm.densenet121(weights=None).features
+        # no parameters in the pool: removing it keeps the pretrained keys intact
+        del features.transition2.pool
+        names = {"denseblock1": "layer1", "denseblock2": "layer2", "denseblock3": "layer3"}
+        deepest = max(self.out_layers, key=lambda n: int(n[-1]))
+        keep: list[str] = []
+        for child, _ in features.named_children():
+            keep.append(child)
+            if names.get(child) == deepest:
+                break
+        dropped = [c for c, _ in features.named_children() if c not in keep]
+        for child in dropped:
+            delattr(features, child)
+        self.features = features
+        self.unused_prefixes = ("classifier.", *(f"features.{c}." for c in dropped))
+        self._finish([(names.get(c), getattr(features, c)) for c in keep])
+
+
+@register_backbone
+def densenet121(**kw: Any) -> Backbone:
+    """DenseNet-121 as in the DENet release (layer3 = denseblock3, 1024 channels, stride 8)."""
+    return DenseNetBackbone(**kw)
+
+
+# ------------------------------------------------------------------------------------------------ VGG
+
+_VGG_POOLS = {"pool3": 16, "pool4": 23, "pool5": 30}  # indices in torchvision's vgg16().features
+_AMP_DILATIONS = {17: 1, 19: 1, 21: 2, 24: 2, 26: 4, 28: 4}  # conv4_x, conv5_x as in AMP's release
+
+
+class VGGBackbone(Backbone):
+    """torchvision VGG16 `features` with ceil-mode pooling, exposing pool3/pool4/pool5 (FCN-8s taps)."""
+
+    channels = {"pool3": 256, "pool4": 512, "pool5": 512}  # noqa: RUF012
+    strides = {"pool3": 8, "pool4": 16, "pool5": 32}  # noqa: RUF012
+    default_out = ("pool3", "pool4", "pool5")
+    imagenet_weights = tvm.VGG16_Weights.IMAGENET1K_V1
+
+    def __init__(
+        self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool, amp_dilation: bool = True
+    ) -> None:
+        super().__init__(out_layers, frozen, freeze_bn)
+        features = tvm.vgg16(weights=None).features
+        for m in features:
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = True  # 321 -> 161 -> 81 -> 41: keeps the odd-size alignment of the masks
+        if amp_dilation:
+            for i, d in _AMP_DILATIONS.items():
+                conv = features[i]
+                assert isinstance(conv, nn.Conv2d)
+                conv.dilation, conv.padding = (d, d), (d, d)
+        last = max(_VGG_POOLS[n] for n in self.out_layers)
+        for i in range(len(features) - 1, last, -1):
+            del features[i]
+        self.features = features
+        self.unused_prefixes = ("classifier.",)
+        pool_at = {v: k for k, v in _VGG_POOLS.items()}
+        self._finish([(pool_at.get(i), m) for i, m in enumerate(features)])
+
+
+@register_backbone
+def vgg16(**kw: Any) -> Backbone:
+    """VGG16 as AMP's release uses it (pool3 256 /8, pool4 512 /16, pool5 512 /32)."""
+    return VGGBackbone(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- small
+
+
+def _conv_gn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    # GroupNorm: no running statistics, so from-scratch training works at any batch size and
+    # freeze_bn (which the toy preset may leave on) cannot freeze untrained statistics
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.GroupNorm(min(8, cout // 8), cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _Residual(nn.Module):
+    """x + f(x): keeps the dilated stride-8 stage easy to optimise from scratch."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class SmallBackbone(Backbone):
+    """Tiny stride-8 conv encoder for the CPU toy benchmark, trained from scratch (no ImageNet weights)."""
+
+    strides = {"layer1": 4, "layer2": 8, "layer3": 8}  # noqa: RUF012
+
+    def __init__(
+        self,
+        out_layers: Sequence[str] | None,
+        frozen: bool,
+        freeze_bn: bool,
+        widths: tuple[int, int, int, int] = (32, 64, 128, 128),
+    ) -> None:
+        w0, w1, w2, w3 = widths
+        self.channels = {"layer1": w1, "layer2": w2, "layer3": w3}
+        super().__init__(out_layers, frozen, freeze_bn)
+        self.stem = _conv_gn(3, w0, stride=2)
+        self.layer1 = nn.Sequential(_conv_gn(w0, w1, stride=2), _conv_gn(w1, w1))
+        self.layer2 = nn.Sequential(_conv_gn(w1, w2, stride=2), _conv_gn(w2, w2))
+        # dilated stage at stride 8: a larger receptive field for texture context without downsampling
+        proj = [] if w2 == w3 else [_conv_gn(w2, w3)]
+        self.layer3 = nn.Sequential(
+            *proj, _Residual(nn.Sequential(_conv_gn(w3, w3, dilation=2), _conv_gn(w3, w3, dilation=2)))
+        )
+        plan: list[tuple[str | None, nn.Module]] = [(None, self.stem), ("layer1", self.layer1)]
+        self._finish([*plan, ("layer2", self.layer2), ("layer3", self.layer3)])
+
+
+@register_backbone
+def small(**kw: Any) -> Backbone:
+    """Tiny stride-8 encoder (layer3: 128 channels), the CPU toy default."""
+    return SmallBackbone(**kw)
+
+
+# -------------------------------------------------------------------------------------------- weights
+
+
+def imagenet_cache_path(backbone: Backbone) -> str:
+    """Where torchvision's ImageNet file for this backbone must be: <torch hub dir>/checkpoints/<file>."""
+    if backbone.imagenet_weights is None:
+        raise ValueError(f"{type(backbone).__name__} has no ImageNet weights; use 'none' or a file path")
+    filename = os.path.basename(backbone.imagenet_weights.url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def load_weights(backbone: Backbone, spec: str | os.PathLike[str]) -> Backbone:
+    """Load backbone weights strictly; returns `backbone`. Called by train/, never by a constructor.
+
+    spec: "none" (keep the random init), "imagenet" (torchvision's file from the local torch hub cache
+    only, never downloaded: FileNotFoundError naming the expected path and its URL if absent), or the
+    path of a state_dict file (the backbone's own `state_dict()` or the full torchvision model's).
+    Keys of parts the backbone deliberately omits (`unused_prefixes`) are dropped; any other missing or
+    unexpected key is an error.
+    """
+    spec = os.fspath(spec)
+    if spec == "none":
+        return backbone
+    if spec == "imagenet":
+        path = imagenet_cache_path(backbone)
+        if not os.path.isfile(path):
+            assert backbone.imagenet_weights is not None
+            raise FileNotFoundError(
+                f"ImageNet weights for {type(backbone).__name__} not found at {path}; downloads are "
+                f"disabled: put {backbone.imagenet_weights.url} there (or set backbone.weights to a "
+                "state_dict file or 'none')"
+            )
+    else:
+        path = spec
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith(backbone.unused_prefixes)}
+    backbone.load_state_dict(state, strict=True)
+    return backbone
