@@ -60,6 +60,7 @@ class Data:
     min_pixels: int | str = AUTO  # ... or >= this many pixels (standard preset)
     shard_max_samples: int | str = AUTO
     min_shards: int | str = AUTO
+    drop_novel_images: bool = False  # BAM option: drop training images showing any novel-class pixel
 
 
 @dataclass

@@ -7,9 +7,16 @@ contiguous (PANet) holds out 20i+1..20i+20. Class ids are the dataset ids (VOC 1
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 
-from pipeline.config import NUM_CLASSES
+from pipeline.config import NUM_CLASSES, load_params
+from pipeline.io import atomic_write, write_json
 
 IGNORE_INDEX = 255
 NUM_FOLDS = 4
@@ -41,3 +48,126 @@ def training_label(label: np.ndarray, novel: list[int], protocol: str) -> np.nda
     out = label.copy()
     out[np.isin(label, novel)] = fill
     return out
+
+
+# ---------------------------------------------------------------- pair lists
+
+
+def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[int, float]]]]:
+    """(image id, {class id: (area_px, fraction)}) per image of an `index.tsv`, streamed.
+
+    The shard writer emits an image's rows together, so memory stays flat for any dataset size.
+    """
+    with open(path) as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        col = {name: i for i, name in enumerate(header)}
+        rows = (line.rstrip("\n").split("\t") for line in handle)
+        for image_id, group in itertools.groupby(rows, key=lambda r: r[col["image_id"]]):
+            classes = {
+                int(r[col["class_id"]]): (int(r[col["area_px"]]), float(r[col["fraction"]])) for r in group
+            }
+            yield image_id, classes
+
+
+def pair_name(image_id: str, class_id: int) -> str:
+    """HSNet list style: `<image_id>__<class:02d>`."""
+    return f"{image_id}__{class_id:02d}"
+
+
+def _present(stats: tuple[int, float], min_fraction: float, min_pixels: int) -> bool:
+    area, fraction = stats
+    return area >= min_pixels and fraction >= min_fraction
+
+
+def train_classes(
+    classes: dict[int, tuple[int, float]],
+    novel: list[int],
+    min_fraction: float,
+    min_pixels: int,
+    drop_novel_images: bool = False,
+) -> list[int]:
+    """Base classes of one training image that give pairs (empty = image dropped)."""
+    if drop_novel_images and any(c in novel for c in classes):
+        return []
+    return [c for c, s in sorted(classes.items()) if c not in novel and _present(s, min_fraction, min_pixels)]
+
+
+def query_classes(
+    classes: dict[int, tuple[int, float]],
+    novel: list[int],
+    protocol: str,
+    min_fraction: float,
+    min_pixels: int,
+) -> list[int]:
+    """Novel classes for which one test image is an eligible query under `protocol`."""
+    shown = [c for c in classes if c in novel]
+    if protocol == "denet" and len(shown) != 1:
+        return []
+    return [c for c in sorted(shown) if _present(classes[c], min_fraction, min_pixels)]
+
+
+def write_folds(
+    shards_dir: str | Path,
+    out: str | Path,
+    *,
+    dataset: str,
+    protocol: str,
+    coco_split: str = "interleaved",
+    min_fraction: float = 0.0,
+    min_pixels: int = 0,
+    drop_novel_images: bool = False,
+) -> dict[int, tuple[int, int]]:
+    """`fold<i>.json` and `fold<i>/{train,test}.txt` for all folds; returns {fold: (#train, #test)}."""
+    shards_dir, out = Path(shards_dir), Path(out)
+    for split in ("train", "test"):
+        if not (shards_dir / split / "manifest.json").is_file():
+            raise FileNotFoundError(f"{shards_dir / split}: no manifest.json (shards stage unfinished)")
+    folds = [fold_classes(dataset, f, coco_split) for f in range(NUM_FOLDS)]
+    pairs: dict[str, list[list[str]]] = {"train": [[] for _ in folds], "test": [[] for _ in folds]}
+    for image_id, classes in iter_index_images(shards_dir / "train" / "index.tsv"):
+        for f, (_, novel) in enumerate(folds):
+            for c in train_classes(classes, novel, min_fraction, min_pixels, drop_novel_images):
+                pairs["train"][f].append(pair_name(image_id, c))
+    for image_id, classes in iter_index_images(shards_dir / "test" / "index.tsv"):
+        for f, (_, novel) in enumerate(folds):
+            for c in query_classes(classes, novel, protocol, min_fraction, min_pixels):
+                pairs["test"][f].append(pair_name(image_id, c))
+    counts = {}
+    for f, (base, novel) in enumerate(folds):
+        for split in ("train", "test"):
+            with atomic_write(out / f"fold{f}" / f"{split}.txt", "w") as handle:
+                handle.writelines(line + "\n" for line in sorted(pairs[split][f]))
+        info = {"fold": f, "dataset": dataset, "protocol": protocol, "coco_split": coco_split}
+        info |= {"novel": novel, "base": base, "min_fraction": min_fraction, "min_pixels": min_pixels}
+        info |= {"drop_novel_images": drop_novel_images}
+        info |= {"num_train_pairs": len(pairs["train"][f]), "num_test_pairs": len(pairs["test"][f])}
+        write_json(out / f"fold{f}.json", info)  # last: its presence means the fold is complete
+        counts[f] = (len(pairs["train"][f]), len(pairs["test"][f]))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.folds --shards DIR --out DIR`; rules from params.yaml (dataset, protocol, data)."""
+    ap = argparse.ArgumentParser(description="per-fold class sets and (image, class) pair lists")
+    ap.add_argument("--shards", required=True, help="the shards stage's output (holds train/ and test/)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    counts = write_folds(
+        args.shards,
+        args.out,
+        dataset=p.dataset,
+        protocol=p.protocol,
+        coco_split=p.data.coco_split,
+        min_fraction=float(p.data.min_fraction),
+        min_pixels=int(p.data.min_pixels),
+        drop_novel_images=p.data.drop_novel_images,
+    )
+    for f, (n_train, n_test) in counts.items():
+        print(f"fold {f}: {n_train} train pairs, {n_test} test pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

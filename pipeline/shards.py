@@ -1,0 +1,288 @@
+"""Shards stage: raw files -> deterministic WebDataset tars, per-class mask index and manifest per split.
+
+Formats: docs/design.md ("Shards"). Every file is written to a temp name and renamed; the split's
+`manifest.json` is removed first and written last, so an interrupted run leaves nothing that looks
+complete. Output order depends only on the inputs: images are labelled by a process pool through
+the ordered `imap`, so the worker count never changes a byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import NUM_CLASSES, Params, load_params
+from pipeline.io import atomic_write, sha256_file, write_json
+from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
+
+INDEX_COLUMNS = [
+    *("image_id", "split", "class_id", "area_px", "fraction"),
+    *("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
+    *("ignore_px", "height", "width", "shard", "offset"),
+]
+_INT_COLUMNS = set(INDEX_COLUMNS) - {"image_id", "split", "fraction", "shard"}
+
+
+@dataclass
+class SplitResult:
+    """What one split's writer produced."""
+
+    num_samples: int
+    shards: list[dict[str, Any]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def plan_shards(num_samples: int, max_samples: int, min_shards: int) -> list[int]:
+    """Samples per shard: at least `min_shards` shards (never more than samples), none over `max_samples`.
+
+    Sizes differ by at most one, so ranks x workers get near-equal work.
+    """
+    if num_samples == 0:
+        return []
+    count = min(num_samples, max(min_shards, math.ceil(num_samples / max_samples)))
+    return [(i + 1) * num_samples // count - i * num_samples // count for i in range(count)]
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a member whose header depends on name and size only (mtime 0, root-less owner)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_members(rec: Labeled) -> list[tuple[str, bytes]]:
+    """The sample's members in sorted name order: `.jpg`, `.json`, `.label.png`."""
+    meta = json.dumps(rec.meta(), sort_keys=True, separators=(",", ":")).encode()
+    return [(f"{rec.key}.jpg", rec.jpeg), (f"{rec.key}.json", meta), (f"{rec.key}.label.png", rec.png)]
+
+
+def _labelled(
+    samples: list[Sample], num_classes: int, workers: int
+) -> Iterator[Labeled | tuple[Sample, str]]:
+    """Labelled samples in input order; a pool only where it pays (more than one worker)."""
+    args = ((s, num_classes) for s in samples)
+    if workers <= 1:
+        yield from map(process_or_error, args)
+        return
+    with get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+        yield from pool.imap(process_or_error, args, chunksize=4)
+
+
+def write_split(
+    samples: list[Sample],
+    out_dir: str | Path,
+    *,
+    dataset: str,
+    protocol: str,
+    split: str,
+    max_samples: int,
+    min_shards: int,
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> SplitResult:
+    """Write `<split>-NNNNNN.tar` shards, `index.tsv` and (last) `manifest.json` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.unlink(missing_ok=True)  # the split stops looking complete from here on
+    plan = plan_shards(len(samples), max_samples, min_shards)
+    names = [f"{split}-{i:06d}.tar" for i in range(len(plan))]
+    for stale in out_dir.glob(f"{split}-*.tar"):
+        if stale.name not in names:
+            stale.unlink()
+    num_classes = NUM_CLASSES[dataset]
+    results = _labelled(samples, num_classes, workers)
+    bar = tqdm(total=len(samples), desc=f"{dataset}/{split}", unit="img", disable=not progress)
+    shards: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    total = 0
+    with closing(results), atomic_write(out_dir / "index.tsv", "w") as index, bar:
+        index.write("\t".join(INDEX_COLUMNS) + "\n")
+        for name, size in zip(names, plan, strict=True):
+            counts: Counter[int] = Counter()
+            written = 0
+            with (
+                atomic_write(out_dir / name, "wb") as handle,
+                tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar,
+            ):
+                for _ in range(size):
+                    rec = next(results)
+                    bar.update(1)
+                    if isinstance(rec, tuple):
+                        sample, problem = rec
+                        if not skip_bad:
+                            raise DataError(problem)
+                        skipped.append({"split": split, "id": sample.key, "problem": problem})
+                        continue
+                    offset = tar.offset
+                    for member, data in sample_members(rec):
+                        _tar_member(tar, member, data)
+                    _write_index_rows(index, rec, name, offset)
+                    counts.update(rec.areas.keys())
+                    written += 1
+            shards.append(
+                {
+                    "name": name,
+                    "num_samples": written,
+                    "sha256": sha256_file(out_dir / name),
+                    "bytes": (out_dir / name).stat().st_size,
+                    "class_counts": {str(c): n for c, n in sorted(counts.items())},
+                }
+            )
+            total += written
+    manifest = {
+        "dataset": dataset,
+        "split": split,
+        "protocol": protocol,
+        "num_samples": total,
+        "shards": shards,
+    }
+    write_json(manifest_path, manifest)
+    return SplitResult(total, shards, skipped)
+
+
+def _write_index_rows(index: Any, rec: Labeled, shard: str, offset: int) -> None:
+    pixels = rec.height * rec.width
+    for cid, area in sorted(rec.areas.items()):
+        x0, y0, x1, y1 = rec.bboxes[cid]
+        row = (rec.key, rec.split, cid, area, f"{area / pixels:.6f}", x0, y0, x1, y1)
+        row += (rec.ignore_px, rec.height, rec.width, shard, offset)
+        index.write("\t".join(map(str, row)) + "\n")
+
+
+def dataset_samples(
+    dataset: str, raw: str | Path, protocol: str, skip_bad: bool, bad: list[dict[str, str]]
+) -> dict[str, list[Sample]]:
+    """Samples per split for `dataset` (image sets by `protocol`, notes section 2)."""
+    if dataset == "pascal":
+        return pascal_samples(raw, protocol)
+    if dataset == "coco":
+        return coco_samples(raw, skip_bad, bad)
+    raise ValueError(f"dataset {dataset!r} is not pascal | coco")
+
+
+def build_shards(
+    raw: str | Path, out: str | Path, params: Params, workers: int | None = None, progress: bool = True
+) -> dict[str, SplitResult]:
+    """All splits of `params.dataset` under `params.protocol` into `out/<split>/`; report.json if skipping."""
+    out = Path(out)
+    data = params.data
+    bad: list[dict[str, str]] = []
+    per_split = dataset_samples(params.dataset, raw, params.protocol, data.skip_bad, bad)
+    results = {}
+    for split in SPLITS:
+        results[split] = write_split(
+            per_split[split],
+            out / split,
+            dataset=params.dataset,
+            protocol=params.protocol,
+            split=split,
+            max_samples=int(data.shard_max_samples),
+            min_shards=int(data.min_shards),
+            workers=data.workers if workers is None else workers,
+            skip_bad=data.skip_bad,
+            progress=progress,
+        )
+        bad += results[split].skipped
+    if data.skip_bad:
+        write_json(out / "report.json", {"count": len(bad), "skipped": bad})
+    return results
+
+
+# ---------------------------------------------------------------- the index, for users and the sampler
+
+
+def load_index(path: str | Path) -> dict[str, np.ndarray]:
+    """Columns of an `index.tsv` as numpy arrays (ints, float fraction, str ids)."""
+    with open(path) as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        if header != INDEX_COLUMNS:
+            raise ValueError(f"{path}: header {header} is not the index header {INDEX_COLUMNS}")
+        cols: list[list[str]] = [[] for _ in header]
+        for line in handle:
+            for col, value in zip(cols, line.rstrip("\n").split("\t"), strict=True):
+                col.append(value)
+    out: dict[str, np.ndarray] = {}
+    for name, values in zip(header, cols, strict=True):
+        if name in _INT_COLUMNS:
+            out[name] = np.array(values, dtype=np.int64)
+        elif name == "fraction":
+            out[name] = np.array(values, dtype=np.float64)
+        else:
+            out[name] = np.array(values, dtype=str)
+    return out
+
+
+def is_present(area: Any, fraction: Any, min_fraction: float = 0.0, min_pixels: int = 0) -> Any:
+    """The presence rule of the presets: area >= min_pixels and fraction >= min_fraction."""
+    return (np.asarray(area) >= min_pixels) & (np.asarray(fraction) >= min_fraction)
+
+
+def query_index(
+    index: dict[str, np.ndarray],
+    class_id: int | None = None,
+    min_fraction: float = 0.0,
+    min_pixels: int = 0,
+) -> np.ndarray:
+    """Row numbers matching a class and the presence rule, e.g. images of class 7 covering >= 2%:
+    `rows = query_index(load_index(p), 7, min_fraction=0.02); index["image_id"][rows]`."""
+    keep = is_present(index["area_px"], index["fraction"], min_fraction, min_pixels)
+    if class_id is not None:
+        keep &= index["class_id"] == class_id
+    return np.flatnonzero(keep)
+
+
+def iter_tar_samples(path: str | Path) -> Iterable[tuple[str, int, dict[str, bytes]]]:
+    """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests."""
+    with tarfile.open(path, "r") as tar:
+        key, offset, members = None, 0, {}
+        for info in tar:
+            base, _, ext = info.name.partition(".")
+            if base != key:
+                if key is not None:
+                    yield key, offset, members
+                key, offset, members = base, info.offset, {}
+            handle = tar.extractfile(info)
+            members[ext] = handle.read() if handle else b""
+        if key is not None:
+            yield key, offset, members
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.shards --raw DIR --out DIR`; dataset, protocol and data.* from params.yaml."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--raw", required=True, help="folder with the extracted official layouts")
+    ap.add_argument("--out", required=True, help="output folder; gets <split>/ subfolders")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--workers", type=int, default=None, help="override data.workers")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    try:
+        build_shards(args.raw, args.out, params, args.workers)
+    except DataError as exc:
+        print(f"shards: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Re-read shards against their manifest: report missing, corrupt, truncated or unlisted shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+from pipeline.io import sha256_file
+from pipeline.shards import iter_tar_samples
+
+
+def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
+    """Problems of one split folder (empty = good); `deep` also re-parses every tar."""
+    split_dir = Path(split_dir)
+    manifest_path = split_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return [f"{split_dir}: manifest.json is missing (split incomplete)"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        return [f"{manifest_path}: corrupt manifest ({exc})"]
+    problems = []
+    listed = set()
+    total = 0
+    for shard in manifest["shards"]:
+        path = split_dir / shard["name"]
+        listed.add(shard["name"])
+        total += shard["num_samples"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        if path.stat().st_size != shard["bytes"]:
+            problems.append(f"{path}: corrupt: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
+            continue
+        if sha256_file(path) != shard["sha256"]:
+            problems.append(f"{path}: corrupt: sha256 differs from the manifest")
+            continue
+        if deep:
+            try:
+                n = sum(1 for _ in iter_tar_samples(path))
+            except (tarfile.TarError, OSError) as exc:
+                problems.append(f"{path}: corrupt tar ({exc})")
+                continue
+            if n != shard["num_samples"]:
+                problems.append(f"{path}: {n} samples, manifest says {shard['num_samples']}")
+    if total != manifest["num_samples"]:
+        claimed = manifest["num_samples"]
+        problems.append(f"{manifest_path}: shards hold {total} samples, num_samples says {claimed}")
+    for extra in sorted(split_dir.glob("*.tar")):
+        if extra.name not in listed:
+            problems.append(f"{extra}: not listed in the manifest")
+    return problems
+
+
+def verify_tree(root: str | Path, deep: bool = True) -> tuple[int, list[str]]:
+    """(splits checked, problems) for every split folder under `root` (one holding a manifest or tars)."""
+    root = Path(root)
+    dirs = {p.parent for p in root.rglob("manifest.json")} | {p.parent for p in root.rglob("*.tar")}
+    if not dirs:
+        return 0, [f"{root}: no manifest.json or shard found"]
+    problems = []
+    for d in sorted(dirs):
+        problems += verify_split(d, deep)
+    return len(dirs), problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.verify DIR [--fast]`; exit 1 if any shard is missing or corrupt."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("root", help="a split folder or any folder above split folders")
+    ap.add_argument("--fast", action="store_true", help="sizes and sha256 only, no tar re-parse")
+    args = ap.parse_args(argv)
+    count, problems = verify_tree(args.root, deep=not args.fast)
+    for line in problems:
+        print(line)
+    print(f"verify: {count} split(s), {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
