@@ -1,0 +1,293 @@
+"""Resumable, verified downloads of the official archives (or a mirror of them), then safe extraction."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+from tqdm import tqdm
+
+from pipeline.archive import extract
+from pipeline.io import atomic_write, write_json
+from pipeline.sources import Source, sources_for
+
+CHUNK = 1 << 20
+PART_SUFFIX = ".part"
+VERIFIED_SUFFIX = ".verified.json"  # sidecar: a file already hashed is not hashed again on re-runs
+# HTTP statuses worth retrying; any other error status is final (404 will not fix itself).
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class DownloadError(RuntimeError):
+    """A download failed for good (bad status, retries exhausted, bad mirror)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file's digest or size differs from the published one."""
+
+
+def pin(source: Source, checksums: dict[str, dict]) -> Source:
+    """`source` with digests from a checksums record `{name: {"sha256", "size"}}` (e.g. toy archives)."""
+    entry = checksums.get(source.name)
+    if entry is None:
+        return source
+    return dataclasses.replace(
+        source, md5=entry.get("md5"), sha256=entry.get("sha256"), size=entry.get("size")
+    )
+
+
+def expected_digest(source: Source) -> tuple[str, str] | None:
+    """(algorithm, hex digest) to check, strongest first; None when only the size is known."""
+    if source.sha256:
+        return "sha256", source.sha256.lower()
+    if source.md5:
+        return "md5", source.md5.lower()
+    return None
+
+
+def _hash(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, source: Source) -> str:
+    """Check `path` against `source`; returns 'algo:hex' (or 'size:N'), raises ChecksumError naming both."""
+    size = path.stat().st_size
+    want = expected_digest(source)
+    if want is None:
+        if source.size is not None and size != source.size:
+            raise ChecksumError(f"{source.name}: size mismatch: expected {source.size} bytes, got {size}")
+        return f"size:{size}"
+    algorithm, expected = want
+    actual = _hash(path, algorithm)
+    if actual != expected:
+        raise ChecksumError(f"{source.name}: {algorithm} mismatch: expected {expected}, actual {actual}")
+    return f"{algorithm}:{actual}"
+
+
+def _cached_verification(path: Path, source: Source) -> str | None:
+    """The digest recorded beside `path` if the file is unchanged since it was verified."""
+    sidecar = path.with_name(path.name + VERIFIED_SUFFIX)
+    try:
+        record = json.loads(sidecar.read_text())
+        st = path.stat()
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    want = expected_digest(source)
+    wanted = f"{want[0]}:{want[1]}" if want else f"size:{source.size}"
+    if (
+        record.get("digest") == wanted
+        and record.get("size") == st.st_size
+        and record.get("mtime_ns") == st.st_mtime_ns
+    ):
+        return wanted
+    return None
+
+
+def _record_verification(path: Path, digest: str) -> None:
+    st = path.stat()
+    write_json(
+        path.with_name(path.name + VERIFIED_SUFFIX),
+        {"digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+    )
+
+
+def source_location(source: Source, mirror: str | None) -> str:
+    """Where to fetch `source`: its official URL, `<mirror URL>/<name>`, or a path in a mirror folder."""
+    if not mirror:
+        return source.url
+    parsed = urlparse(mirror)
+    if parsed.scheme in ("http", "https"):
+        return mirror.rstrip("/") + "/" + source.name
+    if parsed.scheme == "file":
+        return str(Path(unquote(parsed.path)) / source.name)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise DownloadError(
+            f"mirror {mirror!r}: unsupported scheme {parsed.scheme!r} (use http(s)://, file:// or a folder)"
+        )
+    return str(Path(mirror) / source.name)
+
+
+def _stream_http(
+    url: str, part: Path, name: str, timeout_s: float, progress: bool, session: requests.Session
+) -> None:
+    """Append the rest of `url` to `part` (HTTP Range from its current size); raises on a short read."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
+        if response.status_code == 416 and have:
+            # Range not satisfiable: the part may already be complete; verification decides.
+            return
+        if response.status_code not in (200, 206):
+            error = DownloadError(f"{name}: HTTP {response.status_code} from {url}")
+            error.status = response.status_code  # type: ignore[attr-defined]
+            raise error
+        if response.status_code == 200:
+            have = 0  # the server ignored Range: start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        mode = "ab" if have else "wb"
+        with (
+            open(part, mode) as handle,
+            tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress
+            ) as bar,
+        ):
+            for block in response.iter_content(CHUNK):
+                handle.write(block)
+                bar.update(len(block))
+        got = part.stat().st_size
+        if total is not None and got < total:
+            raise requests.ConnectionError(f"{name}: connection closed at {got} of {total} bytes")
+
+
+def fetch(
+    source: Source,
+    archives: str | Path,
+    mirror: str | None = None,
+    retries: int = 5,
+    timeout_s: float = 60.0,
+    backoff_s: float = 1.0,
+    progress: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Path, str]:
+    """Download `source` into `archives`, resuming a partial file; returns (path, verified digest).
+
+    The bytes go to `<name>.part` and are renamed to `<name>` only after verification, so a
+    file under its real name is always complete and correct. A verified file is not fetched again.
+    """
+    archives = Path(archives)
+    archives.mkdir(parents=True, exist_ok=True)
+    dest = archives / source.name
+    if dest.exists():
+        cached = _cached_verification(dest, source)
+        if cached:
+            return dest, cached
+        try:
+            digest = verify(dest, source)
+        except ChecksumError:
+            dest.unlink()  # a stale or corrupt copy: fetch it again
+        else:
+            _record_verification(dest, digest)
+            return dest, digest
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    location = source_location(source, mirror)
+    if location.startswith(("http://", "https://")):
+        with requests.Session() as session:
+            for attempt in range(retries + 1):
+                try:
+                    _stream_http(location, part, source.name, timeout_s, progress, session)
+                    break
+                except (
+                    requests.ConnectionError,
+                    requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                ) as exc:
+                    last: Exception = exc
+                except DownloadError as exc:
+                    if getattr(exc, "status", None) not in RETRY_STATUS:
+                        raise
+                    last = exc
+                if attempt == retries:
+                    raise DownloadError(f"{source.name}: giving up after {retries + 1} attempts: {last}")
+                sleep(backoff_s * 2**attempt)
+    else:
+        local = Path(location)
+        if not local.is_file():
+            raise DownloadError(f"{source.name}: not found in mirror folder ({local})")
+        with open(local, "rb") as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    try:
+        digest = verify(part, source)
+    except ChecksumError:
+        part.unlink()  # a corrupt part must not be resumed
+        raise
+    os.replace(part, dest)
+    _record_verification(dest, digest)
+    return dest, digest
+
+
+def place_file(path: Path, root: Path, folder: str) -> Path:
+    """Copy a plain downloaded file (e.g. train_noval.txt) into `root/folder`, atomically."""
+    target = root / folder / path.name
+    if target.exists() and target.read_bytes() == path.read_bytes():
+        return target
+    with atomic_write(target) as handle, open(path, "rb") as src:
+        shutil.copyfileobj(src, handle)
+    return target
+
+
+def download_dataset(
+    name: str,
+    root: str | Path,
+    archives: str | Path,
+    mirror: str | None = None,
+    checksums: dict[str, dict] | None = None,
+    retries: int = 5,
+    timeout_s: float = 60.0,
+    backoff_s: float = 1.0,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Fetch, verify and extract every file of `name` (voc | sbd | coco | pascal) into `root`.
+
+    Returns {file name: verified digest}. Re-running with everything verified touches nothing.
+    """
+    root = Path(root)
+    done: dict[str, str] = {}
+    for source in sources_for(name):
+        source = pin(source, checksums or {})
+        path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+        if source.extract:
+            extract(path, root, digest)
+        else:
+            place_file(path, root, source.place)
+        done[source.name] = digest
+    return done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, choices=["voc", "sbd", "coco"])
+    parser.add_argument("--root", required=True, type=Path, help="extract here (official layout)")
+    parser.add_argument("--mirror", default=None, help="URL or folder holding the official archive names")
+    parser.add_argument(
+        "--archives", type=Path, default=None, help="keep archives here (default ROOT/.archives)"
+    )
+    parser.add_argument("--checksums", type=Path, default=None, help='json {name: {"sha256", "size"}} to pin')
+    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    checksums = json.loads(args.checksums.read_text())["archives"] if args.checksums else None
+    try:
+        done = download_dataset(
+            args.dataset,
+            args.root,
+            args.archives or args.root / ".archives",
+            args.mirror,
+            checksums,
+            args.retries,
+            args.timeout,
+        )
+    except (DownloadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, digest in done.items():
+        print(f"{name}  {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

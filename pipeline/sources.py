@@ -1,0 +1,69 @@
+"""The official archives: names, URLs and published digests (as torchvision lists them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to fetch; `name` is also its name on a mirror (a lab server or a local folder)."""
+
+    name: str
+    url: str
+    md5: str | None = None
+    sha256: str | None = None
+    size: int | None = None  # bytes; checked when no digest is pinned
+    extract: bool = True  # False: copy the file into `place` instead of unpacking it
+    place: str = ""  # folder (relative to the raw root) for files that are not archives
+
+
+VOC2012 = Source(
+    name="VOCtrainval_11-May-2012.tar",
+    url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    md5="6cd6e144f989b92b3379bac3b3de84fd",
+)
+SBD = Source(
+    name="benchmark.tgz",
+    url="http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+    md5="82b4d87ceb2ed10f6038a1cba92111cb",
+)
+# The list of SBD train images that are not in VOC2012 val; published beside the archive, not in it.
+SBD_TRAIN_NOVAL = Source(
+    name="train_noval.txt",
+    url="http://home.bharathh.info/pubs/codes/SBD/train_noval.txt",
+    md5="79bff800c5f0b1ec6b21080a3c066722",
+    extract=False,
+    place="benchmark_RELEASE/dataset",
+)
+# COCO publishes no checksums: sizes as served by images.cocodataset.org; pin a digest here once known.
+COCO_TRAIN2014 = Source(
+    name="train2014.zip", url="http://images.cocodataset.org/zips/train2014.zip", size=13_510_573_713
+)
+COCO_VAL2014 = Source(
+    name="val2014.zip", url="http://images.cocodataset.org/zips/val2014.zip", size=6_645_013_297
+)
+COCO_ANN2014 = Source(
+    name="annotations_trainval2014.zip",
+    url="http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    size=252_872_794,
+)
+
+# Order matters: train_noval.txt goes inside the folder that benchmark.tgz creates.
+SOURCES: dict[str, tuple[Source, ...]] = {
+    "voc": (VOC2012,),
+    "sbd": (SBD, SBD_TRAIN_NOVAL),
+    "coco": (COCO_TRAIN2014, COCO_VAL2014, COCO_ANN2014),
+}
+# params.yaml `dataset` -> the downloads it needs.
+DATASET_SOURCES: dict[str, tuple[str, ...]] = {"pascal": ("voc", "sbd"), "coco": ("coco",)}
+
+
+def sources_for(name: str) -> tuple[Source, ...]:
+    """The files of a download name (voc | sbd | coco) or a params dataset (pascal | coco)."""
+    if name in SOURCES:
+        return SOURCES[name]
+    if name in DATASET_SOURCES:
+        return tuple(s for key in DATASET_SOURCES[name] for s in SOURCES[key])
+    known = ", ".join([*SOURCES, *DATASET_SOURCES])
+    raise ValueError(f"unknown dataset {name!r} (known: {known})")
