@@ -1,0 +1,165 @@
+"""Streaming training episodes: contents, fold hygiene, disjoint readers, determinism, memory, bad shards."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.folds import IGNORE_INDEX
+from train.episodes import read_fold, read_index, read_pairs
+from train.sampler import EpisodeStream
+from train.shard_io import iter_tar_samples, open_stream, shard_urls
+from train.transforms import load_pair
+
+SIZE = 32
+
+
+def make_stream(data: dict[str, Path], shards: str | None = None, **kw) -> EpisodeStream:
+    base, novel = read_fold(str(data["folds"]), 0)
+    pairs = read_pairs((data["folds"] / "fold0" / "train.txt").read_text())
+    opts = {
+        "way": 1,
+        "shot": 1,
+        "batch_size": 4,
+        "image_size": SIZE,
+        "pool_size": 8,
+        "episodes_per_epoch": 16,
+    }
+    opts.update(kw)
+    return EpisodeStream(shards or str(data["shards"] / "train"), pairs, base, novel, **opts)
+
+
+def all_samples(data: dict[str, Path]) -> dict[str, dict]:
+    urls = shard_urls(str(data["shards"] / "train"))
+    return {s["__key__"]: s for url, _ in urls for s in iter_tar_samples(open_stream(url), url)}
+
+
+@pytest.mark.parametrize(("way", "shot"), [(1, 1), (2, 2)])
+def test_episode_contents_follow_the_fold(tiny_data, way, shot):
+    ds = make_stream(tiny_data, way=way, shot=shot, flip_p=0.0)
+    base, novel = read_fold(str(tiny_data["folds"]), 0)
+    pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
+    samples = all_samples(tiny_data)
+    batches = list(ds)
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch["query_img"].shape == (4, 3, SIZE, SIZE) and batch["query_img"].dtype == torch.uint8
+        assert batch["support_imgs"].shape == (4, way, shot, 3, SIZE, SIZE)
+        assert batch["support_masks"].shape == (4, way, shot, SIZE, SIZE)
+        for b in range(4):
+            classes = batch["class_ids"][b].tolist()
+            assert set(classes) <= set(base) and not set(classes) & set(novel)
+            assert len(set(classes)) == way
+            query = batch["query_id"][b]
+            assert classes[0] in pairs[query]  # the 2-way rule: the query holds the first class
+            _, qlabel = load_pair(samples[query]["jpg"], samples[query]["label.png"], SIZE)
+            full = batch["query_full_label"][b].numpy()
+            assert not np.isin(full, novel).any()  # denet: novel classes are 255 in the training label
+            assert np.array_equal(full == IGNORE_INDEX, (qlabel == IGNORE_INDEX) | np.isin(qlabel, novel))
+            qlab = batch["query_label"][b].numpy()
+            for k, c in enumerate(classes):
+                assert np.array_equal(qlab == k + 1, qlabel == c)
+            assert set(np.unique(qlab)) <= {0, *range(1, way + 1), IGNORE_INDEX}
+            for k, c in enumerate(classes):
+                for s, sid in enumerate(batch["support_ids"][b][k]):
+                    assert sid != query and c in pairs[sid]
+                    img, label = load_pair(samples[sid]["jpg"], samples[sid]["label.png"], SIZE)
+                    mask = batch["support_masks"][b, k, s].numpy()
+                    assert np.array_equal(mask == 1, label == c) and (mask == 1).any()
+                    assert np.array_equal(mask == IGNORE_INDEX, label == IGNORE_INDEX)
+                    assert np.array_equal(batch["support_imgs"][b, k, s].permute(1, 2, 0).numpy(), img)
+                assert len(set(batch["support_ids"][b][k])) == shot
+
+
+def test_standard_protocol_turns_novel_classes_into_background(tiny_data):
+    ds = make_stream(tiny_data, protocol="standard")
+    _, novel = read_fold(str(tiny_data["folds"]), 0)
+    for batch in ds:
+        assert not np.isin(batch["query_full_label"].numpy(), novel).any()
+
+
+def test_same_seed_same_stream_other_seed_other_stream(tiny_data):
+    a, b, c = (list(make_stream(tiny_data, seed=s)) for s in (3, 3, 4))
+    for x, y in zip(a, b, strict=True):
+        assert x["query_id"] == y["query_id"] and x["support_ids"] == y["support_ids"]
+        assert torch.equal(x["query_img"], y["query_img"]) and torch.equal(
+            x["support_masks"], y["support_masks"]
+        )
+    assert [x["query_id"] for x in a] != [x["query_id"] for x in c]
+    ds = make_stream(tiny_data, seed=3)
+    ds.set_epoch(1)
+    assert [x["query_id"] for x in ds] != [x["query_id"] for x in a]
+
+
+def _shard_of(data: dict[str, Path]) -> dict[str, str]:
+    _, locs = read_index(str(data["shards"] / "train"))
+    return {k: loc.shard for k, loc in locs.items()}
+
+
+def test_ranks_and_workers_read_disjoint_shards(tiny_data):
+    shard_of = _shard_of(tiny_data)
+    seen: dict[int, set[str]] = {}
+    for rank in (0, 1):
+        ds = make_stream(tiny_data, rank=rank, world_size=2, episodes_per_epoch=24)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        per_batch = []
+        for batch in loader:
+            ids = set(batch["query_id"]) | {s for way in batch["support_ids"] for ids in way for s in ids}
+            per_batch.append({shard_of[i] for i in ids})
+        assert len(per_batch) == 6  # 24 episodes per rank, batches of 4, split over 2 workers
+        # DataLoader alternates workers: even batches come from worker 0, odd ones from worker 1
+        w0, w1 = set().union(*per_batch[0::2]), set().union(*per_batch[1::2])
+        assert w0 and w1 and not w0 & w1
+        seen[rank] = w0 | w1
+    assert not seen[0] & seen[1]
+    # the same split straight from the shard sequence: 4 readers, 6 shards, each shard once
+    ds = make_stream(tiny_data)
+    owned = [set(next(iter([list(zip(range(10), ds.shard_sequence(g, 4), strict=False))]))) for g in range(4)]
+    names = [{u for _, u in o} for o in owned]
+    assert sum(len(n) for n in names) == 6 and len(set().union(*names)) == 6
+
+
+def test_fewer_shards_than_readers_is_a_clear_error(tiny_data):
+    ds = make_stream(tiny_data, rank=0, world_size=4)
+    with pytest.raises(ValueError, match="shards for 8 readers"):
+        list(DataLoader(ds, batch_size=None, num_workers=2))
+    # resampling is the documented way out
+    ds = make_stream(tiny_data, rank=0, world_size=8, resampled=True)
+    assert len(list(ds)) == 4
+
+
+def test_memory_is_bounded_by_the_pools(tiny_data):
+    ds = make_stream(tiny_data, pool_size=2, episodes_per_epoch=200, episodes_per_sample=0.5)
+    n = sum(1 for _ in ds)
+    assert n == 50
+    assert ds.stats["samples_read"] > 100  # the stream went round the 60 images more than once
+    assert 0 < ds.stats["peak_buffered"] <= 2 * len(ds.base)
+    assert max(len(p) for p in ds._pools.pools.values()) == 2
+
+
+def test_class_draw_is_uniform_over_ready_classes(tiny_data):
+    ds = make_stream(tiny_data, episodes_per_epoch=800, batch_size=8, pool_size=4, image_size=8)
+    counts: dict[int, int] = {}
+    for batch in ds:
+        for c in batch["class_ids"][:, 0].tolist():
+            counts[c] = counts.get(c, 0) + 1
+    ready = ds._pools.ready
+    assert set(counts) == set(ready) and len(ready) >= 10
+    expected = 800 / len(ready)
+    assert all(abs(v - expected) < 0.5 * expected for v in counts.values()), counts
+
+
+def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
+    train = tmp_path / "train"
+    shutil.copytree(tiny_data["shards"] / "train", train)
+    bad = train / "train-000002.tar"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2 + 100])
+    ds = make_stream(tiny_data, shards=str(train), episodes_per_epoch=80)
+    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+        assert len(list(ds)) == 20
+    assert str(bad) in ds.stats["skipped_shards"]
+    assert any("skipping shard" in r.message and str(bad) in r.message for r in caplog.records)

@@ -1,0 +1,543 @@
+"""Loader benchmark: episodes/s of the shard sampler vs a per-file loader, over local disk and slow HTTP.
+
+`python -m train.bench_loader [--shards DIR --raw DIR --folds DIR]`: without arguments it writes a
+synthetic dataset in the design.md formats (VOCdevkit files, shards, index.tsv, fold lists) to a
+temp folder; pass the toy data's folders to measure those. Prints one table; a script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import io
+import json
+import os
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from pipeline.folds import fold_classes, training_label
+from pipeline.io import sha256_file, write_json
+from train.episodes import read_fold, read_pairs
+from train.sampler import EpisodeStream, collate_train, worker_split
+from train.shard_io import join_url, read_range, read_text
+from train.transforms import binary_mask, decode_jpegs_torch, episode_label, load_pair
+
+INDEX_COLUMNS = [
+    *("image_id", "split", "class_id", "area_px", "fraction", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
+    *("ignore_px", "height", "width", "shard", "offset"),
+]
+VOC = "VOCdevkit/VOC2012"
+
+
+# -- synthetic data in the design.md formats (also the test fixture) --------------------------
+def _synthetic_image(
+    rng: np.random.Generator, w: int, h: int, num_classes: int
+) -> tuple[Image.Image, np.ndarray]:
+    label = np.zeros((h, w), np.uint8)
+    img = rng.integers(0, 255, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = np.kron(img, np.ones((8, 8, 1), np.uint8))[:h, :w].copy()
+    for _ in range(int(rng.integers(1, 3))):
+        c = int(rng.integers(1, num_classes + 1))
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        x1, y1 = x0 + int(rng.integers(w // 4, w // 2)), y0 + int(rng.integers(h // 4, h // 2))
+        label[y0:y1, x0:x1] = c
+        img[y0:y1, x0:x1] = (c * 37 % 255, c * 91 % 255, c * 53 % 255)
+        label[y0:y1, x0] = 255  # a void band on one edge, like VOC's borders
+    return Image.fromarray(img), label
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+        len(data),
+        0,
+        0o644,
+        0,
+        0,
+        "",
+        "",
+    )
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_synthetic(
+    root: str | Path,
+    n_train: int = 120,
+    n_test: int = 60,
+    size: tuple[int, int] = (200, 160),
+    shard_max: int = 20,
+    protocol: str = "denet",
+    seed: int = 0,
+) -> dict[str, Path]:
+    """PASCAL-like data under `root`: VOCdevkit files, `shards/{train,test}`, `folds` (all 4 folds)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    jpg_dir, png_dir = root / VOC / "JPEGImages", root / VOC / "SegmentationClass"
+    jpg_dir.mkdir(parents=True, exist_ok=True)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    classes_of: dict[str, dict[int, int]] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        out = root / "shards" / split
+        out.mkdir(parents=True, exist_ok=True)
+        rows, shards = [], []
+        keys = [f"{2000 + (split == 'test')}_{i:06d}" for i in range(n)]
+        for s0 in range(0, n, shard_max):
+            name = f"{split}-{s0 // shard_max:06d}.tar"
+            counts: dict[str, int] = {}
+            with tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for key in keys[s0 : s0 + shard_max]:
+                    img, label = _synthetic_image(rng, *size, 20)
+                    jbuf, pbuf = io.BytesIO(), io.BytesIO()
+                    img.save(jbuf, "JPEG", quality=90)
+                    Image.fromarray(label, "L").save(pbuf, "PNG")
+                    (jpg_dir / f"{key}.jpg").write_bytes(jbuf.getvalue())
+                    (png_dir / f"{key}.png").write_bytes(pbuf.getvalue())
+                    ids, areas = np.unique(label, return_counts=True)
+                    cls = {int(c): int(a) for c, a in zip(ids, areas, strict=True) if 0 < c < 255}
+                    classes_of[key] = cls
+                    meta = {
+                        "id": key,
+                        "split": split,
+                        "height": size[1],
+                        "width": size[0],
+                        "classes": {str(c): a for c, a in cls.items()},
+                        "ignore_px": int((label == 255).sum()),
+                    }
+                    offset = tar.offset
+                    _tar_add(tar, f"{key}.jpg", jbuf.getvalue())
+                    _tar_add(tar, f"{key}.json", json.dumps(meta).encode())
+                    _tar_add(tar, f"{key}.label.png", pbuf.getvalue())
+                    for c, a in cls.items():
+                        counts[str(c)] = counts.get(str(c), 0) + 1
+                        ys, xs = np.nonzero(label == c)
+                        rows.append(
+                            [
+                                key,
+                                split,
+                                c,
+                                a,
+                                round(a / label.size, 6),
+                                xs.min(),
+                                ys.min(),
+                                xs.max(),
+                                ys.max(),
+                                meta["ignore_px"],
+                                size[1],
+                                size[0],
+                                name,
+                                offset,
+                            ]
+                        )
+            shards.append(
+                {
+                    "name": name,
+                    "num_samples": len(keys[s0 : s0 + shard_max]),
+                    "sha256": sha256_file(out / name),
+                    "bytes": (out / name).stat().st_size,
+                    "class_counts": counts,
+                }
+            )
+        (out / "index.tsv").write_text(
+            "\n".join("\t".join(map(str, r)) for r in [INDEX_COLUMNS, *rows]) + "\n"
+        )
+        write_json(
+            out / "manifest.json",
+            {"dataset": "pascal", "split": split, "protocol": protocol, "num_samples": n, "shards": shards},
+        )
+    folds = root / "folds"
+    for fold in range(4):
+        base, novel = fold_classes("pascal", fold)
+        write_json(
+            folds / f"fold{fold}.json",
+            {
+                "fold": fold,
+                "dataset": "pascal",
+                "protocol": protocol,
+                "coco_split": "interleaved",
+                "novel": novel,
+                "base": base,
+            },
+        )
+        train_lines, test_lines = [], []
+        for key, cls in classes_of.items():
+            if key.startswith("2000"):
+                train_lines += [f"{key}__{c:02d}" for c in cls if c in base]
+            elif len(set(cls) & set(novel)) == 1 or protocol == "standard":
+                test_lines += [f"{key}__{c:02d}" for c in cls if c in novel]
+        (folds / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+        (folds / f"fold{fold}" / "train.txt").write_text("".join(f"{x}\n" for x in sorted(train_lines)))
+        (folds / f"fold{fold}" / "test.txt").write_text("".join(f"{x}\n" for x in sorted(test_lines)))
+    return {"root": root, "shards": root / "shards", "folds": folds, "raw": root}
+
+
+# -- per-file loader in the style of HSNet/PFENet ----------------------------------------------
+class PerFileEpisodes(Dataset):
+    """Random (image, class) pair per episode, PIL-open JPEG and PNG from the VOCdevkit folder."""
+
+    def __init__(
+        self,
+        raw: str,
+        pairs: dict[str, list[int]],
+        novel: list[int],
+        way: int,
+        shot: int,
+        size: int,
+        seed: int,
+        reduced: bool = True,
+        length: int = 10**6,
+    ) -> None:
+        self.raw, self.novel, self.way, self.shot, self.size, self.seed = raw, novel, way, shot, size, seed
+        self.reduced, self.length = reduced, length
+        self.pairs = [(k, c) for k, cs in sorted(pairs.items()) for c in cs]
+        self.by_class: dict[int, list[str]] = {}
+        for k, c in self.pairs:
+            self.by_class.setdefault(c, []).append(k)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _read(self, path: str) -> bytes:
+        return read_range(join_url(self.raw, path), 0, None)
+
+    def _load(self, key: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        jpg, png = self._read(f"{VOC}/JPEGImages/{key}.jpg"), self._read(f"{VOC}/SegmentationClass/{key}.png")
+        return load_pair(jpg, png, self.size, bool(rng.random() < 0.5), self.reduced)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, i])
+        query, c0 = self.pairs[int(rng.integers(len(self.pairs)))]
+        others = [c for c in self.by_class if c != c0]
+        classes = [c0] + [others[int(j)] for j in rng.choice(len(others), self.way - 1, replace=False)]
+        img, label = self._load(query, rng)
+        full = training_label(label, self.novel, "denet")
+        s_imgs, s_masks, s_ids = [], [], []
+        for c in classes:
+            pool = [k for k in self.by_class[c] if k != query]
+            ids = [pool[int(j)] for j in rng.choice(len(pool), self.shot, replace=False)]
+            s_ids.append(ids)
+            for k in ids:
+                si, sl = self._load(k, rng)
+                s_imgs.append(si)
+                s_masks.append(binary_mask(sl, c))
+        return {
+            "query_img": img,
+            "query_label": episode_label(full, classes),
+            "query_full_label": full,
+            "support_imgs": np.stack(s_imgs),
+            "support_masks": np.stack(s_masks),
+            "class_ids": classes,
+            "query_id": query,
+            "support_ids": s_ids,
+        }
+
+
+# -- decode ceiling: the same decode + resize on bytes already in memory ------------------------
+class DecodeCeiling(IterableDataset):
+    """Batches built from in-memory samples: only decoding, resizing and stacking cost time."""
+
+    def __init__(
+        self,
+        samples: list[tuple[bytes, bytes]],
+        way: int,
+        shot: int,
+        size: int,
+        batch: int,
+        batches: int,
+        reduced: bool,
+    ) -> None:
+        self.samples, self.way, self.shot, self.size = samples, way, shot, size
+        self.batch, self.batches, self.reduced = batch, batches, reduced
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = worker_split()
+        n = self.way * self.shot + 1
+        rng = np.random.default_rng(worker)
+        for _ in range(self.batches // workers):
+            items = []
+            for _ in range(self.batch):
+                pairs = [
+                    load_pair(*self.samples[int(j)], self.size, False, self.reduced)
+                    for j in rng.integers(len(self.samples), size=n)
+                ]
+                items.append(
+                    {
+                        "query_img": pairs[0][0],
+                        "query_label": pairs[0][1],
+                        "query_full_label": pairs[0][1],
+                        "support_imgs": np.stack([p[0] for p in pairs[1:]]),
+                        "support_masks": np.stack([p[1] for p in pairs[1:]]),
+                        "class_ids": [1] * self.way,
+                        "query_id": "",
+                        "support_ids": [],
+                    }
+                )
+            yield collate_train(items, self.way, self.shot)
+
+
+# -- HTTP server with a fixed per-request latency --------------------------------------------
+class _SlowHandler(http.server.SimpleHTTPRequestHandler):
+    latency_s = 0.02
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        time.sleep(self.latency_s)
+        return super().send_head()
+
+
+@contextlib.contextmanager
+def slow_http_server(root: str | Path, latency_s: float) -> Iterator[str]:
+    """Serve `root` at http://127.0.0.1:<port> with `latency_s` added to every request."""
+    handler = type("Handler", (_SlowHandler,), {"latency_s": latency_s})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- measurement ---------------------------------------------------------------------------------
+def episodes_per_s(loader: Any, batches: int, batch_size: int, warmup: int = 2) -> float:
+    """Steady-state rate: the clock starts after `warmup` batches (worker start-up excluded)."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        try:
+            next(it)
+        except StopIteration:
+            break
+        n += 1
+    rate = n * batch_size / (time.perf_counter() - t0)
+    del it
+    return rate
+
+
+def _stream(shards: str, folds: str, args: argparse.Namespace, batches: int) -> EpisodeStream:
+    base, novel = read_fold(folds, args.fold)
+    pairs = read_pairs(read_text(join_url(folds, f"fold{args.fold}/train.txt")))
+    return EpisodeStream(
+        shards,
+        pairs,
+        base,
+        novel,
+        way=args.way,
+        shot=args.shot,
+        batch_size=args.batch,
+        image_size=args.size,
+        pool_size=args.pool,
+        seed=0,
+        reduced=args.reduced,
+        episodes_per_epoch=(batches + 4) * args.batch,
+        resampled=True,
+    )
+
+
+def _loader(ds: Any, workers: int, batch: int | None) -> DataLoader:
+    kw: dict[str, Any] = {"num_workers": workers, "persistent_workers": False}
+    if workers:
+        kw["prefetch_factor"] = 4
+    if batch is None:
+        return DataLoader(ds, batch_size=None, **kw)
+    return DataLoader(
+        ds, batch_size=batch, collate_fn=lambda items: collate_train(items, ds.way, ds.shot), **kw
+    )
+
+
+def _litdata_rate(shards_dir: Path, folds: str, args: argparse.Namespace, tmp: Path) -> float:
+    """Episodes/s of the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
+    import litdata
+
+    from train.shard_io import iter_tar_samples, open_stream, shard_urls
+
+    out = tmp / "litdata"
+    if not out.exists():
+        samples = [
+            s
+            for url, _ in shard_urls(str(shards_dir / "train"))
+            for s in iter_tar_samples(open_stream(url), url)
+        ]
+        inputs = [(s["__key__"], s["jpg"], s["label.png"]) for s in samples]
+        litdata.optimize(
+            fn=_lit_item,
+            inputs=inputs,
+            output_dir=str(out),
+            chunk_bytes="4MB",
+            num_workers=1,
+            mode="overwrite",
+        )
+
+    class LitStream(EpisodeStream):
+        def samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+            while True:
+                ds = litdata.StreamingDataset(str(out), shuffle=True, seed=self.seed)
+                yield from ds
+
+    base = _stream(str(shards_dir / "train"), folds, args, args.batches)
+    lit = LitStream(
+        [str(out)],
+        base.image_classes,
+        base.base,
+        base.novel,
+        way=args.way,
+        shot=args.shot,
+        batch_size=args.batch,
+        image_size=args.size,
+        pool_size=args.pool,
+        reduced=args.reduced,
+        episodes_per_epoch=(args.batches + 4) * args.batch,
+        resampled=True,
+    )
+    return episodes_per_s(_loader(lit, args.workers, None), args.batches, args.batch)
+
+
+def _lit_item(item: tuple[str, bytes, bytes]) -> dict[str, Any]:
+    return {"__key__": item[0], "jpg": item[1], "label.png": item[2]}
+
+
+def _decode_options(samples: list[tuple[bytes, bytes]], size: int) -> list[tuple[str, float]]:
+    """Samples/s of decode + resize for each decoding option, single process."""
+    big = []
+    for jpg, _ in samples[:16]:  # a 4x upscaled copy shows when draft mode pays (VOC/COCO-sized JPEGs)
+        im = Image.open(io.BytesIO(jpg)).convert("RGB")
+        buf = io.BytesIO()
+        im.resize((im.width * 4, im.height * 4)).save(buf, "JPEG", quality=90)
+        big.append((buf.getvalue(), samples[0][1]))
+    rows = []
+    for name, data in (("toy-size", samples[:16]), ("4x-size", big)):
+        for reduced in (False, True):
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 1.0:
+                for jpg, png in data:
+                    load_pair(jpg, png, size, False, reduced)
+                    n += 1
+            rows.append((f"PIL {name} {'draft' if reduced else 'full'}", n / (time.perf_counter() - t0)))
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for dev in devices:
+            decode_jpegs_torch([j for j, _ in data], size, dev)  # warm-up (nvJPEG init)
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 1.0:
+                decode_jpegs_torch([j for j, _ in data], size, dev)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                n += len(data)
+            rows.append(
+                (
+                    f"torchvision {name} decode_jpeg({dev}) batch of {len(data)}, jpeg only",
+                    n / (time.perf_counter() - t0),
+                )
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", help="dataset shard folder with train/ (default: synthetic data)")
+    parser.add_argument("--folds", help="folder with fold<i>.json and fold<i>/train.txt")
+    parser.add_argument("--raw", help="folder holding VOCdevkit/ for the per-file loader")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--way", type=int, default=1)
+    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--size", type=int, default=161)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--no-reduced", dest="reduced", action="store_false")
+    parser.add_argument("--no-litdata", dest="litdata", action="store_false")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.shards is None:
+            paths = write_synthetic(tmp / "data", n_train=400, n_test=20, shard_max=50)
+            shards_dir, folds, raw = paths["shards"], str(paths["folds"]), str(paths["raw"])
+        else:
+            shards_dir, folds, raw = Path(args.shards), args.folds, args.raw
+        pairs = read_pairs(read_text(join_url(folds, f"fold{args.fold}/train.txt")))
+        _, novel = read_fold(folds, args.fold)
+        results: list[tuple[str, float]] = []
+        w, b, nb = args.workers, args.batch, args.batches
+
+        def per_file(root: str) -> float:
+            ds = PerFileEpisodes(root, pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
+            return episodes_per_s(_loader(ds, w, b), nb, b)
+
+        from train.shard_io import iter_tar_samples, open_stream, shard_urls
+
+        mem = [
+            (s["jpg"], s["label.png"])
+            for url, _ in shard_urls(str(shards_dir / "train"))[:4]
+            for s in iter_tar_samples(open_stream(url), url)
+            if s["__key__"] in pairs
+        ]
+        ceiling = episodes_per_s(
+            _loader(DecodeCeiling(mem, args.way, args.shot, args.size, b, nb + 8, args.reduced), w, None),
+            nb,
+            b,
+        )
+        results.append(("decode ceiling (in-memory bytes, same decode+resize)", ceiling))
+        local = episodes_per_s(_loader(_stream(str(shards_dir / "train"), folds, args, nb), w, None), nb, b)
+        results.append(("shard sampler, local shards", local))
+        pf_local = per_file(raw)
+        results.append(("per-file loader, local VOCdevkit", pf_local))
+        served = tmp / "served"
+        served.mkdir()
+        os.symlink(shards_dir.resolve(), served / "shards")
+        os.symlink(Path(raw).resolve() / "VOCdevkit", served / "VOCdevkit")
+        with slow_http_server(served, args.latency_ms / 1000) as url:
+            http_shards = episodes_per_s(
+                _loader(_stream(f"{url}/shards/train", folds, args, nb), w, None), nb, b
+            )
+            results.append((f"shard sampler, HTTP +{args.latency_ms:g} ms/request", http_shards))
+            pf_http = per_file(url)
+            results.append((f"per-file loader, HTTP +{args.latency_ms:g} ms/request", pf_http))
+        if args.litdata:
+            try:
+                results.append(
+                    (
+                        "litdata optimize + StreamingDataset, same pools",
+                        _litdata_rate(shards_dir, folds, args, tmp),
+                    )
+                )
+            except Exception as exc:  # the benchmark reports a failed optional backend and goes on
+                print(f"litdata: failed: {exc!r}")
+        print(
+            f"\n{args.way}-way {args.shot}-shot, batch {b}, {w} workers, size {args.size}, "
+            f"reduced decode {args.reduced}, {os.cpu_count()} CPUs"
+        )
+        for name, rate in results:
+            print(f"{name:60s} {rate:8.1f} episodes/s")
+        print(f"local shards / decode ceiling: {local / ceiling:.2f}  (target >= 0.90)")
+        print(f"local shards / per-file loader: {local / pf_local:.2f}  (target >= 1)")
+        print(f"HTTP shards / HTTP per-file: {http_shards / pf_http:.1f}x  (target >= 15x)")
+        print(f"HTTP shards / local shards: {http_shards / local:.2f}  (target >= 0.95)")
+        print("\ndecode options (samples/s, one process):")
+        for name, rate in _decode_options(mem, args.size):
+            print(f"  {name:70s} {rate:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

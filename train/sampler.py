@@ -1,0 +1,317 @@
+"""Streaming N-way K-shot training episodes from WebDataset shards through bounded per-class pools.
+
+Pipeline of `EpisodeStream.__iter__` (what flows at each stage):
+  shard urls      manifest.json's list, shuffled per epoch from (seed, epoch), split by rank, then by
+                  DataLoader worker (webdataset's split_by_node / split_by_worker), so every worker
+                  of every rank reads its own shards, reshuffled per pass; or, with `resampled`, drawn with
+                  replacement from a per-worker generator (the webdataset maintainers' DDP advice)
+  raw samples     tar members grouped by key, read sequentially; JPEG/PNG stay encoded
+  class pools     one bounded buffer (`pool_size` keys) per base class, reservoir replacement; a
+                  sample enters the pool of every base class it holds under the fold's train.txt
+                  (presence rule applied once, by the folds stage); memory <= classes x pool_size
+  episodes        classes drawn uniformly over the ready base classes (HSNet-like balance), query
+                  and supports from the pools; decoded, resized and flipped only now
+  batches         `batch_size` episodes stacked into the design.md dict (uint8 images)
+
+2-way rule: the query comes from the pool of the episode's first class, so it always contains
+that class; the other ways may or may not appear in it (their masks are then all background), as
+in PANet/DENet N-way training. Supports of a class never include the query image; the same image
+may support two different ways when it holds both classes.
+
+Truncated shards are skipped with a logged warning, counted in `stats["skipped_shards"]`; samples
+completed before the damage are kept. Test-time reading never skips (see train.episodes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.folds import training_label
+from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.transforms import TrainTransform, binary_mask, episode_label
+
+log = logging.getLogger(__name__)
+
+JPG, LABEL = "jpg", "label.png"
+
+
+@dataclass
+class Episode:
+    """One drawn episode: ids only; decoding happens in `EpisodeStream._decode`."""
+
+    class_ids: list[int]
+    query: str
+    supports: list[list[str]]
+
+
+class ClassPools:
+    """Bounded per-class buffers of encoded samples; a sample is stored once, shared by its pools."""
+
+    def __init__(self, classes: Sequence[int], pool_size: int, shot: int) -> None:
+        self.pool_size = pool_size
+        self.need = shot + 1  # a class is ready when it can give a query and `shot` other supports
+        self.pools: dict[int, list[str]] = {c: [] for c in classes}
+        self.seen: dict[int, int] = dict.fromkeys(classes, 0)
+        self.store: dict[str, tuple[bytes, bytes]] = {}
+        self.refs: dict[str, int] = {}
+        self.ready: list[int] = []
+        self.peak = 0
+
+    def add(self, key: str, jpg: bytes, png: bytes, classes: Sequence[int], rng: np.random.Generator) -> None:
+        """Offer a sample to each of its classes' pools (reservoir sampling once a pool is full)."""
+        for c in classes:
+            pool = self.pools.get(c)
+            if pool is None:
+                continue
+            if key in pool:  # read again in a later pass while still buffered
+                continue
+            self.seen[c] += 1
+            if len(pool) < self.pool_size:
+                pool.append(key)
+                if len(pool) == self.need:
+                    self.ready.append(c)
+                    self.ready.sort()
+            else:
+                j = int(rng.integers(self.seen[c]))
+                if j >= self.pool_size:
+                    continue
+                self._release(pool[j])
+                pool[j] = key
+            self.refs[key] = self.refs.get(key, 0) + 1
+            self.store[key] = (jpg, png)
+        self.peak = max(self.peak, len(self.store))
+
+    def _release(self, key: str) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key], self.store[key]
+
+    def draw(self, way: int, shot: int, rng: np.random.Generator) -> Episode | None:
+        """Classes uniform over the ready classes; None until `way` classes are ready."""
+        if len(self.ready) < way:
+            return None
+        picks = rng.choice(len(self.ready), size=way, replace=False)
+        class_ids = [self.ready[int(i)] for i in picks]
+        first = self.pools[class_ids[0]]
+        query = first[int(rng.integers(len(first)))]
+        supports = []
+        for c in class_ids:
+            others = [k for k in self.pools[c] if k != query]
+            idx = rng.choice(len(others), size=shot, replace=False)
+            supports.append([others[int(i)] for i in idx])
+        return Episode(class_ids, query, supports)
+
+
+def worker_split() -> tuple[int, int]:
+    """(index, count) of this DataLoader worker; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def dist_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else from RANK/WORLD_SIZE."""
+    import webdataset as wds
+
+    rank, world, _, _ = wds.utils.pytorch_worker_info()
+    return rank, world
+
+
+class EpisodeStream(IterableDataset):
+    """Batches of training episodes streamed from shards; use with `DataLoader(ds, batch_size=None)`.
+
+    `shards`: a split folder/URL (its manifest.json lists the shards) or an explicit list of URLs.
+    `image_classes`: image id -> its base classes under the fold (from `fold<i>/train.txt`).
+    `episodes_per_epoch` is counted per rank (webdataset's `with_epoch` advice for DDP) and divided
+    among the workers; call `set_epoch(e)` each epoch so shard order and draws change reproducibly.
+    `episodes_per_sample` sets how many episodes each newly read sample pays for (reuse rate).
+    """
+
+    def __init__(
+        self,
+        shards: str | Sequence[str],
+        image_classes: dict[str, list[int]],
+        base: Sequence[int],
+        novel: Sequence[int],
+        *,
+        way: int = 1,
+        shot: int = 1,
+        batch_size: int = 8,
+        image_size: int = 321,
+        pool_size: int = 64,
+        protocol: str = "denet",
+        seed: int = 0,
+        episodes_per_epoch: int = 1000,
+        episodes_per_sample: float = 1.0,
+        resampled: bool = False,
+        reduced: bool = True,
+        flip_p: float = 0.5,
+        rank: int | None = None,
+        world_size: int | None = None,
+        allow_pipe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.urls = [u for u, _ in shard_urls(shards)] if isinstance(shards, str) else list(shards)
+        if not self.urls:
+            raise ValueError(f"no shards in {shards!r}")
+        base_set = set(base)
+        if base_set & set(novel):
+            raise ValueError("base and novel classes overlap")
+        # test classes never reach a pool: filter the pair lists by the fold's base classes again
+        self.image_classes = {
+            k: [c for c in v if c in base_set] for k, v in image_classes.items() if base_set.intersection(v)
+        }
+        self.base, self.novel = sorted(base_set), list(novel)
+        if way > len(self.base):
+            raise ValueError(f"way={way} exceeds the {len(self.base)} base classes")
+        self.way, self.shot, self.batch_size = way, shot, batch_size
+        self.image_size, self.pool_size, self.protocol = image_size, pool_size, protocol
+        self.seed, self.epoch = seed, 0
+        self.episodes_per_epoch, self.episodes_per_sample = episodes_per_epoch, episodes_per_sample
+        self.resampled, self.allow_pipe = resampled, allow_pipe
+        self.rank, self.world_size = rank, world_size
+        self.transform = TrainTransform(image_size, flip_p, reduced)
+        self.warmup = len(self.base) * (shot + 1) * 2
+        self.stats: dict[str, Any] = {"samples_read": 0, "skipped_shards": [], "peak_buffered": 0}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # -- stage 1: shard urls for this (rank, worker) ------------------------------------------
+    def _placement(self) -> tuple[int, int]:
+        rank, world = (self.rank, self.world_size) if self.rank is not None else dist_rank()
+        worker, workers = worker_split()
+        return rank * workers + worker, (world or 1) * workers
+
+    def shard_sequence(self, gid: int, total: int) -> Iterator[str]:
+        """Endless shard urls of global worker `gid` of `total` (disjoint unless resampled)."""
+        if self.resampled:
+            rng = np.random.default_rng([self.seed, self.epoch, gid, 1])
+            while True:
+                yield self.urls[int(rng.integers(len(self.urls)))]
+        if len(self.urls) < total:
+            raise ValueError(
+                f"{len(self.urls)} shards for {total} readers (ranks x workers): every reader needs its own "
+                "shard; write more shards (data.min_shards), use fewer workers, or set resampled=True"
+            )
+        # the same permutation on every reader, then split_by_node + split_by_worker in one slice:
+        # readers hold disjoint shard sets for the whole epoch; each pass reshuffles its own set
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
+        mine = [self.urls[int(i)] for i in order[gid::total]]
+        for pass_no in range(1 << 62):
+            rng = np.random.default_rng([self.seed, self.epoch, gid, pass_no, 2])
+            yield from (mine[int(i)] for i in rng.permutation(len(mine)))
+
+    # -- stage 2: raw samples -------------------------------------------------------------------
+    def samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+        failures = 0
+        for url in urls:
+            try:
+                for sample in iter_tar_samples(open_stream(url, self.allow_pipe), url):
+                    failures = 0
+                    yield sample
+            except (ShardError, OSError) as exc:
+                self.stats["skipped_shards"].append(url)
+                log.warning(
+                    "skipping shard %s (%d skipped so far): %s", url, len(self.stats["skipped_shards"]), exc
+                )
+                failures += 1
+                if failures > len(self.urls):
+                    raise ShardError(f"no readable shard among {len(self.urls)}: last was {url}") from exc
+
+    # -- stage 3 + 4: pools and episodes ----------------------------------------------------------
+    def episodes(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator) -> Iterator[Episode]:
+        pools = ClassPools(self.base, self.pool_size, self.shot)
+        self._pools = pools
+        credit = 0.0
+        for n, sample in enumerate(samples, 1):
+            self.stats["samples_read"] += 1
+            classes = self.image_classes.get(sample["__key__"])
+            if not classes or JPG not in sample or LABEL not in sample:
+                continue
+            pools.add(sample["__key__"], sample[JPG], sample[LABEL], classes, rng)
+            self.stats["peak_buffered"] = pools.peak
+            if n < self.warmup and len(pools.ready) < len(self.base):
+                continue  # let the pools fill so the first episodes are class-balanced too
+            credit = min(credit + self.episodes_per_sample, float(self.batch_size))
+            while credit >= 1.0:
+                episode = pools.draw(self.way, self.shot, rng)
+                if episode is None:
+                    break
+                credit -= 1.0
+                yield episode
+
+    def decode(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
+        """Decode one episode into numpy arrays (HWC images), applying the training transform."""
+        store = self._pools.store
+        img, label = self.transform(*store[episode.query], rng)
+        full = training_label(label, self.novel, self.protocol)
+        s_imgs, s_masks = [], []
+        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
+            for k in keys:
+                si, sl = self.transform(*store[k], rng)
+                s_imgs.append(si)
+                s_masks.append(binary_mask(sl, c))
+        return {
+            "query_img": img,
+            "query_label": episode_label(full, episode.class_ids),
+            "query_full_label": full,
+            "support_imgs": np.stack(s_imgs),
+            "support_masks": np.stack(s_masks),
+            "class_ids": episode.class_ids,
+            "query_id": episode.query,
+            "support_ids": episode.supports,
+        }
+
+    # -- stage 5: batches ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        gid, total = self._placement()
+        worker, workers = worker_split()
+        per_rank = math.ceil(self.episodes_per_epoch / self.batch_size)
+        quota = per_rank // workers + (1 if worker < per_rank % workers else 0)
+        if quota == 0:
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, gid])
+        stream = self.episodes(self.samples(self.shard_sequence(gid, total)), rng)
+        pending: list[dict[str, Any]] = []
+        try:
+            for episode in stream:
+                pending.append(self.decode(episode, rng))
+                if len(pending) == self.batch_size:
+                    yield collate_train(pending, self.way, self.shot)
+                    pending = []
+                    quota -= 1
+                    if quota == 0:
+                        return
+        finally:
+            stream.close()
+
+
+def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str, Any]:
+    """Stack decoded episodes (numpy, HWC) into the design.md batch dict (torch, CHW, batch first)."""
+    b = len(items)
+    q = np.stack([it["query_img"] for it in items])  # B H W 3
+    h, w = q.shape[1:3]
+    s = np.stack([it["support_imgs"] for it in items]).reshape(b, way, shot, h, w, 3)
+    return {
+        # numpy's transposing copy is ~30x faster than torch's permute().contiguous() for uint8
+        "query_img": torch.from_numpy(np.ascontiguousarray(q.transpose(0, 3, 1, 2))),
+        "query_label": torch.from_numpy(np.stack([it["query_label"] for it in items]).astype(np.int64)),
+        "query_full_label": torch.from_numpy(
+            np.stack([it["query_full_label"] for it in items]).astype(np.int64)
+        ),
+        "support_imgs": torch.from_numpy(np.ascontiguousarray(s.transpose(0, 1, 2, 5, 3, 4))),
+        "support_masks": torch.from_numpy(
+            np.stack([it["support_masks"] for it in items]).reshape(b, way, shot, h, w).astype(np.int64)
+        ),
+        "class_ids": torch.tensor([it["class_ids"] for it in items], dtype=torch.int64),
+        "query_id": [it["query_id"] for it in items],
+        "support_ids": [it["support_ids"] for it in items],
+    }
