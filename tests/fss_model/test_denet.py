@@ -1,0 +1,229 @@
+"""DENet's rules: weight extension, binary background, K-shot mean, freezing, and backbone weight loading."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+
+from fss_model import build_model
+from fss_model.backbones import build_backbone, imagenet_cache_path, list_backbones, load_weights
+from fss_model.denet import DENet
+from fss_model.layers import IGNORE_INDEX, binary_way_logits
+
+SIZE = 65
+
+
+def small_denet(**kw) -> DENet:
+    torch.manual_seed(0)
+    kw = {"backbone": "small", "num_classes": 7, "depth": 32, "frozen": False, **kw}
+    model = build_model("denet", **kw)
+    assert isinstance(model, DENet)
+    return model
+
+
+def episode(way: int, shot: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 3, SIZE, SIZE, generator=g)
+    s = torch.randn(2, way, shot, 3, SIZE, SIZE, generator=g)
+    m = torch.zeros(2, way, shot, SIZE, SIZE, dtype=torch.long)
+    m[..., 8:40, 16:56] = 1
+    m[..., :4, :] = IGNORE_INDEX
+    ids = torch.tensor([[3, 5], [6, 1]])[:, :way]
+    return q, s, m, ids
+
+
+def expected_prototype(model: DENet, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One support's prototype, recomputed by hand: gate, sum(m*F)/(sum(m)+1e-3), projection."""
+    feats = model.embed(img[None])[0]
+    h, w = feats.shape[-2:]
+    m = nn.functional.interpolate((mask == 1).float()[None, None], size=(h, w), mode="nearest")[0]
+    gate = model.attention.gate((feats * m).mean(dim=(1, 2))[None, :, None, None])[0]
+    gated = feats * gate
+    pooled = (gated * m).sum(dim=(1, 2)) / (m.sum() + 1e-3)
+    return model.project(pooled)
+
+
+def test_episode_rows_are_replaced_by_prototypes_and_logits_are_dot_products():
+    model = small_denet().eval()
+    q, s, m, ids = episode(way=2, shot=1)
+    with torch.no_grad():
+        out = model(q, s, m, ids)
+        weights = out["weights"]
+        for b in range(2):
+            for k in range(2):
+                proto = expected_prototype(model, s[b, k, 0], m[b, k, 0])
+                torch.testing.assert_close(weights[b, ids[b, k]], proto, rtol=1e-4, atol=1e-5)
+            others = [c for c in range(7) if c not in ids[b].tolist()]
+            # eval: the learned rows are intact (no dropout)
+            torch.testing.assert_close(weights[b, others], model.class_weight[others])
+        feats = model.embed(q)
+        torch.testing.assert_close(out["logits_full"], torch.einsum("bchw,bkc->bkhw", feats, weights))
+    assert out["logits_full"].shape == (2, 7, 9, 9)
+
+
+def test_training_drops_out_only_the_non_episode_rows():
+    model = small_denet(dropout=0.5).train()
+    protos = torch.randn(2, 2, 32)
+    ids = torch.tensor([[3, 5], [6, 1]])
+    weights = model.episode_weights(protos, ids)
+    w = model.class_weight.detach()
+    for b in range(2):
+        torch.testing.assert_close(weights[b, ids[b]], protos[b])
+        others = [c for c in range(7) if c not in ids[b].tolist()]
+        kept = weights[b, others].detach()
+        # inverted dropout: every entry is either 0 or scaled by 1 / (1 - p)
+        is_zero, is_kept = kept == 0, torch.isclose(kept, 2 * w[others])
+        assert (is_zero | is_kept).all() and is_zero.any() and is_kept.any()
+    # each episode draws its own mask
+    assert not torch.equal(weights[0, 2], weights[1, 2])
+    model.eval()
+    weights = model.episode_weights(protos, ids)
+    torch.testing.assert_close(weights[0, [0, 1, 2, 4, 6]], w[[0, 1, 2, 4, 6]])
+
+
+def test_binary_background_is_the_max_over_every_other_row():
+    # rows: 0 background, 1 base class, 2 and 3 episode classes; 2 pixels
+    logits = torch.tensor([[[1.0, 0.0], [5.0, -1.0], [2.0, 7.0], [3.0, 4.0]]]).view(1, 4, 1, 2)
+    out = binary_way_logits(logits, torch.tensor([[2, 3]]))
+    assert out.shape == (1, 2, 2, 1, 2)
+    # way 0 (row 2): fg = row 2; bg = max(rows 0, 1, 3) -> 5 from the base class, 4 from the other way
+    torch.testing.assert_close(out[0, 0, :, 0], torch.tensor([[5.0, 4.0], [2.0, 7.0]]))
+    # way 1 (row 3): bg = max(rows 0, 1, 2) -> 5, 7 (the other episode class wins the second pixel)
+    torch.testing.assert_close(out[0, 1, :, 0], torch.tensor([[5.0, 7.0], [3.0, 4.0]]))
+
+
+def test_k_shot_row_is_the_mean_of_the_shot_prototypes():
+    model = small_denet().eval()
+    q, s, m, ids = episode(way=1, shot=3)
+    m[0, 0, 1] = 0
+    m[0, 0, 1, 30:60, 30:60] = 1  # shots with different masks
+    with torch.no_grad():
+        five = model(q, s, m, ids)["weights"]
+        singles = [model(q, s[:, :, k : k + 1], m[:, :, k : k + 1], ids)["weights"] for k in range(3)]
+    for b in range(2):
+        c = ids[b, 0]
+        mean = torch.stack([w[b, c] for w in singles]).mean(0)
+        torch.testing.assert_close(five[b, c], mean, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(singles[0][b, c], singles[1][b, c])
+
+
+def test_frozen_backbone_gets_no_gradient_and_freeze_bn_keeps_statistics():
+    torch.manual_seed(0)
+    model = build_model("denet", backbone="resnet18", num_classes=7, depth=32, frozen=True, freeze_bn=True)
+    model.train()
+    bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(bn.training for bn in bns)
+    assert model.neck.out[1].training  # the neck's BN still trains
+    before = [bn.running_mean.clone() for bn in bns]
+    q, s, m, ids = episode(way=1, shot=1)
+    out = model(q, s, m, ids)
+    label = torch.randint(0, 7, (2, SIZE, SIZE))
+    model.loss(out, {"query_full_label": label, "query_label": (label > 0).long()})["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.neck.parameters())
+    assert model.class_weight.grad is not None and model.project.weight.grad is not None
+    assert all(torch.equal(a, bn.running_mean) for a, bn in zip(before, bns, strict=True))
+
+    # the release's setting: frozen weights, BN statistics still updated
+    released = build_model(
+        "denet", backbone="resnet18", num_classes=7, depth=32, frozen=True, freeze_bn=False
+    )
+    released.train()
+    bn = next(m for m in released.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    stats = bn.running_mean.clone()
+    released(q, s, m, ids)
+    assert not torch.equal(stats, bn.running_mean)
+
+
+# backbone name -> {layer: channels}; sizes at 65 px (stride 8 = 9 x 9, densenet's floored pool: 8 x 8)
+DOCUMENTED = {
+    "resnet50": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
+    "resnet101": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
+    "resnet18": ({"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}, 9),
+    "densenet121": ({"layer1": 256, "layer2": 512, "layer3": 1024}, 8),
+    "small": ({"layer1": 64, "layer2": 128, "layer3": 128}, 9),
+    "vgg16": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
+}
+STRIDE4 = {"resnet50": 17, "resnet101": 17, "resnet18": 17, "densenet121": 17, "small": 17}
+
+
+def test_every_backbone_is_documented():
+    assert sorted(DOCUMENTED) == list_backbones()
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_backbone_channels_and_stride_8_size(name: str):
+    channels, size = DOCUMENTED[name]
+    bb = build_backbone(name, out_layers=tuple(channels)).eval()
+    assert bb.channels == channels
+    with torch.no_grad():
+        feats = bb(torch.randn(1, 3, SIZE, SIZE))
+    assert list(feats) == list(channels)
+    for layer, c in channels.items():
+        assert feats[layer].shape[1] == c
+        expect = {4: STRIDE4.get(name), 8: size, 16: 5, 32: 3}[bb.strides[layer]]
+        assert tuple(feats[layer].shape[-2:]) == (expect, expect), layer
+    # out_channels: the last default out layer (layer3; vgg16's default taps end at pool5)
+    assert build_backbone(name).out_channels == channels["pool5" if name == "vgg16" else "layer3"]
+
+
+def test_resnet50_gives_41x41_at_321_px_with_layer3_only():
+    bb = build_backbone("resnet50", frozen=True).eval()
+    assert not hasattr(bb, "layer4")  # unused stages are not held
+    with torch.no_grad():
+        out = bb(torch.randn(1, 3, 321, 321))
+    assert list(out) == ["layer3"] and out["layer3"].shape == (1, 1024, 41, 41)
+
+
+def test_unknown_backbone_or_layer_is_rejected():
+    with pytest.raises(ValueError, match=r"known: .*resnet50"):
+        build_backbone("resnet51")
+    with pytest.raises(ValueError, match="no layer"):
+        build_backbone("small", out_layers=("layer4",))
+
+
+def test_load_weights_file_round_trip_is_strict(tmp_path):
+    src = build_backbone("resnet18", out_layers=("layer2", "layer3"))
+    path = tmp_path / "bb.pt"
+    torch.save(src.state_dict(), path)
+    dst = build_backbone("resnet18", out_layers=("layer2", "layer3"))
+    assert load_weights(dst, str(path)) is dst
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    # a key the backbone does not hold, or a missing one, is an error (never strict=False)
+    torch.save({**src.state_dict(), "extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError, match=r"extra\.weight"):
+        load_weights(dst, path)
+    state = src.state_dict()
+    state.pop("layer3.0.conv1.weight")
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match=r"layer3\.0\.conv1\.weight"):
+        load_weights(dst, path)
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        load_weights(dst, tmp_path / "nothere.pt")
+    before = dst.state_dict()["conv1.weight"].clone()
+    load_weights(dst, "none")
+    assert torch.equal(before, dst.state_dict()["conv1.weight"])
+
+
+def test_imagenet_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    bb = build_backbone("resnet18")
+    expected = os.path.join(str(tmp_path), "checkpoints", "resnet18-f37072fd.pth")
+    assert imagenet_cache_path(bb) == expected
+    with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth") as err:
+        load_weights(bb, "imagenet")
+    assert expected in str(err.value) and "download.pytorch.org" in str(err.value)
+    # a full torchvision state_dict in the cache loads strictly (fc and layer4 are dropped on purpose)
+    torch.manual_seed(1)
+    reference = tvm.resnet18()
+    os.makedirs(os.path.dirname(expected))
+    torch.save(reference.state_dict(), expected)
+    load_weights(bb, "imagenet")
+    assert torch.equal(bb.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        load_weights(build_backbone("small"), "imagenet")
