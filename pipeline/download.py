@@ -22,6 +22,7 @@ from pipeline.io import atomic_write, write_json
 from pipeline.sources import Source, sources_for
 
 CHUNK = 1 << 20
+NET_CHUNK = 1 << 16  # small network reads: a dropped connection loses at most this much
 PART_SUFFIX = ".part"
 VERIFIED_SUFFIX = ".verified.json"  # sidecar: a file already hashed is not hashed again on re-runs
 # HTTP statuses worth retrying; any other error status is final (404 will not fix itself).
@@ -146,7 +147,7 @@ def _stream_http(
                 total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress
             ) as bar,
         ):
-            for block in response.iter_content(CHUNK):
+            for block in response.iter_content(NET_CHUNK):
                 handle.write(block)
                 bar.update(len(block))
         got = part.stat().st_size
