@@ -100,11 +100,13 @@ class Train:
     device: str = AUTO  # auto = cuda if available else cpu
     nan_policy: Literal["stop", "skip"] = "stop"
     select_on_test: bool = False  # the release picks the best checkpoint on test classes
+    log_every: int = 10  # steps between dvclive/metric records
 
 
 @dataclass
 class Evaluate:
     batch_size: int = 8
+    trivial: bool = True  # also score the trivial predictors (all fg, all bg, support mask) as the floor
 
 
 @dataclass

@@ -54,6 +54,7 @@ def save_checkpoint(
     path = Path(path)
     with atomic_write(path, "wb") as handle:
         torch.save(payload, handle)
+    path.chmod(0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared and read by others
     _fsync_dir(path.parent)
 
 

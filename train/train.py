@@ -1,0 +1,446 @@
+"""Episodic training: `python -m train.train` (the DVC `train` stage); resumable, bit-identical on resume."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import NUM_CLASSES, ConfigError, Params, load_params
+from train.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+    unwrap,
+)
+
+IGNORE_INDEX = 255
+FOCAL_ALPHA = 0.25  # the release's binary focal loss (alpha weights background, 1 - alpha foreground)
+FOCAL_GAMMA = 2.0
+LAST = "last.pt"
+BEST = "best.pt"
+
+Batch = dict[str, Any]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite and train.nan_policy is `stop`."""
+
+
+# ---------------------------------------------------------------- params -> explicit arguments (one place)
+
+
+def model_kwargs_from_params(p: Params) -> dict[str, Any]:
+    """Constructor kwargs of the model: the only place that maps params.yaml keys onto a model."""
+    return {
+        "num_classes": NUM_CLASSES[p.dataset] + 1,  # background + every dataset class (W has C rows)
+        "backbone": p.backbone.name,
+        "frozen": bool(p.backbone.frozen),
+        "freeze_bn": p.backbone.freeze_bn,
+    }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the loop needs, as explicit values (built from params by `train_config_from_params`)."""
+
+    steps: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_accum: int = 1
+    val_every: int = 500
+    checkpoint_every: int = 2000
+    log_every: int = 10
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "cpu"
+    nan_policy: str = "stop"
+    protocol: str = "denet"
+
+
+def train_config_from_params(p: Params) -> TrainConfig:
+    """The loop's settings from params.yaml (`train` section plus the protocol)."""
+    t = p.train
+    return TrainConfig(
+        steps=int(t.steps),
+        lr=float(t.lr),
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        grad_accum=t.grad_accum,
+        val_every=int(t.val_every),
+        checkpoint_every=int(t.checkpoint_every),
+        log_every=t.log_every,
+        amp=t.amp,
+        channels_last=t.channels_last,
+        compile=t.compile,
+        device=t.device,
+        nan_policy=t.nan_policy,
+        protocol=p.protocol,
+    )
+
+
+def params_snapshot(p: Params) -> dict[str, Any]:
+    """Plain-dict copy of the resolved params, stored in every checkpoint."""
+    return json.loads(json.dumps(dataclasses.asdict(p)))
+
+
+# ---------------------------------------------------------------- small functions of the step
+
+
+def autocast_for(device: torch.device, amp: bool) -> Any:
+    """bf16 autocast on CUDA when enabled; a no-op context on CPU."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def forward(model: nn.Module, batch: Batch, channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """The model's forward on an episode batch (already normalised on its device)."""
+    query = batch["query_img"]
+    if channels_last:
+        query = query.contiguous(memory_format=torch.channels_last)
+    return model(query, batch["support_imgs"], batch["support_masks"], batch["class_ids"])
+
+
+def upsample_way_logits(way_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, way, 2, h, w] -> [B, way, 2, H, W], bilinear with align_corners=True (the release)."""
+    b, way, two, h, w = way_logits.shape
+    if (h, w) == tuple(size):
+        return way_logits
+    flat = way_logits.reshape(b, way * two, h, w).float()
+    return F.interpolate(flat, size=size, mode="bilinear", align_corners=True).reshape(b, way, two, *size)
+
+
+def binary_focal_loss(way_logits: torch.Tensor, query_label: torch.Tensor) -> torch.Tensor:
+    """The release's binary focal loss of the way outputs, for models whose `loss` does not report it."""
+    from fss_model.layers import binary_focal_loss as focal
+    from fss_model.layers import binary_targets
+
+    size = tuple(query_label.shape[-2:])
+    logits = upsample_way_logits(way_logits.float(), size).flatten(0, 1)
+    target = binary_targets(query_label, way_logits.shape[1]).flatten(0, 1)
+    return focal(logits, target, FOCAL_ALPHA, FOCAL_GAMMA)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD over the trainable parameters, constant lr (the release's recipe)."""
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainState:
+    """What survives a kill: the step reached, the best validation score, skipped steps."""
+
+    step: int = 0
+    best_miou: float = -math.inf
+    skipped: int = 0
+
+
+def train_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    cfg: TrainConfig,
+    normalize: Callable[[Batch, torch.device], Batch],
+    state: TrainState | None = None,
+    save: Callable[[TrainState, str], None] | None = None,
+    validate: Callable[[nn.Module], float] | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Run steps `state.step + 1 .. cfg.steps`; `batches` must yield the batches of those steps in order.
+
+    `save(state, name)` writes a checkpoint (`LAST` every cfg.checkpoint_every steps and at the end,
+    `BEST` when `validate(model)` improves); `log(step, values)` records metrics.
+    """
+    state = state or TrainState()
+    device = torch.device(cfg.device)
+    runner = torch.compile(model) if cfg.compile else model
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    episodes, t0 = 0, time.perf_counter()
+    model.train()
+    while state.step < cfg.steps:
+        optimizer.zero_grad(set_to_none=True)
+        terms: dict[str, float] = {}
+        finite = True
+        for _ in range(cfg.grad_accum):
+            # 1. batch to device + normalize (uint8 -> ImageNet-normalised float on the device)
+            batch = normalize(next(batches), device)
+            episodes += int(batch["query_img"].shape[0])
+            # 2. forward under autocast (bf16 on CUDA only)
+            with autocast_for(device, cfg.amp):
+                out = forward(runner, batch, cfg.channels_last)
+            # 3. the model's own objective; the binary focal loss is logged unless the model reports it
+            losses = unwrap(model).loss(out, batch)
+            if "focal" not in losses:
+                with torch.no_grad():
+                    losses["focal"] = binary_focal_loss(out["way_logits"].detach(), batch["query_label"])
+            loss = losses["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                finite = False
+                if cfg.nan_policy == "stop":
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at step {state.step + 1} (queries {batch.get('query_id')}); "
+                        "the run stopped: lower train.lr, or set train.nan_policy=skip to skip such steps"
+                    )
+                break
+            # 4. backward, accumulating gradients over cfg.grad_accum batches
+            (loss / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        # 5. optimizer step (a non-finite step under nan_policy=skip changes nothing)
+        if finite:
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped += 1
+            tqdm.write(f"step {state.step + 1}: non-finite loss, step skipped ({state.skipped} so far)")
+        state.step += 1
+        # 6. log, validate, checkpoint
+        rate = episodes / max(time.perf_counter() - t0, 1e-9)
+        bar.update(1)
+        if finite:
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", eps=f"{rate:.1f}")
+        if log is not None and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
+            values = {f"train/{k}": v for k, v in terms.items()}
+            values.update({"train/episodes_per_s": rate, "train/skipped_steps": float(state.skipped)})
+            log(state.step, values)
+        if validate is not None and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
+            score = validate(model)
+            model.train()
+            if log is not None:
+                log(state.step, {"val/miou": score})
+            if score > state.best_miou:
+                state.best_miou = score
+                if save is not None:
+                    save(state, BEST)
+        if save is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+            save(state, LAST)
+    bar.close()
+    return state
+
+
+# ---------------------------------------------------------------- wiring: params, data, model, outputs
+
+
+def read_pairs(path: Path) -> dict[str, list[int]]:
+    """`<image_id>__<class:02d>` lines (the folds stage's lists) -> image id -> its class ids."""
+    pairs: dict[str, list[int]] = {}
+    for line in path.read_text().split():
+        image_id, cid = line.rsplit("__", 1)
+        pairs.setdefault(image_id, []).append(int(cid))
+    return pairs
+
+
+def train_batches(
+    p: Params, cfg: TrainConfig, shards: Path, folds: Path, start_step: int = 0
+) -> Iterator[Batch]:
+    """The batches of steps `start_step + 1 ..` in the order an uninterrupted run sees them.
+
+    A sampler epoch is `checkpoint_every` steps: its episodes depend only on (seed, epoch), so a run
+    resumed from a periodic checkpoint restarts the stream at an epoch boundary and sees the same
+    data; from any other step the epoch's first batches are drawn again and dropped.
+    """
+    from torch.utils.data import DataLoader
+
+    from pipeline.folds import fold_classes
+    from train.sampler import EpisodeStream
+
+    base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
+    per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
+    stream = EpisodeStream(
+        str(shards / "train"),
+        read_pairs(folds / f"fold{p.fold}" / "train.txt"),
+        base,
+        novel,
+        way=p.train.way,
+        shot=p.train.shot,
+        batch_size=p.train.batch_size,
+        image_size=int(p.sampler.image_size),
+        pool_size=p.sampler.pool_size,
+        protocol=p.protocol,
+        seed=p.seed,
+        episodes_per_epoch=per_epoch * p.train.batch_size,
+        reduced=p.sampler.decode_reduced,
+    )
+    first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
+    for epoch in itertools.count(first_epoch):
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers)
+        for i, batch in enumerate(loader):
+            if epoch == first_epoch and i < skip:
+                continue
+            yield batch
+
+
+def run(
+    p: Params,
+    shards: Path,
+    folds: Path,
+    out_dir: Path,
+    live_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainState:
+    """Train the model described by `p` into `out_dir` (LAST, BEST); dvclive metrics into `live_dir`."""
+    import fss_model
+    from train.episodes import normalize
+
+    cfg = train_config_from_params(p)
+    device = torch.device(cfg.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / LAST
+
+    # seed once, here: model init and dropout draw from torch's generator, saved in every checkpoint
+    torch.manual_seed(p.seed)
+    kwargs = model_kwargs_from_params(p)
+    model = fss_model.build_model(p.model, **kwargs)
+    _load_backbone_weights(model, p)
+    model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    state = TrainState()
+
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location="cpu")  # a corrupt file raises: never a silent restart
+        if ckpt["model_name"] != p.model or ckpt["model_kwargs"] != kwargs:
+            raise CheckpointError(
+                f"checkpoint {last} was written for {ckpt['model_name']} {ckpt['model_kwargs']}, "
+                f"not {p.model} {kwargs}; use another --out"
+            )
+        load_model_state(model, ckpt, last)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"])
+        extra = ckpt["extra"]
+        state = TrainState(step=ckpt["step"], best_miou=extra["best_miou"], skipped=extra["skipped"])
+        tqdm.write(f"resuming {last} at step {state.step}")
+    elif resume:
+        tqdm.write(f"--resume: no checkpoint at {last} yet; starting at step 0")
+    elif last.exists():
+        raise CheckpointError(
+            f"{last} exists: pass --resume to continue that run, or delete it to start over"
+        )
+
+    batches = train_batches(p, cfg, shards, folds, state.step)
+    validate = make_validator(p, shards, folds, cfg) if cfg.val_every else None
+    live = _make_live(live_dir, resume=state.step > 0)
+    snapshot = params_snapshot(p)
+
+    def save(s: TrainState, name: str) -> None:
+        save_checkpoint(
+            out_dir / name,
+            model_name=p.model,
+            model_kwargs=kwargs,
+            model=model,
+            step=s.step,
+            optimizer=optimizer,
+            rng=capture_rng(),
+            params=snapshot,
+            extra={"best_miou": s.best_miou, "skipped": s.skipped},
+        )
+
+    def log(step: int, values: dict[str, float]) -> None:
+        if live is None:
+            return
+        live.step = step
+        for k, v in values.items():
+            live.log_metric(k, v)
+        live.make_summary()
+
+    state = train_loop(model, optimizer, batches, cfg, normalize, state, save, validate, log, progress)
+    if live is not None:
+        live.end()
+    return state
+
+
+def make_validator(p: Params, shards: Path, folds: Path, cfg: TrainConfig) -> Callable[[nn.Module], float]:
+    """mIoU on the held-out validation draw (or on the test episodes with train.select_on_test)."""
+    from train import evaluate as ev
+
+    episodes = ev.validation_episodes(p, shards, folds)
+
+    def validate(model: nn.Module) -> float:
+        result = ev.evaluate_model(
+            model, ev.episode_batches(p, shards, episodes), p.protocol, cfg.device, cfg.amp
+        )
+        return float(result["miou"])
+
+    return validate
+
+
+def _load_backbone_weights(model: nn.Module, p: Params) -> None:
+    """Pretrained backbone weights come from files, loaded here and never inside a constructor."""
+    if p.backbone.weights in ("none", None):
+        return
+    from fss_model.backbones import load_weights
+
+    load_weights(model.backbone, p.backbone.weights)
+
+
+def _make_live(live_dir: Path | None, resume: bool) -> Any:
+    if live_dir is None:
+        return None
+    from dvclive import Live
+
+    # dvcyaml=None: the plots are declared in the repo's dvc.yaml, dvclive must not write its own
+    return Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", required=True, help="the shards stage's output (holds train/ and test/)")
+    parser.add_argument("--folds", required=True, help="the folds stage's output (fold<i>/train.txt)")
+    parser.add_argument("--out", required=True, help="checkpoint folder (last.pt, best.pt)")
+    parser.add_argument("--live", default=None, help="dvclive folder (metrics.json, plots)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if present")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+        p = load_params(args.params, overrides)
+        state = run(
+            p,
+            Path(args.shards),
+            Path(args.folds),
+            Path(args.out),
+            Path(args.live) if args.live else None,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except (ConfigError, CheckpointError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"trained {state.step} steps ({state.skipped} skipped); best validation mIoU {state.best_miou:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
