@@ -131,6 +131,11 @@ def draw_test_episodes(
         for c in pairs[image_id]:
             if c in novel_set:
                 by_class[c].append(image_id)
+    # novel classes of each candidate image by index.tsv (area > 0), the pair's own classes at least
+    novel_of = {
+        k: {c for c in image_classes.get(k, {}) if c in novel_set} | {c for c in cs if c in novel_set}
+        for k, cs in pairs.items()
+    }
     usable = sorted(c for c in by_class if len(by_class[c]) >= shot + 1)
     if len(usable) < way:
         raise ValueError(
@@ -148,9 +153,6 @@ def draw_test_episodes(
         first = order[0]
         rest = [c for c in usable if c != first]
         classes = [first] + [rest[int(i)] for i in rng.choice(len(rest), size=way - 1, replace=False)]
-        novel_of = {
-            k: {c for c in image_classes.get(k, {}) if c in novel_set} or {first} for k in by_class[first]
-        }
         queries = [k for k in by_class[first] if query_allowed(novel_of[k], classes, protocol)]
         if not queries:
             continue

@@ -1,0 +1,153 @@
+"""Test-episode manifests (rules, balance, round trip), eval fetch by key, normalize, bad shards."""
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.folds import IGNORE_INDEX
+from pipeline.io import write_json
+from train.bench_loader import slow_http_server
+from train.episodes import (
+    EvalEpisodes,
+    SampleReader,
+    build_manifest,
+    collate_eval,
+    draw_test_episodes,
+    main,
+    normalize,
+    read_fold,
+    read_index,
+    read_manifest,
+    read_pairs,
+)
+from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.transforms import decode_label
+
+
+def manifest(data, way=1, shot=1, count=40, seed=0, protocol="denet", fold=0):
+    return build_manifest(
+        str(data["shards"]), str(data["folds"]), "pascal", fold, way, shot, protocol, seed, count
+    )
+
+
+@pytest.mark.parametrize(("way", "shot"), [(1, 1), (1, 5), (2, 1)])
+def test_test_episodes_follow_the_denet_rules(tiny_data, way, shot):
+    m = manifest(tiny_data, way=way, shot=shot)
+    _, novel = read_fold(str(tiny_data["folds"]), 0)
+    pairs = read_pairs((tiny_data["folds"] / "fold0" / "test.txt").read_text())
+    image_classes, _ = read_index(str(tiny_data["shards"] / "test"))
+    assert len(m["episodes"]) == 40 and (m["way"], m["shot"], m["fold"]) == (way, shot, 0)
+    for ep in m["episodes"]:
+        classes = ep["classes"]
+        assert len(set(classes)) == way and set(classes) <= set(novel)
+        assert classes[0] in pairs[ep["query"]]
+        query_novel = set(image_classes[ep["query"]]) & set(novel)
+        assert query_novel <= set(classes)  # denet: no novel class outside the episode's
+        if way == 1:
+            assert query_novel == {classes[0]}
+        for c, sup in zip(classes, ep["supports"], strict=True):
+            assert len(sup) == len(set(sup)) == shot and ep["query"] not in sup
+            assert all(c in pairs[s] for s in sup)
+    counts = Counter(ep["classes"][0] for ep in m["episodes"])
+    assert max(counts.values()) - min(counts.values()) <= 1  # class-balanced round robin
+
+
+def test_manifest_round_trip_and_digest(tiny_data, tmp_path):
+    m = manifest(tiny_data)
+    assert manifest(tiny_data) == m  # seeded: the same episodes every time
+    assert manifest(tiny_data, seed=1)["episodes"] != m["episodes"]
+    path = tmp_path / "m.json"
+    write_json(path, m)
+    assert read_manifest(path) == m
+    bad = json.loads(path.read_text())
+    bad["episodes"][0]["query"] = bad["episodes"][1]["query"] + "x"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="sha256_of_episodes"):
+        read_manifest(path)
+
+
+def test_too_few_images_is_an_error():
+    with pytest.raises(ValueError, match="novel classes have"):
+        draw_test_episodes({"a": [1]}, {}, [1, 2], way=1, shot=1, count=3, seed=0, protocol="denet")
+
+
+def test_stage_main_writes_the_manifest(tiny_data, tmp_path):
+    out = tmp_path / "ep" / "fold0_1way_1shot.json"
+    main(["--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]), "--out", str(out)])
+    m = read_manifest(out)
+    assert m["protocol"] == "denet" and len(m["episodes"]) == 300  # toy preset of sampler.test_episodes
+
+
+def _samples(split_url):
+    return {
+        s["__key__"]: s for url, _ in shard_urls(split_url) for s in iter_tar_samples(open_stream(url), url)
+    }
+
+
+def test_fetch_by_key_matches_the_stream_local_and_http(tiny_data):
+    split = str(tiny_data["shards"] / "test")
+    expected = _samples(split)
+    reader = SampleReader(split)
+    keys = sorted(reader.locations)
+    for key in keys:
+        got = reader.fetch(key)
+        assert got["jpg"] == expected[key]["jpg"] and got["label.png"] == expected[key]["label.png"]
+    with slow_http_server(tiny_data["shards"], 0.0) as url:
+        remote = SampleReader(f"{url}/test")
+        for key in keys[::7]:
+            assert remote.fetch(key)["label.png"] == expected[key]["label.png"]
+
+
+@pytest.mark.parametrize("protocol", ["denet", "standard"])
+def test_eval_episodes_label_handling(tiny_data, protocol):
+    m = manifest(tiny_data, way=2, shot=1, count=6, protocol=protocol)
+    ds = EvalEpisodes(m, str(tiny_data["shards"] / "test"), 32, protocol)
+    samples = _samples(str(tiny_data["shards"] / "test"))
+    batch = collate_eval([ds[i] for i in range(len(ds))])
+    assert batch["query_img"].shape == (6, 3, 32, 32) and batch["support_imgs"].shape == (6, 2, 1, 3, 32, 32)
+    assert batch["query_id"] == [e["query"] for e in m["episodes"]]
+    for j, ep in enumerate(m["episodes"]):
+        raw = np.asarray(decode_label(samples[ep["query"]]["label.png"]))
+        h, w = batch["query_size"][j].tolist()
+        label = batch["query_label"][j, :h, :w].numpy()
+        if protocol == "standard":  # original size, void ignored
+            assert (h, w) == raw.shape
+            assert np.array_equal(label == IGNORE_INDEX, raw == IGNORE_INDEX)
+            assert np.array_equal(label == 1, raw == ep["classes"][0])
+        else:  # resized to image_size, void counted as background
+            assert (h, w) == (32, 32) and not (label == IGNORE_INDEX).any()
+        assert (batch["support_masks"][j] == 1).sum() > 0
+
+
+def test_truncated_test_shard_stops_evaluation_naming_it(tiny_data, tmp_path):
+    test = tmp_path / "test"
+    shutil.copytree(tiny_data["shards"] / "test", test)
+    bad = test / "test-000001.tar"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    reader = SampleReader(str(test))
+    in_bad = sorted((loc.start, k) for k, loc in reader.locations.items() if loc.shard == bad.name)
+    with pytest.raises(ShardError, match=r"test-000001\.tar"):
+        reader.fetch(in_bad[-1][1])  # a sample past the cut
+    m = manifest(tiny_data, count=40)
+    ds = EvalEpisodes(m, str(test), 32, "denet")
+    with pytest.raises(ShardError, match=r"test-000001\.tar"):
+        for i in range(len(ds)):
+            ds[i]
+
+
+def test_normalize_moves_and_standardises():
+    batch = {
+        "query_img": torch.full((1, 3, 2, 2), 124, dtype=torch.uint8),
+        "support_imgs": torch.zeros((1, 1, 1, 3, 2, 2), dtype=torch.uint8),
+        "query_label": torch.zeros((1, 2, 2), dtype=torch.int64),
+        "query_id": ["a"],
+    }
+    out = normalize(batch, "cpu")
+    assert out["query_img"].dtype == torch.float32 and out["query_label"].dtype == torch.int64
+    assert abs(out["query_img"][0, 0].mean().item() - (124 / 255 - 0.485) / 0.229) < 1e-5
+    assert torch.allclose(out["support_imgs"][0, 0, 0, 2], torch.full((2, 2), -0.406 / 0.225))
+    assert out["query_id"] == ["a"]
