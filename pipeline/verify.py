@@ -25,6 +25,7 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
     problems = []
     listed = set()
     total = 0
+    offsets: dict[tuple[str, int], str] = {}  # (shard, offset) -> key, from the deep parse
     for shard in manifest["shards"]:
         path = split_dir / shard["name"]
         listed.add(shard["name"])
@@ -40,7 +41,9 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
             continue
         if deep:
             try:
-                n = sum(1 for _ in iter_tar_samples(path))
+                keys = [(key, off) for key, off, _ in iter_tar_samples(path)]
+                n = len(keys)
+                offsets |= {(shard["name"], off): key for key, off in keys}
             except (tarfile.TarError, OSError) as exc:
                 problems.append(f"{path}: corrupt tar ({exc})")
                 continue
@@ -49,10 +52,26 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
     if total != manifest["num_samples"]:
         claimed = manifest["num_samples"]
         problems.append(f"{manifest_path}: shards hold {total} samples, num_samples says {claimed}")
+    if deep and not problems:
+        problems += _check_index(split_dir / "index.tsv", offsets)
     for extra in sorted(split_dir.glob("*.tar")):
         if extra.name not in listed:
             problems.append(f"{extra}: not listed in the manifest")
     return problems
+
+
+def _check_index(path: Path, offsets: dict[tuple[str, int], str]) -> list[str]:
+    """Every index row must point at the start of its own sample."""
+    if not path.is_file():
+        return [f"{path}: missing"]
+    with open(path) as handle:
+        col = {name: i for i, name in enumerate(handle.readline().rstrip("\n").split("\t"))}
+        for line_no, line in enumerate(handle, start=2):
+            row = line.rstrip("\n").split("\t")
+            where = (row[col["shard"]], int(row[col["offset"]]))
+            if offsets.get(where) != row[col["image_id"]]:
+                return [f"{path}:{line_no}: {row[col['image_id']]} is not at {where[0]} offset {where[1]}"]
+    return []
 
 
 def verify_tree(root: str | Path, deep: bool = True) -> tuple[int, list[str]]:

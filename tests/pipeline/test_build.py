@@ -6,7 +6,7 @@ import json
 
 from raw_fixtures import write_params
 
-from pipeline import build, folds, lists, shards
+from pipeline import bench_shards, build, folds, lists, shards
 
 
 def test_build_then_lists(pascal_raw, tmp_path, capsys):
@@ -65,3 +65,8 @@ def test_bad_input_stops_with_the_file_named(pascal_raw, tmp_path, capsys):
     ]
     assert build.main([*argv, "--params", str(write_params(tmp_path))]) == 2
     assert "2007_000012.png: corrupt mask" in capsys.readouterr().err
+
+
+def test_bench_reports_a_rate(pascal_raw):
+    rates = bench_shards.bench(pascal_raw, "pascal", [1], repeat=1)
+    assert set(rates) == {1} and rates[1] > 0

@@ -44,6 +44,15 @@ def test_missing_truncated_and_unlisted_shards(built):
     assert "test-000099.tar: not listed" in problems
 
 
+def test_index_pointing_elsewhere_is_reported(built):
+    index = built / "train" / "index.tsv"
+    lines = index.read_text().splitlines()
+    cols = lines[1].split("\t")
+    cols[-1] = str(int(cols[-1]) + 512)
+    index.write_text("\n".join([lines[0], "\t".join(cols), *lines[2:]]) + "\n")
+    assert "index.tsv:2:" in verify_split(built / "train")[0]
+
+
 def test_incomplete_split_is_reported(built):
     (built / "train" / "manifest.json").unlink()
     assert verify_split(built / "train") == [
