@@ -17,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Look:
 
 
 def class_looks(num_classes: int) -> list[Look]:
-    """One distinct look per class; (shape, texture) pairs cycle so neighbours in id differ in both."""
+    """One look per class: 6 textures x 7 shapes cycle together (42 distinct pairs), own colours."""
     rng = np.random.default_rng([LOOK_SEED, num_classes])
     looks = []
     for i in range(num_classes):
@@ -105,7 +106,7 @@ def class_looks(num_classes: int) -> list[Look]:
         hue_b = 255 - hue_a + rng.normal(0, 30, 3)  # contrasting partner colour
         looks.append(
             Look(
-                shape=SHAPES[(i + i // len(TEXTURES)) % len(SHAPES)],
+                shape=SHAPES[i % len(SHAPES)],
                 sides=int(rng.integers(3, 8)),
                 aspect=float(rng.uniform(0.55, 1.0)),
                 texture=TEXTURES[i % len(TEXTURES)],
@@ -191,7 +192,9 @@ def _clip_polygon(pts: np.ndarray, w: int, h: int) -> list[float]:
 def _rasterize(polygons: list[list[float]], h: int, w: int) -> np.ndarray:
     """Mask of polygons with COCO's own rasteriser, so the image matches what readers decode."""
     rles = mask_utils.frPyObjects(polygons, h, w)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    with warnings.catch_warnings():  # pycocotools 2.0.x vs numpy 2: a harmless copy= deprecation
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return mask_utils.decode([mask_utils.merge(rles)])[:, :, 0].astype(bool)
 
 
 # ---- appearance -------------------------------------------------------------------------------
