@@ -34,6 +34,7 @@ INDEX_COLUMNS = [
     *("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
     *("ignore_px", "height", "width", "shard", "offset"),
 ]
+_WINDOW = 256  # images in flight in the pool
 _INT_COLUMNS = set(INDEX_COLUMNS) - {"image_id", "split", "fraction", "shard"}
 
 
@@ -77,13 +78,18 @@ def sample_members(rec: Labeled) -> list[tuple[str, bytes]]:
 def _labelled(
     samples: list[Sample], num_classes: int, workers: int
 ) -> Iterator[Labeled | tuple[Sample, str]]:
-    """Labelled samples in input order; a pool only where it pays (more than one worker)."""
-    args = ((s, num_classes) for s in samples)
+    """Labelled samples in input order; a pool only where it pays (more than one worker).
+
+    `imap` queues every task at once and keeps finished results until they are consumed, so the
+    input goes in windows: at most `_WINDOW` labelled images are ever held, whatever the dataset size.
+    """
+    args = [(s, num_classes) for s in samples]
     if workers <= 1:
         yield from map(process_or_error, args)
         return
     with get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
-        yield from pool.imap(process_or_error, args, chunksize=4)
+        for start in range(0, len(args), _WINDOW):
+            yield from pool.imap(process_or_error, args[start : start + _WINDOW], chunksize=4)
 
 
 def write_split(
