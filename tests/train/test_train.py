@@ -1,0 +1,154 @@
+"""Training loop on tiny shards: loss goes down, resume is bit-identical, NaN policy, corrupt checkpoints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fss_model.denet import DENet
+from pipeline.config import load_params
+from train import train as tr
+from train.checkpoint import CheckpointError, load_checkpoint
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+TINY = {
+    "sampler.image_size": 65,
+    "sampler.workers": 0,
+    "sampler.pool_size": 16,
+    "sampler.test_episodes": 8,
+    "sampler.val_episodes": 4,
+    "backbone.name": "small",
+    "backbone.weights": "none",
+    "backbone.frozen": False,
+    "train.batch_size": 2,
+    "train.steps": 4,
+    "train.val_every": 2,
+    "train.checkpoint_every": 2,
+    "train.log_every": 1,
+    "train.device": "cpu",
+    "evaluate.batch_size": 4,
+}
+
+
+def tiny_params(**overrides):
+    return load_params(REPO_PARAMS, {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}})
+
+
+def write_params(tmp_path: Path, **overrides) -> Path:
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    for dotted, value in {**TINY, **overrides}.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run(tiny_data, out: Path, p=None, **kw):
+    return tr.run(p or tiny_params(), tiny_data["shards"], tiny_data["folds"], out, progress=False, **kw)
+
+
+def test_short_cpu_run_lowers_loss_and_logs_dvclive(tiny_data, tmp_path):
+    p = tiny_params(train__steps=8, train__checkpoint_every=8, train__val_every=8)
+    state = _run(tiny_data, tmp_path / "m", p, live_dir=tmp_path / "live")
+    assert state.step == 8 and state.skipped == 0
+    rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().split("\n")[1:]
+    losses = [float(r.split("\t")[1]) for r in rows if r]
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss goes down
+    assert (tmp_path / "live/plots/metrics/train/focal.tsv").exists()
+    assert (tmp_path / "live/plots/metrics/val/miou.tsv").exists()
+    ckpt = load_checkpoint(tmp_path / "m" / tr.LAST)
+    assert ckpt["step"] == 8 and ckpt["model_name"] == "denet"
+    assert ckpt["model_kwargs"] == tr.model_kwargs_from_params(p)
+    assert ckpt["params"]["train"]["steps"] == 8  # params snapshot
+    assert (tmp_path / "m" / tr.BEST).exists()
+
+
+def test_resume_after_a_crash_is_bit_identical(tiny_data, tmp_path, monkeypatch):
+    _run(tiny_data, tmp_path / "full")
+    # a run that dies during step 3, after the step-2 checkpoint
+    real = tr.train_batches
+
+    def dying(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise RuntimeError("killed")
+            yield batch
+
+    monkeypatch.setattr(tr, "train_batches", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tiny_data, tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / tr.LAST)["step"] == 2
+    monkeypatch.setattr(tr, "train_batches", real)
+    torch.manual_seed(1234)  # whatever the process did in between does not matter
+    with pytest.raises(CheckpointError, match="--resume"):
+        _run(tiny_data, tmp_path / "resumed")  # never silently overwrites a run
+    state = _run(tiny_data, tmp_path / "resumed", resume=True)
+    assert state.step == 4
+    a = load_checkpoint(tmp_path / "full" / tr.LAST)
+    b = load_checkpoint(tmp_path / "resumed" / tr.LAST)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["extra"] == b["extra"]
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_restart(tiny_data, tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / tr.LAST).write_bytes(b"PK\x03\x04 not really a zip")
+    params = write_params(tmp_path)
+    argv = ["--params", str(params), "--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]),
+            "--out", str(out), "--resume", "--no-progress"]  # fmt: skip
+    assert tr.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and str(out / tr.LAST) in err
+    assert (out / tr.LAST).read_bytes() == b"PK\x03\x04 not really a zip"  # left for inspection
+
+
+def _nan_on_call(n: int):
+    real = DENet.loss
+    calls = {"n": 0}
+
+    def loss(self, out, batch):
+        calls["n"] += 1
+        result = real(self, out, batch)
+        if calls["n"] == n:
+            result["loss"] = result["loss"] * float("nan")
+        return result
+
+    return loss
+
+
+def test_nan_loss_stops_with_a_message(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(DENet, "loss", _nan_on_call(2))
+    with pytest.raises(tr.NonFiniteLossError, match=r"step 2 .*nan_policy=skip"):
+        _run(tiny_data, tmp_path / "m")
+
+
+def test_nan_loss_skipped_with_policy_skip(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(DENet, "loss", _nan_on_call(2))
+    p = tiny_params(train__nan_policy="skip", train__val_every=100)
+    state = _run(tiny_data, tmp_path / "m", p)
+    assert state.step == 4 and state.skipped == 1
+    ckpt = load_checkpoint(tmp_path / "m" / tr.LAST)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_grad_accumulation_and_focal_helper():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 2, 5, 5)
+    label = torch.randint(0, 3, (2, 9, 9))
+    label[0, 0, 0] = 255
+    focal = tr.binary_focal_loss(logits, label)
+    assert focal.ndim == 0 and focal > 0
+    p = tiny_params(train__grad_accum=2)
+    cfg = tr.train_config_from_params(p)
+    assert cfg.grad_accum == 2 and cfg.lr == pytest.approx(0.01)
+    assert tr.model_kwargs_from_params(p) == {"num_classes": 21, "backbone": "small", "frozen": False,
+                                              "freeze_bn": True}  # fmt: skip
