@@ -1,0 +1,98 @@
+"""The raw stage: toy archives go through the same fetch + verify + extract path; `.done` comes last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.download import ChecksumError
+from pipeline.raw import TOY_MIRROR, done_path, main, run_raw
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"toy.scale": 0.05, "train.device": "cpu"}
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def params(**overrides):
+    return load_params(REPO / "params.yaml", {**FAST, **overrides})
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """mtimes of every file but the `.done` markers (rewritten on each run)."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".done")
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in files}
+
+
+def test_toy_pascal_end_to_end_and_idempotent(tmp_path: Path) -> None:
+    out, archives = tmp_path / "raw", tmp_path / "archives"
+    record = run_raw(params(dataset="pascal"), out, archives, progress=False)
+    assert record["source"] == "toy" and record["toy"] == {"seed": 0, "scale": 0.05}
+    assert set(record["files"]) == {"VOCtrainval_11-May-2012.tar", "benchmark.tgz", "train_noval.txt"}
+    assert json.loads(done_path(out, "pascal").read_text()) == record
+    for rel in (
+        "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt",
+        "benchmark_RELEASE/dataset/train.txt",
+        "benchmark_RELEASE/dataset/train_noval.txt",
+    ):
+        assert (out / rel).is_file(), rel
+    # The archives were fetched from the mirror folder and verified under their official names.
+    mirror = json.loads((archives / TOY_MIRROR / "pascal-checksums.json").read_text())
+    for name, entry in mirror["archives"].items():
+        assert record["files"][name] == "sha256:" + entry["sha256"]
+        assert (archives / name).stat().st_size == entry["size"]
+
+    before = snapshot(tmp_path)
+    assert run_raw(params(dataset="pascal"), out, archives, progress=False) == record
+    assert snapshot(tmp_path) == before  # nothing regenerated, fetched or extracted again
+
+
+def test_new_seed_replaces_the_data(tmp_path: Path) -> None:
+    out, archives = tmp_path / "raw", tmp_path / "archives"
+    first = run_raw(params(), out, archives, progress=False)
+    ids_first = (out / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text()
+    second = run_raw(params(**{"toy.seed": 1}), out, archives, progress=False)
+    assert first["files"] != second["files"]
+    assert (out / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text() != ids_first
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+
+
+def test_toy_coco(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    record = run_raw(params(dataset="coco"), out, tmp_path / "archives", progress=False)
+    assert set(record["files"]) == {"train2014.zip", "val2014.zip", "annotations_trainval2014.zip"}
+    assert len(list((out / "train2014").glob("COCO_train2014_*.jpg"))) == 40
+    assert (out / "annotations/instances_val2014.json").is_file()
+    assert done_path(out, "coco").is_file()
+
+
+def test_official_source_rejects_toy_archives_and_leaves_no_done(tmp_path: Path) -> None:
+    out, archives = tmp_path / "raw", tmp_path / "archives"
+    run_raw(params(), out, archives, progress=False)
+    assert done_path(out, "pascal").exists()
+    # A "mirror" that holds the toy bytes under the official names fails the published md5.
+    official = params(source="official", **{"download.mirror": str(archives / TOY_MIRROR)})
+    with pytest.raises(ChecksumError, match=r"VOCtrainval_11-May-2012\.tar: md5 mismatch: expected 6cd6e144"):
+        run_raw(official, tmp_path / "raw-official", tmp_path / "archives-official", progress=False)
+    assert not done_path(tmp_path / "raw-official", "pascal").exists()
+    assert not (tmp_path / "archives-official" / "VOCtrainval_11-May-2012.tar").exists()
+
+
+def test_cli_reads_params_file(tmp_path: Path, capsys) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["toy"]["scale"] = 0.05
+    raw["train"]["device"] = "cpu"
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump(raw))
+    args = ["--out", str(tmp_path / "raw"), "--archives", str(tmp_path / "arch")]
+    assert main([*args, "--params", str(good)]) == 0
+    assert done_path(tmp_path / "raw", "pascal").is_file()
+    raw["toy"]["scales"] = 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    assert main([*args, "--params", str(bad)]) == 1
+    assert "unknown key 'toy.scales'" in capsys.readouterr().err
