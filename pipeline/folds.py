@@ -3,6 +3,16 @@
 Facts (../shared/fss-notes.md section 2): PASCAL-5i fold i holds out classes 5i+1..5i+5.
 COCO-20i interleaved (FWB; used by DENet, HSNet, BAM) holds out {i+1, i+5, ..., i+77};
 contiguous (PANet) holds out 20i+1..20i+20. Class ids are the dataset ids (VOC 1..20, COCO 1..80).
+
+The folds stage (`python -m pipeline.folds --shards DIR --out DIR`) turns the per-class index into
+per-fold (image, class) pair lists (notes section 2, "Two presets"):
+- train: base-class pairs that pass the presence rule, from the train split; an image with no base
+  class left gives no pair, so it is dropped (denet); with `drop_novel_images` (BAM's option for
+  the standard preset) an image showing any pixel of a novel class is dropped too;
+- test: novel-class pairs that pass the presence rule, from the test split; under `denet` only
+  images where exactly one novel class of the fold passes the presence rule (the release's 1-way
+  query rule, lizhaoliu-Lec/DENet dataset/voc_sbd.py `item_with_class`), under `standard` any.
+The novel -> 255 / background rule of training masks is `training_label` below, applied by the sampler.
 """
 
 from __future__ import annotations
@@ -100,10 +110,10 @@ def query_classes(
     min_pixels: int,
 ) -> list[int]:
     """Novel classes for which one test image is an eligible query under `protocol`."""
-    shown = [c for c in classes if c in novel]
-    if protocol == "denet" and len(shown) != 1:
+    present = [c for c in sorted(classes) if c in novel and _present(classes[c], min_fraction, min_pixels)]
+    if protocol == "denet" and len(present) != 1:
         return []
-    return [c for c in sorted(shown) if _present(classes[c], min_fraction, min_pixels)]
+    return present
 
 
 def write_folds(

@@ -50,9 +50,10 @@ def test_pascal_lists_keep_novel_out_of_training(pascal_raw, tmp_path, protocol)
             assert fraction >= threshold and area >= min_px
         lines = (folds / f"fold{fold}" / "train.txt").read_text().splitlines()
         assert lines == sorted(lines) and all("__" in line for line in lines)
-        if protocol == "denet":  # 1-way query shows exactly one novel class
+        if protocol == "denet":  # 1-way query: exactly one novel class passes the presence rule
             for image_id, _ in test:
-                assert len([c for c in images["test"][image_id] if c in novel]) == 1
+                shown = images["test"][image_id]
+                assert len([c for c in shown if c in novel and shown[c][1] >= threshold]) == 1
         else:
             assert not {i for i, _ in train} & {i for i, _ in test}  # "aug" train excludes VOC val
 
@@ -79,7 +80,8 @@ def test_pair_rules_by_protocol():
     assert train_classes(classes, novel, 0.02, 0) == [7]
     assert train_classes(classes, novel, 0.0, 0, drop_novel_images=True) == []
     assert train_classes({7: (4000, 0.2)}, novel, 0.0, 0, drop_novel_images=True) == [7]
-    assert query_classes(classes, novel, "denet", 0.02, 0) == []  # two novel classes shown
+    assert query_classes(classes, novel, "denet", 0.0, 0) == []  # two novel classes present
+    assert query_classes(classes, novel, "denet", 0.02, 0) == [1]  # class 2 is under 2%
     assert query_classes(classes, novel, "standard", 0.0, 2048) == [1]
     assert query_classes({1: (5000, 0.3), 7: (10, 0.0)}, novel, "denet", 0.02, 0) == [1]
 
