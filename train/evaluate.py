@@ -190,6 +190,7 @@ def summarize(p: Params, folds: list[dict[str, Any]]) -> dict[str, Any]:
         for name in names
     }
     return {
+        "source": p.source,
         "dataset": p.dataset,
         "protocol": p.protocol,
         "eval_resolution": "resized" if p.protocol == "denet" else "original",

@@ -4,48 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from train_helpers import tiny_params, write_params
 
 from fss_model.denet import DENet
-from pipeline.config import load_params
 from train import train as tr
 from train.checkpoint import CheckpointError, load_checkpoint
-
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-TINY = {
-    "sampler.image_size": 65,
-    "sampler.workers": 0,
-    "sampler.pool_size": 16,
-    "sampler.test_episodes": 8,
-    "sampler.val_episodes": 4,
-    "backbone.name": "small",
-    "backbone.weights": "none",
-    "backbone.frozen": False,
-    "train.batch_size": 2,
-    "train.steps": 4,
-    "train.val_every": 2,
-    "train.checkpoint_every": 2,
-    "train.log_every": 1,
-    "train.device": "cpu",
-    "evaluate.batch_size": 4,
-}
-
-
-def tiny_params(**overrides):
-    return load_params(REPO_PARAMS, {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}})
-
-
-def write_params(tmp_path: Path, **overrides) -> Path:
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
-    for dotted, value in {**TINY, **overrides}.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[last] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _run(tiny_data, out: Path, p=None, **kw):
