@@ -33,6 +33,14 @@ class DownloadError(RuntimeError):
     """A download failed for good (bad status, retries exhausted, bad mirror)."""
 
 
+class HTTPStatusError(DownloadError):
+    """The server answered with an error status; `status` says whether a retry can help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ChecksumError(DownloadError):
     """A downloaded file's digest or size differs from the published one."""
 
@@ -133,11 +141,15 @@ def _stream_http(
             # Range not satisfiable: the part may already be complete; verification decides.
             return
         if response.status_code not in (200, 206):
-            error = DownloadError(f"{name}: HTTP {response.status_code} from {url}")
-            error.status = response.status_code  # type: ignore[attr-defined]
-            raise error
+            raise HTTPStatusError(f"{name}: HTTP {response.status_code} from {url}", response.status_code)
+        content_range = response.headers.get("Content-Range", "")
+        if response.status_code == 206 and not content_range.startswith(f"bytes {have}-"):
+            part.unlink()
+            raise requests.ConnectionError(
+                f"{name}: asked for bytes {have}-, got {content_range!r}; restarting"
+            )
         if response.status_code == 200:
-            have = 0  # the server ignored Range: start over
+            have = 0  # the server ignored the Range: start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         mode = "ab" if have else "wb"
@@ -198,8 +210,8 @@ def fetch(
                     requests.exceptions.ChunkedEncodingError,
                 ) as exc:
                     last: Exception = exc
-                except DownloadError as exc:
-                    if getattr(exc, "status", None) not in RETRY_STATUS:
+                except HTTPStatusError as exc:
+                    if exc.status not in RETRY_STATUS:
                         raise
                     last = exc
                 if attempt == retries:
