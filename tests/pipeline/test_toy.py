@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import scipy.ndimage as ndi
 import scipy.sparse
 from PIL import Image
 from pycocotools.coco import COCO
@@ -238,3 +239,49 @@ def test_cli_writes_layout_and_archives(tmp_path: Path, capsys) -> None:
     assert set(record["archives"]) == {"VOCtrainval_11-May-2012.tar", "benchmark.tgz", "train_noval.txt"}
     assert toy.main(["--root", str(tmp_path / "r"), "--scale", "0"]) == 1
     assert "scale must be > 0" in capsys.readouterr().err
+
+
+def _texture_features(img: np.ndarray) -> np.ndarray:
+    """Hand-made per-pixel features (smoothed colour, oriented edge energy): no learning at all."""
+    x = img.astype(np.float32) / 255
+    gray = x.mean(2)
+    feats = [ndi.gaussian_filter(x[..., k], 3) for k in range(3)]
+    for theta in np.linspace(0, np.pi, 4, endpoint=False):
+        edge = np.cos(theta) * ndi.sobel(gray, 1) + np.sin(theta) * ndi.sobel(gray, 0)
+        feats.append(ndi.gaussian_filter(np.abs(ndi.gaussian_filter(edge, 1.5)), 4))
+    return np.stack(feats, -1)
+
+
+def test_one_shot_is_learnable_and_trivial_predictors_score_low(pascal: Path) -> None:
+    """A support-prototype predictor on fixed features beats all-fg and copy-support by a wide margin."""
+    voc = pascal / VOC
+    labels = {
+        i: np.asarray(Image.open(voc / "SegmentationClass" / f"{i}.png"))
+        for split in ("train", "val")  # the probe learns nothing, so every image can be a query
+        for i in ids(voc / f"ImageSets/Segmentation/{split}.txt")
+    }
+    features = {i: _texture_features(np.asarray(Image.open(voc / "JPEGImages" / f"{i}.jpg"))) for i in labels}
+    pools = {c: [i for i, lab in labels.items() if (lab == c).mean() >= 0.02] for c in range(1, 21)}
+    inter, union = Counter(), Counter()
+    for c, pool in pools.items():
+        for q, s in zip(pool, pool[1:] + pool[:1], strict=True):
+            if q == s:
+                continue
+            qf, sf = features[q], features[s]
+            mu, sd = sf.reshape(-1, sf.shape[-1]).mean(0), sf.reshape(-1, sf.shape[-1]).std(0) + 1e-6
+            qf, sf = (qf - mu) / sd, (sf - mu) / sd
+            sl, ql = labels[s], labels[q]
+            fg, bg = sf[sl == c].mean(0), sf[(sl != c) & (sl != 255)].mean(0)
+            proto = ((qf - fg) ** 2).sum(-1) < ((qf - bg) ** 2).sum(-1)
+            copy = np.asarray(Image.fromarray(sl == c).resize(ql.shape[::-1], Image.NEAREST))
+            gt, valid = ql == c, ql != 255
+            for name, pred in (("proto", proto), ("all_fg", np.ones_like(gt)), ("copy", copy)):
+                inter[name, c] += int((pred & gt & valid).sum())
+                union[name, c] += int(((pred | gt) & valid).sum())
+    classes = [c for c in range(1, 21) if union["proto", c]]
+    assert len(classes) >= 15
+    miou = {
+        n: 100 * np.mean([inter[n, c] / union[n, c] for c in classes]) for n in ("proto", "all_fg", "copy")
+    }
+    assert miou["all_fg"] < 20 and miou["copy"] < 20, miou
+    assert miou["proto"] > 25 and miou["proto"] > 2 * max(miou["all_fg"], miou["copy"]), miou
