@@ -96,7 +96,8 @@ def plot(table: Table, path: Path) -> None:
         ax.set_xticks(np.arange(len(SETTINGS)) + 0.4 - width / 2, [f"{w}w{s}s" for w, s in SETTINGS])
         ax.set_ylabel("mIoU")
         ax.set_title(" / ".join(group), fontsize=9)
-        ax.legend(fontsize=7)
+        if rows:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
