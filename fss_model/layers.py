@@ -133,3 +133,31 @@ class ASPP(nn.Module):
         # the pooled branch is constant over space: broadcasting == bilinear upsampling of a 1x1 map
         outs.append(self.pool(x).expand(-1, -1, *x.shape[-2:]))
         return self.project(torch.cat(outs, dim=1))
+
+
+def concat_levels(feats: list[Tensor]) -> Tensor:
+    """Concatenate feature maps along channels at the size of the first (finest) one, bilinear."""
+    size = feats[0].shape[-2:]
+    return torch.cat([upsample(f, size) for f in feats], dim=1)
+
+
+def cosine_map(features: Tensor, vectors: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarity of every pixel with every vector: [N, C, h, w], [N, K, C] -> [N, K, h, w]."""
+    f = F.normalize(features, dim=1, eps=eps)
+    v = F.normalize(vectors.to(features.dtype), dim=2, eps=eps)
+    return torch.einsum("nchw,nkc->nkhw", f, v)
+
+
+class ResidualBlock(nn.Module):
+    """relu(x + conv3x3(relu(conv3x3(x)))) without normalisation: CANet's and PGNet's block as released."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.body(x))

@@ -1,0 +1,126 @@
+"""AMP (ICCV 2019) as the DENet release re-implements it: FCN-8s base-class segmentation, imprinting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from fss_model.backbones import build_backbone
+from fss_model.layers import binary_way_logits, masked_average_pool, safe_cross_entropy, upsample
+from fss_model.pairwise import episode_images, split_episode
+from fss_model.registry import register_model
+
+ALPHA = 0.25821  # the release's moving-average rate of the background row
+
+
+class AMP(nn.Module):
+    """Adaptive Masked Proxies (Siam et al., ICCV 2019) as in lizhaoliu-Lec/DENet `model/head/amp.py`.
+
+    Training is plain multi-class segmentation of the query on the base classes (`query_full_label`:
+    base ids, novel classes 255): frozen VGG16 taps pool3 (256, /8), pool4 (512, /16), pool5 (512, /32)
+    with the release's dilated conv4/conv5, a 1x1 conv 512 -> 256 on pool5 (the release's reduced
+    DFCN8s), one bias-free 1x1 classifier with `num_classes` rows per level, FCN-8s fusion (coarse
+    logits upsampled and added to the finer ones); loss = CE at label size.
+    Episodes (test time; computed in every mode so `way_logits` always exists): per level, the
+    L2-normalised masked average pooling of each support ("proxy") is imprinted as a classifier row:
+    the episode class's row <- mean of its shots' normalised foreground proxies; the background row
+    (row 0) <- moving average alpha * proxy + (1 - alpha) * row over the normalised background proxies,
+    alpha = 0.25821, starting from the trained row. Imprinted weights carry no gradient (as released).
+    Way i's binary map is (max over every other row, row of class i), DENet's rule.
+    Differences: imprinting is per episode and leaves the parameters unchanged (the release writes the
+    updated background row into the classifier, so it drifts across every later episode and batch).
+    Extension (the release is 1-way only): N-way imprints every way's row; the background average runs
+    over the background proxies of all ways and shots, way by way, shot by shot.
+
+    Args:
+        num_classes: classifier rows incl. background (21 PASCAL, 81 COCO); class_ids index them.
+        backbone, layers: backbone name and its taps, fine to deep (None: the backbone's default taps).
+        frozen, freeze_bn: backbone weights without gradient (as released) / BN statistics fixed.
+        depth: width of the 1x1 conv on the deepest tap; alpha: background moving-average rate.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone: str = "vgg16",
+        frozen: bool = True,
+        freeze_bn: bool = True,
+        layers: tuple[str, ...] | None = None,
+        depth: int = 256,
+        alpha: float = ALPHA,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.alpha = num_classes, alpha
+        self.backbone = build_backbone(
+            backbone, frozen=frozen, freeze_bn=freeze_bn, out_layers=tuple(layers) if layers else None
+        )
+        channels = [self.backbone.channels[n] for n in self.backbone.out_layers]
+        self.fc = nn.Conv2d(channels[-1], depth, 1)
+        self.classifiers = nn.ModuleList(
+            nn.Conv2d(c, num_classes, 1, bias=False) for c in [*channels[:-1], depth]
+        )
+
+    def levels(self, images: Tensor) -> list[Tensor]:
+        """[N, 3, H, W] -> the feature map of every level, fine to deep (deepest through `fc`)."""
+        feats = list(self.backbone(images).values())
+        return [*feats[:-1], self.fc(feats[-1])]
+
+    @staticmethod
+    def fuse(logits: list[Tensor]) -> Tensor:
+        """FCN-8s fusion: from the deepest level, upsample and add to the next finer one."""
+        out = logits[-1]
+        for finer in reversed(logits[:-1]):
+            out = finer + upsample(out, finer.shape[-2:])
+        return out
+
+    def imprint(self, weight: Tensor, supports: Tensor, masks: Tensor, class_ids: Tensor) -> Tensor:
+        """weight [C, ch], supports [B, way, shot, ch, h, w], masks [B, way, shot, H, W], class_ids [B, way]
+        -> the episode's classifier [B, C, ch] (no gradient)."""
+        b, way, shot = supports.shape[:3]
+        feats, flat = supports.flatten(0, 2), masks.flatten(0, 2)
+        fg = F.normalize(masked_average_pool(feats, flat), dim=1).unflatten(0, (b, way, shot)).mean(dim=2)
+        bg = F.normalize(masked_average_pool(feats, (flat == 0).long()), dim=1).unflatten(0, (b, way * shot))
+        row = weight[0].to(bg.dtype).expand(b, -1)
+        for i in range(way * shot):
+            row = self.alpha * bg[:, i] + (1 - self.alpha) * row
+        episode = weight.to(fg.dtype).expand(b, -1, -1).scatter(1, class_ids[..., None].expand_as(fg), fg)
+        return torch.cat([row[:, None], episode[:, 1:]], dim=1).detach()
+
+    def forward(
+        self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor, class_ids: Tensor
+    ) -> dict[str, Tensor]:
+        """Design contract -> {"way_logits", "logits_full" (imprinted) and "base_logits" [B, C, h, w]}."""
+        b, way, shot = support_imgs.shape[:3]
+        base, episode = [], []
+        for feats, classifier in zip(
+            self.levels(episode_images(query_img, support_imgs)), self.classifiers, strict=True
+        ):
+            query, supports = split_episode(feats, b, way, shot)
+            base.append(classifier(query))
+            weights = self.imprint(classifier.weight.flatten(1), supports, support_masks, class_ids)
+            episode.append(torch.einsum("bchw,bkc->bkhw", query, weights.to(query.dtype)))
+        logits_full = self.fuse(episode)
+        return {
+            "way_logits": binary_way_logits(logits_full, class_ids),
+            "logits_full": logits_full,
+            "base_logits": self.fuse(base),
+        }
+
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Base-class segmentation: CE of the upsampled base logits vs query_full_label (novel = 255)."""
+        label: Tensor = batch["query_full_label"]
+        ce = safe_cross_entropy(upsample(out["base_logits"].float(), label.shape[-2:]), label)
+        return {"loss": ce, "ce": ce.detach()}
+
+
+@register_model("amp", tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")})
+def amp(**kwargs: Any) -> AMP:
+    """AMP; kwargs: see `AMP` (num_classes, backbone, frozen, freeze_bn, layers, depth, alpha)."""
+    return AMP(**kwargs)
+
+
+__all__ = ["AMP", "amp"]
