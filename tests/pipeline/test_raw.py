@@ -65,7 +65,7 @@ def test_toy_coco(tmp_path: Path) -> None:
     out = tmp_path / "raw"
     record = run_raw(params(dataset="coco"), out, tmp_path / "archives", progress=False)
     assert set(record["files"]) == {"train2014.zip", "val2014.zip", "annotations_trainval2014.zip"}
-    assert len(list((out / "train2014").glob("COCO_train2014_*.jpg"))) == 40
+    assert len(list((out / "train2014").glob("COCO_train2014_*.jpg"))) == 50
     assert (out / "annotations/instances_val2014.json").is_file()
     assert done_path(out, "coco").is_file()
 
