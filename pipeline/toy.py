@@ -644,12 +644,12 @@ def checksums_path(mirror: str | Path, dataset: str) -> Path:
 def build_mirror(mirror: str | Path, dataset: str, seed: int, scale: float) -> dict:
     """Generate and package `dataset` into the folder `mirror`, with <dataset>-checksums.json beside them.
 
-    Skipped when that record already records the same (dataset, seed, scale) and every
+    Skipped when that record matches (dataset, seed, scale, this generator's source digest) and every
     archive is there with its recorded size.
     """
     mirror = Path(mirror)
     record_path = checksums_path(mirror, dataset)
-    want = {"dataset": dataset, "seed": seed, "scale": scale}
+    want = {"dataset": dataset, "seed": seed, "scale": scale, "generator": sha256_file(__file__)}
     if record_path.exists():
         try:
             record = json.loads(record_path.read_text())
