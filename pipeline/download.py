@@ -228,6 +228,8 @@ def fetch(
     except ChecksumError:
         part.unlink()  # a corrupt part must not be resumed
         raise
+    with open(part, "rb+") as handle:
+        os.fsync(handle.fileno())  # the bytes are on disk before the name says the file is complete
     os.replace(part, dest)
     _record_verification(dest, digest)
     return dest, digest
