@@ -13,6 +13,7 @@ import functools
 import http.server
 import io
 import json
+import multiprocessing
 import os
 import tarfile
 import tempfile
@@ -316,25 +317,22 @@ def slow_http_server(root: str | Path, latency_s: float) -> Iterator[str]:
 
 
 # -- measurement ---------------------------------------------------------------------------------
-def episodes_per_s(loader: Any, batches: int, batch_size: int, warmup: int = 2) -> float:
-    """Steady-state rate: the clock starts after `warmup` batches (worker start-up excluded)."""
+def episodes_per_s(loader: Any, seconds: float, batch_size: int, warmup: int = 3) -> float:
+    """Steady-state rate over `seconds`: the clock starts after `warmup` batches (worker start-up)."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
     t0 = time.perf_counter()
     n = 0
-    for _ in range(batches):
-        try:
-            next(it)
-        except StopIteration:
-            break
+    while time.perf_counter() - t0 < seconds:
+        next(it)
         n += 1
     rate = n * batch_size / (time.perf_counter() - t0)
     del it
     return rate
 
 
-def _stream(shards: str, folds: str, args: argparse.Namespace, batches: int) -> EpisodeStream:
+def _stream(shards: str, folds: str, args: argparse.Namespace) -> EpisodeStream:
     base, novel = read_fold(folds, args.fold)
     pairs = read_pairs(read_text(join_url(folds, f"fold{args.fold}/train.txt")))
     return EpisodeStream(
@@ -349,7 +347,7 @@ def _stream(shards: str, folds: str, args: argparse.Namespace, batches: int) -> 
         pool_size=args.pool,
         seed=0,
         reduced=args.reduced,
-        episodes_per_epoch=(batches + 4) * args.batch,
+        episodes_per_epoch=10**9,
         resampled=True,
     )
 
@@ -365,20 +363,18 @@ def _loader(ds: Any, workers: int, batch: int | None) -> DataLoader:
     )
 
 
-def _litdata_rate(shards_dir: Path, folds: str, args: argparse.Namespace, tmp: Path) -> float:
-    """Episodes/s of the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
+def _litdata_loader(shards_dir: Path, folds: str, args: argparse.Namespace, tmp: Path) -> Any:
+    """A factory of loaders running the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
     import litdata
 
     from train.shard_io import iter_tar_samples, open_stream, shard_urls
 
     out = tmp / "litdata"
-    if not out.exists():
-        samples = [
-            s
-            for url, _ in shard_urls(str(shards_dir / "train"))
-            for s in iter_tar_samples(open_stream(url), url)
-        ]
-        inputs = [(s["__key__"], s["jpg"], s["label.png"]) for s in samples]
+    samples = [
+        s for url, _ in shard_urls(str(shards_dir / "train")) for s in iter_tar_samples(open_stream(url), url)
+    ]
+    inputs = [(s["__key__"], s["jpg"], s["label.png"]) for s in samples]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         litdata.optimize(
             fn=_lit_item,
             inputs=inputs,
@@ -387,29 +383,29 @@ def _litdata_rate(shards_dir: Path, folds: str, args: argparse.Namespace, tmp: P
             num_workers=1,
             mode="overwrite",
         )
+    # litdata switches the start method to spawn; the other loaders here are measured with fork
+    multiprocessing.set_start_method("fork", force=True)
+    base = _stream(str(shards_dir / "train"), folds, args)
 
-    class LitStream(EpisodeStream):
-        def samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
-            while True:
-                ds = litdata.StreamingDataset(str(out), shuffle=True, seed=self.seed)
-                yield from ds
+    def make() -> DataLoader:
+        lit = LitdataEpisodes(
+            [str(out)], base.image_classes, base.base, base.novel, way=args.way, shot=args.shot,
+            batch_size=args.batch, image_size=args.size, pool_size=args.pool, reduced=args.reduced,
+            episodes_per_epoch=10**9, resampled=True,
+        )  # fmt: skip
+        return _loader(lit, args.workers, None)
 
-    base = _stream(str(shards_dir / "train"), folds, args, args.batches)
-    lit = LitStream(
-        [str(out)],
-        base.image_classes,
-        base.base,
-        base.novel,
-        way=args.way,
-        shot=args.shot,
-        batch_size=args.batch,
-        image_size=args.size,
-        pool_size=args.pool,
-        reduced=args.reduced,
-        episodes_per_epoch=(args.batches + 4) * args.batch,
-        resampled=True,
-    )
-    return episodes_per_s(_loader(lit, args.workers, None), args.batches, args.batch)
+    return make
+
+
+class LitdataEpisodes(EpisodeStream):
+    """The same pools and episodes, samples read by litdata's StreamingDataset from `urls[0]`."""
+
+    def samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+        import litdata
+
+        while True:  # litdata splits its chunks over the DataLoader workers itself
+            yield from litdata.StreamingDataset(self.urls[0], shuffle=True, seed=self.seed)
 
 
 def _lit_item(item: tuple[str, bytes, bytes]) -> dict[str, Any]:
@@ -463,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pool", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring window per loader and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--no-reduced", dest="reduced", action="store_false")
     parser.add_argument("--no-litdata", dest="litdata", action="store_false")
@@ -478,12 +475,15 @@ def main(argv: list[str] | None = None) -> None:
             shards_dir, folds, raw = Path(args.shards), args.folds, args.raw
         pairs = read_pairs(read_text(join_url(folds, f"fold{args.fold}/train.txt")))
         _, novel = read_fold(folds, args.fold)
-        results: list[tuple[str, float]] = []
-        w, b, nb = args.workers, args.batch, args.batches
+        w, b = args.workers, args.batch
 
-        def per_file(root: str) -> float:
-            ds = PerFileEpisodes(root, pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
-            return episodes_per_s(_loader(ds, w, b), nb, b)
+        # HSNet-style loaders read VOC's PNGs: keep the images that have one (SBD-only ones have .mat)
+        voc_ids = {f.stem for f in (Path(raw) / VOC / "SegmentationClass").glob("*.png")}
+        voc_pairs = {k: v for k, v in pairs.items() if k in voc_ids}
+
+        def per_file(root: str) -> Any:
+            ds = PerFileEpisodes(root, voc_pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
+            return _loader(ds, w, b)
 
         from train.shard_io import iter_tar_samples, open_stream, shard_urls
 
@@ -493,47 +493,46 @@ def main(argv: list[str] | None = None) -> None:
             for s in iter_tar_samples(open_stream(url), url)
             if s["__key__"] in pairs
         ]
-        ceiling = episodes_per_s(
-            _loader(DecodeCeiling(mem, args.way, args.shot, args.size, b, nb + 8, args.reduced), w, None),
-            nb,
-            b,
-        )
-        results.append(("decode ceiling (in-memory bytes, same decode+resize)", ceiling))
-        local = episodes_per_s(_loader(_stream(str(shards_dir / "train"), folds, args, nb), w, None), nb, b)
-        results.append(("shard sampler, local shards", local))
-        pf_local = per_file(raw)
-        results.append(("per-file loader, local VOCdevkit", pf_local))
         served = tmp / "served"
         served.mkdir()
         os.symlink(shards_dir.resolve(), served / "shards")
         os.symlink(Path(raw).resolve() / "VOCdevkit", served / "VOCdevkit")
+        lat = f"HTTP +{args.latency_ms:g} ms/request"
         with slow_http_server(served, args.latency_ms / 1000) as url:
-            http_shards = episodes_per_s(
-                _loader(_stream(f"{url}/shards/train", folds, args, nb), w, None), nb, b
-            )
-            results.append((f"shard sampler, HTTP +{args.latency_ms:g} ms/request", http_shards))
-            pf_http = per_file(url)
-            results.append((f"per-file loader, HTTP +{args.latency_ms:g} ms/request", pf_http))
-        if args.litdata:
-            try:
-                results.append(
-                    (
-                        "litdata optimize + StreamingDataset, same pools",
-                        _litdata_rate(shards_dir, folds, args, tmp),
-                    )
-                )
-            except Exception as exc:  # the benchmark reports a failed optional backend and goes on
-                print(f"litdata: failed: {exc!r}")
+            loaders = {
+                "ceiling": ("decode ceiling (in-memory bytes, same decode+resize)", lambda: _loader(
+                    DecodeCeiling(mem, args.way, args.shot, args.size, b, 10**9, args.reduced), w, None)),
+                "local": ("shard sampler, local shards", lambda: _loader(
+                    _stream(str(shards_dir / "train"), folds, args), w, None)),
+                "pf_local": ("per-file loader, local VOCdevkit", lambda: per_file(raw)),
+                "http": (f"shard sampler, {lat}", lambda: _loader(
+                    _stream(f"{url}/shards/train", folds, args), w, None)),
+                "pf_http": (f"per-file loader, {lat}", lambda: per_file(url)),
+            }  # fmt: skip
+            if args.litdata:
+                try:
+                    make = _litdata_loader(shards_dir, folds, args, tmp)
+                    loaders["litdata"] = ("litdata optimize + StreamingDataset, same pools", make)
+                except Exception as exc:  # the benchmark reports a failed optional backend and goes on
+                    print(f"litdata: failed: {exc!r}")
+            # rounds interleave the loaders so that load from other processes hits them alike
+            rates: dict[str, list[float]] = {k: [] for k in loaders}
+            for _ in range(args.rounds):
+                for key, (_, make) in loaders.items():
+                    rates[key].append(episodes_per_s(make(), args.seconds, b))
+        r = {k: float(np.median(v)) for k, v in rates.items()}
         print(
-            f"\n{args.way}-way {args.shot}-shot, batch {b}, {w} workers, size {args.size}, "
-            f"reduced decode {args.reduced}, {os.cpu_count()} CPUs"
+            f"\n{args.way}-way {args.shot}-shot, batch {b}, {w} workers, size {args.size}, reduced decode "
+            f"{args.reduced}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, median of {args.rounds}"
         )
-        for name, rate in results:
-            print(f"{name:60s} {rate:8.1f} episodes/s")
-        print(f"local shards / decode ceiling: {local / ceiling:.2f}  (target >= 0.90)")
-        print(f"local shards / per-file loader: {local / pf_local:.2f}  (target >= 1)")
-        print(f"HTTP shards / HTTP per-file: {http_shards / pf_http:.1f}x  (target >= 15x)")
-        print(f"HTTP shards / local shards: {http_shards / local:.2f}  (target >= 0.95)")
+        for key, (name, _) in loaders.items():
+            spread = " ".join(f"{x:.0f}" for x in rates[key])
+            print(f"{name:60s} {r[key]:8.1f} episodes/s   ({spread})")
+        print(f"local shards / decode ceiling: {r['local'] / r['ceiling']:.2f}  (target >= 0.90)")
+        print(f"local shards / per-file loader: {r['local'] / r['pf_local']:.2f}  (target >= 1)")
+        print(f"HTTP shards / HTTP per-file: {r['http'] / r['pf_http']:.1f}x  (target >= 15x; bound here by "
+              f"ceiling / HTTP per-file = {r['ceiling'] / r['pf_http']:.1f}x)")  # fmt: skip
+        print(f"HTTP shards / local shards: {r['http'] / r['local']:.2f}  (target >= 0.95)")
         print("\ndecode options (samples/s, one process):")
         for name, rate in _decode_options(mem, args.size):
             print(f"  {name:70s} {rate:8.1f}")

@@ -41,6 +41,7 @@ from train.transforms import TrainTransform, binary_mask, episode_label
 log = logging.getLogger(__name__)
 
 JPG, LABEL = "jpg", "label.png"
+_VALUES = np.arange(256, dtype=np.uint8)  # every label value: the rules below become lookup tables
 
 
 @dataclass
@@ -118,8 +119,14 @@ def worker_split() -> tuple[int, int]:
 
 def dist_rank() -> tuple[int, int]:
     """(rank, world_size) from torch.distributed when initialised, else from RANK/WORLD_SIZE."""
-    import webdataset as wds
+    try:
+        import webdataset as wds
+    except ImportError:  # the same lookup as webdataset's, for machines without it
+        import os
 
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     rank, world, _, _ = wds.utils.pytorch_worker_info()
     return rank, world
 
@@ -178,6 +185,7 @@ class EpisodeStream(IterableDataset):
         self.resampled, self.allow_pipe = resampled, allow_pipe
         self.rank, self.world_size = rank, world_size
         self.transform = TrainTransform(image_size, flip_p, reduced)
+        self._full_lut = training_label(_VALUES, self.novel, protocol)
         self.warmup = len(self.base) * (shot + 1) * 2
         self.stats: dict[str, Any] = {"samples_read": 0, "skipped_shards": [], "peak_buffered": 0}
 
@@ -252,17 +260,20 @@ class EpisodeStream(IterableDataset):
         """Decode one episode into numpy arrays (HWC images), applying the training transform."""
         store = self._pools.store
         img, label = self.transform(*store[episode.query], rng)
-        full = training_label(label, self.novel, self.protocol)
+        # label rules applied as 256-entry lookup tables built by the rule functions themselves:
+        # one indexing pass per map instead of a comparison per class
+        query_lut = episode_label(self._full_lut, episode.class_ids)
         s_imgs, s_masks = [], []
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
+            mask_lut = binary_mask(_VALUES, c)
             for k in keys:
                 si, sl = self.transform(*store[k], rng)
                 s_imgs.append(si)
-                s_masks.append(binary_mask(sl, c))
+                s_masks.append(mask_lut[sl])
         return {
             "query_img": img,
-            "query_label": episode_label(full, episode.class_ids),
-            "query_full_label": full,
+            "query_label": query_lut[label],
+            "query_full_label": self._full_lut[label],
             "support_imgs": np.stack(s_imgs),
             "support_masks": np.stack(s_masks),
             "class_ids": episode.class_ids,
@@ -294,6 +305,11 @@ class EpisodeStream(IterableDataset):
             stream.close()
 
 
+def _stack_int64(items: list[dict[str, Any]], key: str) -> torch.Tensor:
+    """uint8 maps stacked straight into int64 (one pass, no uint8 copy first)."""
+    return torch.from_numpy(np.stack([it[key] for it in items], dtype=np.int64))
+
+
 def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str, Any]:
     """Stack decoded episodes (numpy, HWC) into the design.md batch dict (torch, CHW, batch first)."""
     b = len(items)
@@ -303,14 +319,10 @@ def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str,
     return {
         # numpy's transposing copy is ~30x faster than torch's permute().contiguous() for uint8
         "query_img": torch.from_numpy(np.ascontiguousarray(q.transpose(0, 3, 1, 2))),
-        "query_label": torch.from_numpy(np.stack([it["query_label"] for it in items]).astype(np.int64)),
-        "query_full_label": torch.from_numpy(
-            np.stack([it["query_full_label"] for it in items]).astype(np.int64)
-        ),
+        "query_label": _stack_int64(items, "query_label"),
+        "query_full_label": _stack_int64(items, "query_full_label"),
         "support_imgs": torch.from_numpy(np.ascontiguousarray(s.transpose(0, 1, 2, 5, 3, 4))),
-        "support_masks": torch.from_numpy(
-            np.stack([it["support_masks"] for it in items]).reshape(b, way, shot, h, w).astype(np.int64)
-        ),
+        "support_masks": _stack_int64(items, "support_masks").view(b, way, shot, h, w),
         "class_ids": torch.tensor([it["class_ids"] for it in items], dtype=torch.int64),
         "query_id": [it["query_id"] for it in items],
         "support_ids": [it["support_ids"] for it in items],
