@@ -28,6 +28,7 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before closing, once
     ignore_range: bool = False
+    range_shift: int = 0  # answer the next Range request from this many bytes later (a buggy mirror)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
 
@@ -46,7 +47,8 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             start = 0
             rng = self.headers.get("Range")
             if rng and not served.ignore_range:
-                start = int(rng.removeprefix("bytes=").split("-")[0])
+                start = int(rng.removeprefix("bytes=").split("-")[0]) + served.range_shift
+                served.range_shift = 0
                 if start >= len(data):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -167,6 +169,19 @@ def test_server_without_range_support_restarts_cleanly(server, tmp_path: Path) -
         md5_source(VOC2012.name, data), tmp_path, url, retries=2, progress=False, sleep=lambda s: None
     )
     assert path.read_bytes() == data  # a 200 reply to a Range request must not be appended
+
+
+def test_wrong_content_range_restarts_from_scratch(server, tmp_path: Path) -> None:
+    url, served = server
+    data = voc_tar(200_000)
+    served.files[VOC2012.name] = data
+    served.drop_after[VOC2012.name] = 100_000
+    served.range_shift = 7
+    path, _ = fetch(
+        md5_source(VOC2012.name, data), tmp_path, url, retries=3, progress=False, sleep=lambda s: None
+    )
+    assert path.read_bytes() == data
+    assert [r for _, r in served.requests][-1] is None  # the last attempt started over
 
 
 def test_retries_are_bounded(server, tmp_path: Path) -> None:
