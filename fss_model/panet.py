@@ -44,7 +44,9 @@ class PANet(nn.Module):
     Args:
         num_classes: accepted for a uniform constructor, unused (no base-class head).
         backbone, layers: backbone name and its taps (None: the backbone's default taps).
-        frozen, freeze_bn: backbone weights without gradient / BN statistics fixed (trained by default).
+        frozen, freeze_bn: backbone weights without gradient / BN statistics fixed (trained by default,
+            as PANet fine-tunes its encoder; PANet has no other parameters, so frozen=True is the
+            authors' training-free "notrain" variant, evaluated but not trained).
         scale: cosine similarity multiplier; align_weight: weight of the alignment loss (0 disables it).
     """
 
