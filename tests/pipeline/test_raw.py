@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.config import load_params
-from pipeline.download import ChecksumError
+from pipeline.download import ChecksumError, download_dataset
 from pipeline.raw import TOY_MIRROR, done_path, main, run_raw
+from pipeline.toy import build_mirror
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"toy.scale": 0.05, "train.device": "cpu"}
@@ -96,3 +100,34 @@ def test_cli_reads_params_file(tmp_path: Path, capsys) -> None:
     bad.write_text(yaml.safe_dump(raw))
     assert main([*args, "--params", str(bad)]) == 1
     assert "unknown key 'toy.scales'" in capsys.readouterr().err
+
+
+def test_toy_archives_served_over_http_download_unchanged(tmp_path: Path) -> None:
+    """The packaged toy archives behave like a lab's HTTP mirror for `pipeline.download`."""
+    mirror = tmp_path / "mirror"
+    record = build_mirror(mirror, "pascal", seed=2, scale=0.05)
+    handler = functools.partial(QuietHandler, directory=str(mirror))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    watchdog = threading.Timer(60, httpd.shutdown)
+    watchdog.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        done = download_dataset(
+            "sbd", tmp_path / "raw", tmp_path / "arch", url, record["archives"], progress=False
+        )
+    finally:
+        watchdog.cancel()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    assert set(done) == {"benchmark.tgz", "train_noval.txt"}
+    sbd = tmp_path / "raw" / "benchmark_RELEASE" / "dataset"
+    assert (sbd / "train_noval.txt").read_bytes() == (mirror / "train_noval.txt").read_bytes()
+    assert len(list((sbd / "cls").glob("*.mat"))) == len(list((sbd / "img").glob("*.jpg"))) > 0
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
