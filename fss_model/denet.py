@@ -170,7 +170,7 @@ class DENet(nn.Module):
         return {"loss": ce, "ce": ce.detach(), "focal": focal}
 
 
-@register_model
+@register_model("denet", tiny_kwargs={"backbone": "small", "depth": 64})
 def denet(**kwargs: Any) -> DENet:
     """DENet; kwargs: see `DENet` (num_classes, backbone, frozen, freeze_bn, depth, dropout, ...)."""
     return DENet(**kwargs)
