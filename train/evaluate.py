@@ -51,8 +51,10 @@ def episode_batches(
 def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
     """Episodes that pick the best checkpoint during training.
 
-    Default: a held-out draw of novel-class episodes (seed + 1) whose queries are not queries of the
-    test draw of the training setting; `train.select_on_test`: the test draw itself (the release).
+    Default: a separate draw (seed + 1) of novel-class episodes whose queries avoid the queries of the
+    test draw of the training setting; when that leaves too few images (small data sets, where the
+    test draw uses every image), the draw falls back to the same images, still other episodes.
+    `train.select_on_test`: the test draw itself (what the release does).
     """
     from train import episodes as ep
 
@@ -65,12 +67,15 @@ def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
     _, novel = ep.read_fold(str(folds), p.fold)
     pairs = ep.read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
     test_queries = {e["query"] for e in test["episodes"]}
-    held_out = {k: v for k, v in pairs.items() if k not in test_queries}
     image_classes, _ = ep.read_index(str(shards / "test"))
-    episodes = ep.draw_test_episodes(
-        held_out, image_classes, novel, way=p.train.way, shot=p.train.shot,
-        count=int(p.sampler.val_episodes), seed=p.seed + VAL_SEED_OFFSET, protocol=p.protocol,
-    )  # fmt: skip
+    draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
+            "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol}  # fmt: skip
+    try:
+        held_out = {k: v for k, v in pairs.items() if k not in test_queries}
+        episodes = ep.draw_test_episodes(held_out, image_classes, novel, **draw)
+    except ValueError:
+        print("validation: too few images besides the test queries; other episodes of the same images")
+        episodes = ep.draw_test_episodes(pairs, image_classes, novel, **draw)
     return {**test, "seed": p.seed + VAL_SEED_OFFSET, "episodes": episodes,
             "sha256_of_episodes": ep.episodes_digest(episodes)}  # fmt: skip
 

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
         )
-    except (ConfigError, CheckpointError, NonFiniteLossError) as exc:
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"trained {state.step} steps ({state.skipped} skipped); best validation mIoU {state.best_miou:.2f}")
