@@ -36,16 +36,24 @@ SBD_TRAIN_NOVAL = Source(
     extract=False,
     place="benchmark_RELEASE/dataset",
 )
-# COCO publishes no checksums: sizes as served by images.cocodataset.org; pin a digest here once known.
+# COCO publishes no checksum file; these md5s are the ones download scripts across public
+# projects agree on (the annotations md5 is also the S3 ETag), with the sizes served.
 COCO_TRAIN2014 = Source(
-    name="train2014.zip", url="http://images.cocodataset.org/zips/train2014.zip", size=13_510_573_713
+    name="train2014.zip",
+    url="http://images.cocodataset.org/zips/train2014.zip",
+    md5="0da8c0bd3d6becc4dcb32757491aca88",
+    size=13_510_573_713,
 )
 COCO_VAL2014 = Source(
-    name="val2014.zip", url="http://images.cocodataset.org/zips/val2014.zip", size=6_645_013_297
+    name="val2014.zip",
+    url="http://images.cocodataset.org/zips/val2014.zip",
+    md5="a3d79f5ed8d289b7a7554ce06a5782b3",
+    size=6_645_013_297,
 )
 COCO_ANN2014 = Source(
     name="annotations_trainval2014.zip",
     url="http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    md5="0a379cfc70b0e71301e0f377548639bd",
     size=252_872_794,
 )
 
