@@ -87,7 +87,17 @@ def test_release_layer_choices():
     assert [c.in_channels for c in amp.classifiers] == [256, 512, 256]  # pool3, pool4, fc(pool5)
     assert all(c.out_channels == 21 and c.bias is None for c in amp.classifiers)
     assert amp.backbone.frozen and not sgone.backbone.frozen
-    assert sgone.guide.in_channels == 512 and sgone.sides[0].__len__() == 2 and len(sgone.sides[-1]) == 1
+    assert sgone.guide.in_channels == 512 and len(sgone.sides[0]) == 2 and len(sgone.sides[-1]) == 1
+
+
+@pytest.mark.parametrize("name", ["amp", "panet", "sgone"])
+def test_multi_tap_methods_also_run_on_a_single_tap(name: str):
+    # the trainer passes only a backbone name: its default taps (one map for small / the ResNets) must do
+    model = tiny(name, layers=None).train()
+    batch = episode(2, 5)
+    out = run(model, batch)
+    assert out["way_logits"].shape == (2, 2, 2, 9, 9)
+    assert torch.isfinite(model.loss(out, batch)["loss"])
 
 
 # ------------------------------------------------------------------------------ class-agnostic parts
