@@ -1,4 +1,4 @@
-"""Shared skeleton of the class-agnostic methods (CANet, PGNet, SG-One): one binary head per (query, way)."""
+"""Episode plumbing shared by the baselines, and the class-agnostic skeleton (CANet, PGNet, SG-One)."""
 
 from __future__ import annotations
 
