@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 Sample = dict[str, Any]
 
 _HTTP_TIMEOUT_S = 60.0
+_BLOCK = 512
+_ZERO_BLOCK = b"\0" * _BLOCK
 _READ_CHUNK = 1 << 20
 
 
@@ -110,6 +112,81 @@ def _split_name(name: str) -> tuple[str, str]:
     return key, ext
 
 
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]  # sockets and pipes may return less than asked before the end
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def iter_tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular files of a tar stream, read sequentially.
+
+    A small reader instead of `tarfile`'s streaming mode, which costs ~0.3 ms per sample in header
+    objects: it handles ustar, GNU long names ('L') and pax headers ('x'; path and size), skips
+    other entries, and raises EOFError on a short read or a bad header checksum.
+    """
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        header = _read_exact(stream, _BLOCK)
+        if not header or header == _ZERO_BLOCK:
+            return  # end of archive (a tar that ends exactly at a member boundary is complete too)
+        if len(header) < _BLOCK:
+            raise EOFError(f"header cut at {len(header)} of {_BLOCK} bytes")
+        checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+            raise EOFError("bad tar header checksum")
+        if "size" in pax:
+            size = int(pax["size"])
+        else:
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        kind = header[156:157]
+        data = _read_exact(stream, size)
+        if len(data) < size:
+            raise EOFError(f"member data cut at {len(data)} of {size} bytes")
+        pad = -size % _BLOCK
+        if pad and len(_read_exact(stream, pad)) < pad:
+            raise EOFError("member padding cut")
+        if kind == b"L":
+            long_name = data.split(b"\0", 1)[0].decode("utf-8")
+            continue
+        if kind == b"x":
+            pax = _parse_pax(data)
+            continue
+        if kind not in (b"0", b"\0", b"7"):
+            long_name, pax = None, {}
+            continue
+        name = pax.get("path") or long_name
+        if name is None:
+            prefix = header[345:500].split(b"\0", 1)[0]
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            if prefix and header[257:262] == b"ustar":
+                name = f"{prefix.decode('utf-8')}/{name}"
+        long_name, pax = None, {}
+        yield name, data
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key.decode("utf-8")] = value.decode("utf-8")
+        pos += length
+    return out
+
+
 def iter_tar_samples(stream: IO[bytes], url: str) -> Iterator[Sample]:
     """Samples `{"__key__", "<ext>": bytes, ...}` of a tar stream, members grouped by key, in order.
 
@@ -118,22 +195,14 @@ def iter_tar_samples(stream: IO[bytes], url: str) -> Iterator[Sample]:
     """
     current: Sample | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_name(member.name)
-                handle = tar.extractfile(member)
-                assert handle is not None
-                data = handle.read()
-                if len(data) != member.size:
-                    raise EOFError(f"member {member.name} has {len(data)} of {member.size} bytes")
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": url}
-                current[ext] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        for name, data in iter_tar_members(stream):
+            key, ext = _split_name(name)
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    except (EOFError, OSError, ValueError) as exc:
         raise ShardError(f"shard {url} is truncated or corrupt: {exc}") from exc
     finally:
         close = getattr(stream, "close", None)

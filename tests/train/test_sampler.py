@@ -1,7 +1,9 @@
 """Streaming training episodes: contents, fold hygiene, disjoint readers, determinism, memory, bad shards."""
 
+import io
 import logging
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from torch.utils.data import DataLoader
 from pipeline.folds import IGNORE_INDEX
 from train.episodes import read_fold, read_index, read_pairs
 from train.sampler import EpisodeStream
-from train.shard_io import iter_tar_samples, open_stream, shard_urls
+from train.shard_io import iter_tar_members, iter_tar_samples, open_stream, shard_urls
 from train.transforms import load_pair
 
 SIZE = 32
@@ -163,3 +165,19 @@ def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
         assert len(list(ds)) == 20
     assert str(bad) in ds.stats["skipped_shards"]
     assert any("skipping shard" in r.message and str(bad) in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_reader_matches_tarfile(fmt):
+    members = [("k.jpg", b"x" * 700), ("d/" * 40 + "k.json", b"{}"), ("k.label.png", b"")]
+    if fmt == tarfile.PAX_FORMAT:
+        members.append(("ünï.txt", b"1"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert list(iter_tar_members(io.BytesIO(buf.getvalue()))) == members
+    with pytest.raises(EOFError):
+        list(iter_tar_members(io.BytesIO(buf.getvalue()[:900])))
