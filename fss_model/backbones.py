@@ -67,7 +67,9 @@ def build_backbone(
 
     `out_layers` default: ("layer3",), or ("pool3", "pool4", "pool5") for vgg16.
     """
-    return BACKBONES.build(name, frozen=frozen, freeze_bn=freeze_bn, out_layers=out_layers, **kwargs)
+    backbone = BACKBONES.build(name, frozen=frozen, freeze_bn=freeze_bn, out_layers=out_layers, **kwargs)
+    backbone.name = name  # registry name, for error messages
+    return backbone
 
 
 def list_backbones() -> list[str]:
@@ -90,6 +92,7 @@ class Backbone(nn.Module):
 
     def __init__(self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool) -> None:
         super().__init__()
+        self.name = type(self).__name__
         self.out_layers = tuple(out_layers or self.default_out)
         unknown = [n for n in self.out_layers if n not in self.channels]
         if unknown:
@@ -343,7 +346,7 @@ def small(**kw: Any) -> Backbone:
 def imagenet_cache_path(backbone: Backbone) -> str:
     """Where torchvision's ImageNet file for this backbone must be: <torch hub dir>/checkpoints/<file>."""
     if backbone.imagenet_weights is None:
-        raise ValueError(f"{type(backbone).__name__} has no ImageNet weights; use 'none' or a file path")
+        raise ValueError(f"backbone {backbone.name} has no ImageNet weights; use 'none' or a file path")
     filename = os.path.basename(backbone.imagenet_weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
@@ -365,7 +368,7 @@ def load_weights(backbone: Backbone, spec: str | os.PathLike[str]) -> Backbone:
         if not os.path.isfile(path):
             assert backbone.imagenet_weights is not None
             raise FileNotFoundError(
-                f"ImageNet weights for {type(backbone).__name__} not found at {path}; downloads are "
+                f"ImageNet weights for backbone {backbone.name} not found at {path}; downloads are "
                 f"disabled: put {backbone.imagenet_weights.url} there (or set backbone.weights to a "
                 "state_dict file or 'none')"
             )
