@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from pipeline.io import sha256_file, write_json
 from train.episodes import read_fold, read_pairs
 from train.sampler import EpisodeStream, collate_train, worker_split
 from train.shard_io import join_url, read_range, read_text
-from train.transforms import binary_mask, decode_jpegs_torch, episode_label, load_pair
+from train.transforms import binary_mask, decode_batch_images, decode_jpegs_torch, episode_label, load_pair
 
 INDEX_COLUMNS = [
     *("image_id", "split", "class_id", "area_px", "fraction", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
@@ -299,21 +298,29 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
         return super().send_head()
 
 
+def _serve(root: str, latency_s: float, port_out: Any) -> None:
+    handler = type("Handler", (_SlowHandler,), {"latency_s": latency_s})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
+    server.daemon_threads = True
+    port_out.send(server.server_address[1])
+    server.serve_forever()
+
+
 @contextlib.contextmanager
 def slow_http_server(root: str | Path, latency_s: float) -> Iterator[str]:
-    """Serve `root` at http://127.0.0.1:<port> with `latency_s` added to every request."""
-    handler = type("Handler", (_SlowHandler,), {"latency_s": latency_s})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
-    )
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """Serve `root` at http://127.0.0.1:<port> with `latency_s` added to every request.
+
+    The server runs in its own process, like remote storage: it never takes the GIL of the loader.
+    """
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(str(root), latency_s, child), daemon=True)
+    proc.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{parent.recv()}"
     finally:
-        server.shutdown()
-        server.server_close()
+        proc.terminate()
+        proc.join()
 
 
 # -- measurement ---------------------------------------------------------------------------------
@@ -332,7 +339,21 @@ def episodes_per_s(loader: Any, seconds: float, batch_size: int, warmup: int = 3
     return rate
 
 
-def _stream(shards: str, folds: str, args: argparse.Namespace) -> EpisodeStream:
+class _DecodeOn:
+    """Iterate a `gpu_decode` loader and decode each batch's images on `device`, as `normalize` does."""
+
+    def __init__(self, loader: DataLoader, device: str) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            out = decode_batch_images(batch, self.device)
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            yield out
+
+
+def _stream(shards: str, folds: str, args: argparse.Namespace, gpu_decode: bool = False) -> EpisodeStream:
     base, novel = read_fold(folds, args.fold)
     pairs = read_pairs(read_text(join_url(folds, f"fold{args.fold}/train.txt")))
     return EpisodeStream(
@@ -349,6 +370,7 @@ def _stream(shards: str, folds: str, args: argparse.Namespace) -> EpisodeStream:
         reduced=args.reduced,
         episodes_per_epoch=10**9,
         resampled=True,
+        gpu_decode=gpu_decode,
     )
 
 
@@ -509,6 +531,13 @@ def main(argv: list[str] | None = None) -> None:
                     _stream(f"{url}/shards/train", folds, args), w, None)),
                 "pf_http": (f"per-file loader, {lat}", lambda: per_file(url)),
             }  # fmt: skip
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+            loaders["gpu_decode"] = (
+                f"shard sampler, gpu_decode (nvJPEG in the train process, {dev})",
+                lambda: _DecodeOn(
+                    _loader(_stream(str(shards_dir / "train"), folds, args, True), w, None), dev
+                ),
+            )
             if args.litdata:
                 try:
                     make = _litdata_loader(shards_dir, folds, args, tmp)

@@ -33,7 +33,14 @@ from torch.utils.data import Dataset
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
 from train.shard_io import ShardError, join_url, parse_tar_fragment, read_range, read_text
-from train.transforms import binary_mask, decode_image, decode_label, episode_label, resize_pair
+from train.transforms import (
+    binary_mask,
+    decode_batch_images,
+    decode_image,
+    decode_label,
+    episode_label,
+    resize_pair,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -331,7 +338,13 @@ def collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def normalize(batch: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
-    """Move tensors to `device`; images become float, ImageNet-normalised (on the device, after transfer)."""
+    """Move tensors to `device`; images become float, ImageNet-normalised (on the device, after transfer).
+
+    A batch from a `gpu_decode` sampler carries JPEG bytes instead of images: they are decoded on
+    `device` first (`train.transforms.decode_batch_images`).
+    """
+    if "query_jpeg" in batch:
+        batch = decode_batch_images(batch, device)
     out: dict[str, Any] = {}
     for key, value in batch.items():
         out[key] = value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value

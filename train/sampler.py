@@ -139,6 +139,8 @@ class EpisodeStream(IterableDataset):
     `episodes_per_epoch` is counted per rank (webdataset's `with_epoch` advice for DDP) and divided
     among the workers; call `set_epoch(e)` each epoch so shard order and draws change reproducibly.
     `episodes_per_sample` sets how many episodes each newly read sample pays for (reuse rate).
+    `gpu_decode`: labels are decoded here, images travel as JPEG bytes and `train.episodes.normalize`
+    decodes them on its device with nvJPEG (pays when the loader's CPUs are the bottleneck).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class EpisodeStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         allow_pipe: bool = False,
+        gpu_decode: bool = False,
     ) -> None:
         super().__init__()
         self.urls = [u for u, _ in shard_urls(shards)] if isinstance(shards, str) else list(shards)
@@ -182,7 +185,7 @@ class EpisodeStream(IterableDataset):
         self.image_size, self.pool_size, self.protocol = image_size, pool_size, protocol
         self.seed, self.epoch = seed, 0
         self.episodes_per_epoch, self.episodes_per_sample = episodes_per_epoch, episodes_per_sample
-        self.resampled, self.allow_pipe = resampled, allow_pipe
+        self.resampled, self.allow_pipe, self.gpu_decode = resampled, allow_pipe, gpu_decode
         self.rank, self.world_size = rank, world_size
         self.transform = TrainTransform(image_size, flip_p, reduced)
         self._full_lut = training_label(_VALUES, self.novel, protocol)
@@ -258,6 +261,8 @@ class EpisodeStream(IterableDataset):
 
     def decode(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
         """Decode one episode into numpy arrays (HWC images), applying the training transform."""
+        if self.gpu_decode:
+            return self._decode_labels_only(episode, rng)
         store = self._pools.store
         img, label = self.transform(*store[episode.query], rng)
         # label rules applied as 256-entry lookup tables built by the rule functions themselves:
@@ -275,6 +280,31 @@ class EpisodeStream(IterableDataset):
             "query_label": query_lut[label],
             "query_full_label": self._full_lut[label],
             "support_imgs": np.stack(s_imgs),
+            "support_masks": np.stack(s_masks),
+            "class_ids": episode.class_ids,
+            "query_id": episode.query,
+            "support_ids": episode.supports,
+        }
+
+    def _decode_labels_only(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
+        """`decode` for `gpu_decode`: labels on the CPU, JPEG bytes and flips for the device."""
+        store = self._pools.store
+        jpg, png = store[episode.query]
+        label, flip = self.transform.label_only(png, rng)
+        s_jpgs, s_masks, flips = [], [], [flip]
+        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
+            mask_lut = binary_mask(_VALUES, c)
+            for k in keys:
+                sl, sflip = self.transform.label_only(store[k][1], rng)
+                s_jpgs.append(store[k][0])
+                s_masks.append(mask_lut[sl])
+                flips.append(sflip)
+        return {
+            "query_jpeg": jpg,
+            "support_jpegs": s_jpgs,
+            "img_flips": flips,
+            "query_label": episode_label(self._full_lut, episode.class_ids)[label],
+            "query_full_label": self._full_lut[label],
             "support_masks": np.stack(s_masks),
             "class_ids": episode.class_ids,
             "query_id": episode.query,
@@ -313,17 +343,27 @@ def _stack_int64(items: list[dict[str, Any]], key: str) -> torch.Tensor:
 def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str, Any]:
     """Stack decoded episodes (numpy, HWC) into the design.md batch dict (torch, CHW, batch first)."""
     b = len(items)
-    q = np.stack([it["query_img"] for it in items])  # B H W 3
-    h, w = q.shape[1:3]
-    s = np.stack([it["support_imgs"] for it in items]).reshape(b, way, shot, h, w, 3)
-    return {
-        # numpy's transposing copy is ~30x faster than torch's permute().contiguous() for uint8
-        "query_img": torch.from_numpy(np.ascontiguousarray(q.transpose(0, 3, 1, 2))),
+    h, w = items[0]["query_label"].shape
+    labels = {
         "query_label": _stack_int64(items, "query_label"),
         "query_full_label": _stack_int64(items, "query_full_label"),
-        "support_imgs": torch.from_numpy(np.ascontiguousarray(s.transpose(0, 1, 2, 5, 3, 4))),
         "support_masks": _stack_int64(items, "support_masks").view(b, way, shot, h, w),
         "class_ids": torch.tensor([it["class_ids"] for it in items], dtype=torch.int64),
         "query_id": [it["query_id"] for it in items],
         "support_ids": [it["support_ids"] for it in items],
+    }
+    if "query_jpeg" in items[0]:  # gpu_decode: train.episodes.normalize decodes on the device
+        return {
+            **labels,
+            "query_jpeg": [it["query_jpeg"] for it in items],
+            "support_jpegs": [it["support_jpegs"] for it in items],
+            "img_flips": torch.tensor([it["img_flips"] for it in items], dtype=torch.bool),
+        }
+    q = np.stack([it["query_img"] for it in items])  # B H W 3
+    s = np.stack([it["support_imgs"] for it in items]).reshape(b, way, shot, h, w, 3)
+    return {
+        **labels,
+        # numpy's transposing copy is ~30x faster than torch's permute().contiguous() for uint8
+        "query_img": torch.from_numpy(np.ascontiguousarray(q.transpose(0, 3, 1, 2))),
+        "support_imgs": torch.from_numpy(np.ascontiguousarray(s.transpose(0, 1, 2, 5, 3, 4))),
     }

@@ -76,6 +76,16 @@ class TrainTransform:
     def __call__(self, jpg: bytes, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return load_pair(jpg, png, self.size, bool(rng.random() < self.flip_p), self.reduced)
 
+    def label_only(self, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """The label half of `__call__` (same draw) and the flip its image must get on the device."""
+        flip = bool(rng.random() < self.flip_p)
+        label = decode_label(png)
+        if label.size != (self.size, self.size):
+            label = label.resize((self.size, self.size), Image.NEAREST)
+        if flip:
+            label = label.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(label, dtype=np.uint8), flip
+
 
 def binary_mask(label: np.ndarray, class_id: int) -> np.ndarray:
     """1 where `label == class_id`, 255 where ignored, else 0."""
@@ -105,8 +115,27 @@ def decode_jpegs_torch(datas: Sequence[bytes], size: int, device: str | torch.de
     imgs = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
     out = [
         torch.nn.functional.interpolate(
-            im[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=False
+            im[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
         )
         for im in imgs
     ]
     return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_batch_images(batch: dict, device: str | torch.device) -> dict:
+    """Fill `query_img` / `support_imgs` (uint8, on `device`) of a batch made with `gpu_decode`.
+
+    The loader shipped JPEG bytes (`query_jpeg`, `support_jpegs`) and per-image flips (`img_flips`,
+    [B, 1 + way * shot], query first); one batched nvJPEG call decodes them all, then each image is
+    resized and mirrored like its label was on the CPU.
+    """
+    b, way, shot = batch["support_masks"].shape[:3]
+    size = int(batch["query_label"].shape[-1])
+    jpegs = [j for q, sup in zip(batch["query_jpeg"], batch["support_jpegs"], strict=True) for j in (q, *sup)]
+    imgs = decode_jpegs_torch(jpegs, size, device)
+    flips = batch["img_flips"].reshape(-1).to(imgs.device)
+    imgs = torch.where(flips[:, None, None, None], imgs.flip(-1), imgs).view(b, 1 + way * shot, 3, size, size)
+    out = {k: v for k, v in batch.items() if k not in ("query_jpeg", "support_jpegs", "img_flips")}
+    out["query_img"] = imgs[:, 0]
+    out["support_imgs"] = imgs[:, 1:].reshape(b, way, shot, 3, size, size)
+    return out

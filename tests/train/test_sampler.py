@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.folds import IGNORE_INDEX
-from train.episodes import read_fold, read_index, read_pairs
+from train.episodes import normalize, read_fold, read_index, read_pairs
 from train.sampler import EpisodeStream
 from train.shard_io import iter_tar_members, iter_tar_samples, open_stream, shard_urls
 from train.transforms import load_pair
@@ -181,3 +181,18 @@ def test_tar_reader_matches_tarfile(fmt):
     assert list(iter_tar_members(io.BytesIO(buf.getvalue()))) == members
     with pytest.raises(EOFError):
         list(iter_tar_members(io.BytesIO(buf.getvalue()[:900])))
+
+
+def test_gpu_decode_option_gives_the_same_episodes(tiny_data):
+    cpu = list(make_stream(tiny_data, seed=2))
+    dev = list(make_stream(tiny_data, seed=2, gpu_decode=True))
+    for a, b in zip(cpu, dev, strict=True):
+        assert "query_img" not in b and len(b["query_jpeg"]) == 4
+        assert a["support_ids"] == b["support_ids"] and torch.equal(a["query_label"], b["query_label"])
+        assert torch.equal(a["support_masks"], b["support_masks"])
+        decoded = normalize(b, "cpu")  # torchvision decode on the CPU here; nvJPEG with device="cuda"
+        expected = normalize(a, "cpu")
+        assert decoded["support_imgs"].shape == expected["support_imgs"].shape
+        # same flips and geometry: the images agree up to the two resamplers' rounding
+        assert (decoded["query_img"] - expected["query_img"]).abs().mean() < 0.15
+        assert (decoded["support_imgs"] - expected["support_imgs"]).abs().mean() < 0.15
