@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from pipeline.folds import IGNORE_INDEX
 from train.episodes import normalize, read_fold, read_index, read_pairs
 from train.sampler import EpisodeStream
-from train.shard_io import iter_tar_members, iter_tar_samples, open_stream, shard_urls
+from train.shard_io import ShardError, iter_tar_members, iter_tar_samples, open_stream, shard_urls
 from train.transforms import load_pair
 
 SIZE = 32
@@ -196,3 +196,18 @@ def test_gpu_decode_option_gives_the_same_episodes(tiny_data):
         # same flips and geometry: the images agree up to the two resamplers' rounding
         assert (decoded["query_img"] - expected["query_img"]).abs().mean() < 0.15
         assert (decoded["support_imgs"] - expected["support_imgs"]).abs().mean() < 0.15
+
+
+def test_shard_urls_file_scheme_and_pipe_needs_permission(tiny_data):
+    path = tiny_data["shards"] / "train" / "train-000000.tar"
+    local = [s["__key__"] for s in iter_tar_samples(open_stream(str(path)), str(path))]
+    via_file = [s["__key__"] for s in iter_tar_samples(open_stream(f"file://{path}"), str(path))]
+    assert local == via_file and len(local) == 10
+    with pytest.raises(ShardError, match="allow_pipe"):
+        open_stream(f"pipe:cat {path}")
+    piped = [s["__key__"] for s in iter_tar_samples(open_stream(f"pipe:cat {path}", allow_pipe=True), "p")]
+    assert piped == local
+    ds = make_stream(
+        tiny_data, shards=[f"file://{u}" for u, _ in shard_urls(str(tiny_data["shards"] / "train"))]
+    )
+    assert len(list(ds)) == 4
