@@ -56,9 +56,18 @@ def overlay(img: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     out = img.astype(np.float32)
     for w, mask in enumerate(masks):
         fg = mask == 1
-        out[fg] = (1 - ALPHA) * out[fg] + ALPHA * WAY_COLOURS[w % len(WAY_COLOURS)]
+        colour = WAY_COLOURS[w % len(WAY_COLOURS)]
+        out[fg] = (1 - ALPHA) * out[fg] + ALPHA * colour
+        out[_boundary(fg)] = colour  # a solid outline keeps the mask visible on textured images
         out[mask == IGNORE_INDEX] = 255.0
     return out.clip(0, 255).astype(np.uint8)
+
+
+def _boundary(fg: np.ndarray) -> np.ndarray:
+    """Foreground pixels with a background 4-neighbour."""
+    pad = np.pad(fg, 1, mode="edge")
+    inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    return fg & ~inner
 
 
 def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
