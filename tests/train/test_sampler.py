@@ -211,3 +211,14 @@ def test_shard_urls_file_scheme_and_pipe_needs_permission(tiny_data):
         tiny_data, shards=[f"file://{u}" for u, _ in shard_urls(str(tiny_data["shards"] / "train"))]
     )
     assert len(list(ds)) == 4
+
+
+def test_stream_with_workers_is_reproducible(tiny_data):
+    def ids(seed):
+        loader = DataLoader(
+            make_stream(tiny_data, seed=seed, episodes_per_epoch=16), batch_size=None, num_workers=2
+        )
+        return [(b["query_id"], b["support_ids"], int(b["query_img"].sum())) for b in loader]
+
+    first = ids(7)
+    assert len(first) == 4 and ids(7) == first and ids(8) != first
