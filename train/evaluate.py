@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fss_model import model_entry
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import write_json
 from train.checkpoint import CheckpointError, build_model_from_checkpoint
@@ -162,6 +163,11 @@ def evaluate_fold(
         )
     dev = torch.device(device or p.train.device)
     model, ckpt = build_model_from_checkpoint(checkpoint, map_location="cpu")
+    ways = model_entry(ckpt["model_name"]).ways
+    if manifest["way"] not in ways:
+        raise ConfigError(
+            f"model {ckpt['model_name']} supports {ways}-way episodes, not {manifest['way']}-way"
+        )
     model.to(dev)
     predictors: dict[str, nn.Module] = {"model": model}
     if trivial:

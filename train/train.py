@@ -287,6 +287,7 @@ def train_batches(
         seed=p.seed,
         episodes_per_epoch=per_epoch * p.train.batch_size,
         reduced=p.sampler.decode_reduced,
+        gpu_decode=p.sampler.gpu_decode,
     )
     first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
     for epoch in itertools.count(first_epoch):
