@@ -1,0 +1,151 @@
+"""Training-throughput benchmark: episodes/s of a model step with synthetic tensors and fed by the shards.
+
+`python -m train.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 8]` prints one table:
+1. train step on synthetic tensors already on the device (the model's ceiling);
+2. eval forward on synthetic tensors;
+3. train step fed by the streaming sampler from toy shards it builds in a temp folder (CPU decode),
+   and again with JPEG decoding on the GPU (`gpu_decode`), when the device is CUDA.
+A script, not a test: it runs on CPU too (use a small --size / --backbone there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import fss_model
+from pipeline.build import build
+from pipeline.folds import fold_classes
+from pipeline.toy import generate
+from train.episodes import normalize, read_pairs
+from train.sampler import EpisodeStream
+from train.train import autocast_for, forward
+
+
+def synthetic_batch(b: int, way: int, shot: int, size: int, num_classes: int) -> dict[str, Any]:
+    """A CPU episode batch in the design.md layout with random content (uint8 images)."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, num_classes, (b, size, size), generator=g)
+    return {
+        "query_img": torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
+        "support_imgs": torch.randint(0, 256, (b, way, shot, 3, size, size), dtype=torch.uint8, generator=g),
+        "support_masks": torch.randint(0, 2, (b, way, shot, size, size), generator=g),
+        "query_label": torch.randint(0, way + 1, (b, size, size), generator=g),
+        "query_full_label": label,
+        "class_ids": torch.arange(1, way + 1).repeat(b, 1),
+    }
+
+
+def timed_steps(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, Any]],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    train: bool,
+) -> float:
+    """Episodes/s over `steps` batches after `warmup`; a train step includes backward and SGD."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    model.train(train)
+    episodes, start = 0, 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, episodes = time.perf_counter(), 0
+        batch = normalize(next(batches), device)
+        with torch.set_grad_enabled(train), autocast_for(device, True):
+            out = forward(model, batch, channels_last=True)
+            if train:
+                loss = model.loss(out, batch)["loss"]
+        if train:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        episodes += batch["query_label"].shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return episodes / (time.perf_counter() - start)
+
+
+def repeat(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    while True:
+        yield batch
+
+
+def shard_batches(data: Path, args: argparse.Namespace, gpu_decode: bool) -> Iterator[dict[str, Any]]:
+    """Endless training batches from the toy shards under `data` (fold 0, base classes)."""
+    base, novel = fold_classes("pascal", 0)
+    stream = EpisodeStream(
+        str(data / "shards" / "pascal" / "train"),
+        read_pairs((data / "folds" / "pascal" / "fold0" / "train.txt").read_text()),
+        base,
+        novel,
+        batch_size=args.batch,
+        image_size=args.size,
+        episodes_per_epoch=10**7,
+        resampled=True,  # the toy split has fewer shards than workers
+        gpu_decode=gpu_decode,
+    )
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=args.workers, pin_memory=True, persistent_workers=True
+    )
+    yield from loader
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="denet")
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--frozen", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--size", type=int, default=321)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--toy-scale", type=float, default=0.5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = fss_model.build_model(
+        args.model, num_classes=21, backbone=args.backbone, frozen=args.frozen, freeze_bn=True
+    )
+    model = model.to(device).to(memory_format=torch.channels_last)
+    rows: list[tuple[str, float]] = []
+    synthetic = repeat(synthetic_batch(args.batch, 1, 1, args.size, 21))
+    rows.append(
+        ("train, synthetic tensors", timed_steps(model, synthetic, device, args.steps, args.warmup, True))
+    )
+    rows.append(
+        ("eval, synthetic tensors", timed_steps(model, synthetic, device, args.steps, args.warmup, False))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        generate(Path(tmp) / "raw", "pascal", seed=0, scale=args.toy_scale)
+        build("pascal", "denet", Path(tmp) / "raw", Path(tmp) / "data", progress=False)
+        print(f"toy data built in {time.perf_counter() - t0:.1f} s")
+        decodes = [False, True]  # True: JPEG bytes travel, torchvision decodes them on the device
+        for gpu in decodes:
+            batches = shard_batches(Path(tmp) / "data", args, gpu)
+            name = f"train, shards ({args.workers} workers, {'GPU' if gpu else 'CPU'} decode)"
+            rows.append((name, timed_steps(model, batches, device, args.steps, args.warmup, True)))
+    print(
+        f"\n{args.model} / {args.backbone} frozen={args.frozen}, {args.size} px, batch {args.batch}, "
+        f"1-way 1-shot, bf16={device.type == 'cuda'}, channels_last, device {device}"
+        f" ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})"
+    )
+    print("| measurement | episodes/s |\n|---|---|")
+    for name, eps in rows:
+        print(f"| {name} | {eps:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
