@@ -55,6 +55,7 @@ def model_kwargs_from_params(p: Params) -> dict[str, Any]:
         "backbone": p.backbone.name,
         "frozen": bool(p.backbone.frozen),
         "freeze_bn": p.backbone.freeze_bn,
+        **p.model_kwargs,  # per-model extras (params model_kwargs; toy DENet: depth 128)
     }
 
 

@@ -60,3 +60,28 @@ def test_bad_values_name_the_key(tmp_path, data, match):
 
 def test_int_is_accepted_for_float(tmp_path):
     assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("model", "backbone", "frozen"),
+    [
+        ("denet", "resnet50", True),
+        ("sgone", "vgg16", False),
+        ("panet", "resnet50", False),
+        ("amp", "vgg16", True),
+    ],
+)
+def test_official_backbone_follows_the_method_release(model, backbone, frozen):
+    p = load_params(REPO_PARAMS, {"source": "official", "model": model})
+    assert (p.backbone.name, p.backbone.frozen, p.model_kwargs) == (backbone, frozen, {})
+
+
+def test_toy_model_kwargs_preset_and_override():
+    assert load_params(REPO_PARAMS).model_kwargs == {"depth": 128}
+    assert load_params(REPO_PARAMS, {"model": "panet"}).model_kwargs == {}
+    assert load_params(REPO_PARAMS, {"model_kwargs": {"depth": 64}}).model_kwargs == {"depth": 64}
+
+
+def test_model_kwargs_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="model_kwargs = 3 has the wrong type"):
+        load_params(write(tmp_path, {"model_kwargs": 3}))
