@@ -114,4 +114,4 @@ def test_grad_accumulation_and_focal_helper():
     cfg = tr.train_config_from_params(p)
     assert cfg.grad_accum == 2 and cfg.lr == pytest.approx(0.01)
     assert tr.model_kwargs_from_params(p) == {"num_classes": 21, "backbone": "small", "frozen": False,
-                                              "freeze_bn": True}  # fmt: skip
+                                              "freeze_bn": True, "depth": 128}  # fmt: skip
