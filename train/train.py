@@ -351,7 +351,7 @@ def run(
 
     batches = train_batches(p, cfg, shards, folds, state.step)
     validate = make_validator(p, shards, folds, cfg) if cfg.val_every else None
-    live = _make_live(live_dir, resume=state.step > 0)
+    live = _make_live(live_dir, resume_step=state.step)
     snapshot = params_snapshot(p)
 
     def save(s: TrainState, name: str) -> None:
@@ -405,13 +405,19 @@ def _load_backbone_weights(model: nn.Module, p: Params) -> None:
     load_weights(model.backbone, p.backbone.weights)
 
 
-def _make_live(live_dir: Path | None, resume: bool) -> Any:
+def _make_live(live_dir: Path | None, resume_step: int) -> Any:
+    """A dvclive logger; on resume, rows logged after the checkpoint's step are dropped (they are redone)."""
     if live_dir is None:
         return None
     from dvclive import Live
 
+    if resume_step > 0:
+        for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+            head, *rows = tsv.read_text().splitlines()
+            kept = [r for r in rows if int(r.split("\t", 1)[0]) <= resume_step]
+            tsv.write_text("\n".join([head, *kept]) + "\n")
     # dvcyaml=None: the plots are declared in the repo's dvc.yaml, dvclive must not write its own
-    return Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
+    return Live(dir=str(live_dir), resume=resume_step > 0, dvcyaml=None, save_dvc_exp=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,25 +34,27 @@ def test_short_cpu_run_lowers_loss_and_logs_dvclive(tiny_data, tmp_path):
 
 def test_resume_after_a_crash_is_bit_identical(tiny_data, tmp_path, monkeypatch):
     _run(tiny_data, tmp_path / "full")
-    # a run that dies during step 3, after the step-2 checkpoint
+    # a run that dies during step 4, after the step-2 checkpoint
     real = tr.train_batches
 
     def dying(*args, **kwargs):
         for i, batch in enumerate(real(*args, **kwargs)):
-            if i == 2:
+            if i == 3:  # step 3 ran and was logged; the last checkpoint is step 2's
                 raise RuntimeError("killed")
             yield batch
 
     monkeypatch.setattr(tr, "train_batches", dying)
     with pytest.raises(RuntimeError, match="killed"):
-        _run(tiny_data, tmp_path / "resumed")
+        _run(tiny_data, tmp_path / "resumed", live_dir=tmp_path / "live")
     assert load_checkpoint(tmp_path / "resumed" / tr.LAST)["step"] == 2
     monkeypatch.setattr(tr, "train_batches", real)
     torch.manual_seed(1234)  # whatever the process did in between does not matter
     with pytest.raises(CheckpointError, match="--resume"):
         _run(tiny_data, tmp_path / "resumed")  # never silently overwrites a run
-    state = _run(tiny_data, tmp_path / "resumed", resume=True)
+    state = _run(tiny_data, tmp_path / "resumed", resume=True, live_dir=tmp_path / "live")
     assert state.step == 4
+    rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().split()[2:]
+    assert [r.split("\t")[0] for r in rows[::2]] == ["1", "2", "3", "4"]  # step 3 logged once
     a = load_checkpoint(tmp_path / "full" / tr.LAST)
     b = load_checkpoint(tmp_path / "resumed" / tr.LAST)
     assert a["model"].keys() == b["model"].keys()
