@@ -96,3 +96,22 @@ def test_mismatched_inputs_are_errors(tiny_data, setup, tmp_path, capsys):
     assert ev.main(argv) == 2
     assert "params say pascal/standard" in capsys.readouterr().err
     assert not Path(tmp_path / "o.json").exists()
+
+
+def test_standard_protocol_scores_at_original_size_ignoring_void(tiny_data):
+    """standard: labels stay 48x40 (images 65 px), void ignored; all-foreground = fg / valid pixels."""
+    p = tiny_params(protocol="standard")
+    shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
+    manifest = build_manifest(shards, folds, "pascal", 0, 1, 1, "standard", 0, 6)
+    batches = list(ev.episode_batches(p, tiny_data["shards"], manifest))
+    assert batches[0]["query_label"].shape[-2:] == (40, 48) and batches[0]["query_img"].shape[-1] == 65
+    seen = [(b, j, preds, label) for b, j, _, preds, label in ev.run_episodes(ev.TRIVIAL["all_foreground"](),
+                                                                               batches, "cpu")]  # fmt: skip
+    assert all(preds.shape[-2:] == label.shape == (40, 48) for _, _, preds, label in seen)
+    result = ev.evaluate_model(ev.TRIVIAL["all_foreground"](), batches, "standard", "cpu")
+    inter, union = {}, {}
+    for batch, j, _, label in seen:
+        c, fg, valid = int(batch["class_ids"][j, 0]), int((label == 1).sum()), int((label != 255).sum())
+        if fg:
+            inter[c], union[c] = inter.get(c, 0) + fg, union.get(c, 0) + valid
+    assert result["per_class"] == {c: pytest.approx(100 * inter[c] / union[c]) for c in inter}
