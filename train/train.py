@@ -188,7 +188,7 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         terms: dict[str, float] = {}
         finite = True
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             # 1. batch to device + normalize (uint8 -> ImageNet-normalised float on the device)
             batch = normalize(next(batches), device)
             episodes += int(batch["query_img"].shape[0])
@@ -209,6 +209,8 @@ def train_loop(
                         f"loss is {loss.item()} at step {state.step + 1} (queries {batch.get('query_id')}); "
                         "the run stopped: lower train.lr, or set train.nan_policy=skip to skip such steps"
                     )
+                for _ in range(cfg.grad_accum - micro - 1):  # drain the step: data stays step-aligned
+                    next(batches)
                 break
             # 4. backward, accumulating gradients over cfg.grad_accum batches
             (loss / cfg.grad_accum).backward()
