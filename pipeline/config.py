@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlparse
 
 import yaml
 
@@ -72,6 +73,9 @@ class Sampler:
     val_episodes: int | str = AUTO
     decode_reduced: bool = True  # PIL draft mode for JPEGs larger than the target size
     gpu_decode: bool = False
+    # None = the local shards folder given on the command line (the DVC output); else a URL prefix
+    # (http(s)://, s3://, gs://) holding <split>/manifest.json, index.tsv and the tars, streamed
+    shards_url: str | None = None
 
 
 @dataclass
@@ -268,6 +272,12 @@ def _check_combinations(p: Params) -> None:
     for key in ("steps", "val_every", "checkpoint_every"):
         if int(getattr(p.train, key)) < 1:
             raise ConfigError(f"params: train.{key} must be >= 1")
+    if p.sampler.shards_url and urlparse(p.sampler.shards_url).username is not None:
+        # the value is not echoed: it holds a secret
+        raise ConfigError(
+            "params: sampler.shards_url holds credentials; remove them and use the storage client's "
+            "own configuration (AWS_* variables or ~/.aws for s3://, a .netrc for https://)"
+        )
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:

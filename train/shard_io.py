@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import logging
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -19,6 +22,10 @@ _HTTP_TIMEOUT_S = 60.0
 _BLOCK = 512
 _ZERO_BLOCK = b"\0" * _BLOCK
 _READ_CHUNK = 1 << 20
+RETRIES = 3  # reconnects per shard read after a dropped connection, with doubling back-off
+RETRY_BACKOFF_S = 0.25
+
+log = logging.getLogger(__name__)
 
 
 class ShardError(RuntimeError):
@@ -41,38 +48,179 @@ def _local_path(url: str) -> str:
     return urlparse(url).path if url.startswith("file://") else url
 
 
-def open_stream(url: str, allow_pipe: bool = False) -> IO[bytes]:
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a dropped or reset connection (socket, http.client, urllib3/requests, botocore)."""
+    errors: list[type[BaseException]] = [OSError, http.client.HTTPException]
+    try:
+        import requests
+        import urllib3
+
+        errors += [requests.RequestException, urllib3.exceptions.HTTPError]
+    except ImportError:
+        pass
+    try:
+        import botocore.exceptions
+
+        errors.append(botocore.exceptions.BotoCoreError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class _ResumingReader(io.RawIOBase):
+    """A remote object read front to back; a dropped connection reopens it at the byte reached.
+
+    `reopen(offset)` returns (stream positioned at `offset`, total size or None). An early end of
+    the body (fewer bytes than the size) counts as a drop too. After `retries` failed reconnects
+    in a row the error propagates (the sampler then skips the shard; evaluation stops).
+    """
+
+    def __init__(self, url: str, reopen: Callable[[int], tuple[IO[bytes], int | None]], retries: int) -> None:
+        super().__init__()
+        self.url, self._reopen, self.retries = url, reopen, retries
+        self.pos, self.reconnects = 0, 0
+        self._errors = _transient_errors()
+        self._stream: IO[bytes] | None = None  # connected by the first read, under the same retries
+        self.size: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        failures = 0
+        while True:
+            try:
+                if self._stream is None:
+                    self._stream, self.size = self._reopen(self.pos)
+                # read1 returns what has arrived: bytes before a drop are kept, a reconnect resumes after them
+                read = getattr(self._stream, "read1", self._stream.read)
+                data = read(len(buffer))
+                if not data and self.size is not None and self.pos < self.size:
+                    raise http.client.IncompleteRead(b"", self.size - self.pos)
+                break
+            except ShardError:
+                raise
+            except self._errors as exc:
+                failures += 1
+                if failures > self.retries:
+                    msg = f"shard {self.url}: read failed {failures} times at byte {self.pos}: {exc}"
+                    raise ShardError(msg) from exc
+                log.warning("shard %s: lost at byte %d (%s); reconnecting", self.url, self.pos, exc)
+                time.sleep(RETRY_BACKOFF_S * 2 ** (failures - 1))
+                self.reconnects += 1
+                self._close_stream()
+        n = len(data)
+        buffer[:n] = data
+        self.pos += n
+        return n
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        try:
+            if stream is not None:
+                stream.close()
+        except Exception:  # closing a broken connection may fail again; it is dropped either way
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_stream()
+        super().close()
+
+
+def _raise_http_status(url: str, resp: Any) -> None:
+    """5xx and 429 are worth retrying (raised as requests.HTTPError); anything else is a ShardError."""
+    import requests
+
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise requests.HTTPError(f"HTTP {resp.status_code}", response=resp)
+    raise ShardError(f"shard {url}: HTTP {resp.status_code}")
+
+
+def _http_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
+    import requests
+
+    def reopen(offset: int) -> tuple[IO[bytes], int | None]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = requests.get(url, stream=True, timeout=_HTTP_TIMEOUT_S, headers=headers)
+        if resp.status_code not in (200, 206):
+            resp.close()
+            _raise_http_status(url, resp)
+        resp.raw.decode_content = True
+        length = resp.headers.get("Content-Length")
+        size = int(length) + (offset if resp.status_code == 206 else 0) if length is not None else None
+        if offset and resp.status_code == 200:  # the server ignored Range: skip what was read already
+            _read_exact(resp.raw, offset)  # type: ignore[arg-type]
+        return resp.raw, size  # type: ignore[return-value]
+
+    return reopen
+
+
+def _fsspec_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
+    import fsspec  # s3:// (s3fs), gs:// (gcsfs), ...: credentials from the client's own env/config
+
+    fs, path = fsspec.core.url_to_fs(url)
+
+    def reopen(offset: int) -> tuple[IO[bytes], int | None]:
+        try:
+            handle = fs.open(path, "rb", block_size=_READ_CHUNK)  # ranged reads of one block at a time
+        except FileNotFoundError as exc:
+            raise ShardError(f"shard {url} does not exist") from exc
+        handle.seek(offset)
+        return handle, handle.size
+
+    return reopen
+
+
+def open_stream(url: str, allow_pipe: bool = False, retries: int = RETRIES) -> IO[bytes]:
     """A sequential binary stream over `url`; http(s) and s3 stream in chunks, never download first.
 
-    `pipe:CMD` runs a shell command and reads its stdout; only a user's own params may ask for it
-    (`allow_pipe`), since it executes the string.
+    Remote streams reconnect where they stopped after a dropped connection (`retries` times in a
+    row, doubling back-off). `pipe:CMD` runs a shell command and reads its stdout; only a user's own
+    params may ask for it (`allow_pipe`), since it executes the string.
     """
     scheme = _scheme(url)
     if scheme in ("", "file"):
         return open(_local_path(url), "rb", buffering=_READ_CHUNK)
-    if scheme in ("http", "https"):
-        import requests
-
-        resp = requests.get(url, stream=True, timeout=_HTTP_TIMEOUT_S)
-        if resp.status_code != 200:
-            resp.close()
-            raise ShardError(f"shard {url}: HTTP {resp.status_code}")
-        resp.raw.decode_content = True
-        # urllib3's read() costs ~10 us a call and the tar reader makes three per member: buffer it
-        return io.BufferedReader(resp.raw, buffer_size=_READ_CHUNK)  # type: ignore[arg-type]
     if scheme == "pipe":
         if not allow_pipe:
             raise ShardError(f"shard {url}: pipe: URLs run a shell command; pass allow_pipe=True to use them")
         proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE, bufsize=_READ_CHUNK)
         assert proc.stdout is not None
         return proc.stdout
-    import fsspec  # s3://, gs://, ... through fsspec's streaming file objects
+    opener = _http_opener(url) if scheme in ("http", "https") else _fsspec_opener(url)
+    # urllib3's read() costs ~10 us a call and the tar reader makes three per member: buffer it
+    return io.BufferedReader(_ResumingReader(url, opener, retries), buffer_size=_READ_CHUNK)
 
-    return fsspec.open(url, "rb", block_size=_READ_CHUNK).open()  # type: ignore[no-any-return]
+
+def read_range(url: str, start: int, end: int | None, retries: int = RETRIES) -> bytes:
+    """Bytes [start, end) of `url` (to the end when `end` is None) with one read / one ranged request.
+
+    A remote read that fails or comes back short is retried `retries` times (doubling back-off);
+    then the error propagates: test data is never silently dropped.
+    """
+    if _scheme(url) in ("", "file", "pipe"):
+        return _read_range_once(url, start, end)
+    errors = _transient_errors()
+    for attempt in range(retries + 1):
+        try:
+            data = _read_range_once(url, start, end)
+            if end is None or len(data) == end - start:
+                return data
+            problem: BaseException = EOFError(f"got {len(data)} of {end - start} bytes")
+        except ShardError:
+            raise
+        except FileNotFoundError:
+            raise
+        except errors as exc:
+            problem = exc
+        if attempt < retries:
+            log.warning("shard %s: ranged read %d..%s failed (%s); retrying", url, start, end, problem)
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+    raise ShardError(f"shard {url}: ranged read {start}..{end} failed {retries + 1} times: {problem}")
 
 
-def read_range(url: str, start: int, end: int | None) -> bytes:
-    """Bytes [start, end) of `url` (to the end when `end` is None) with one read / one ranged request."""
+def _read_range_once(url: str, start: int, end: int | None) -> bytes:
     scheme = _scheme(url)
     if scheme in ("", "file"):
         with open(_local_path(url), "rb") as handle:
@@ -86,7 +234,7 @@ def read_range(url: str, start: int, end: int | None) -> bytes:
         if resp.status_code == 200:  # server ignored Range: cut the body ourselves
             return resp.content[start:end]
         if resp.status_code != 206:
-            raise ShardError(f"shard {url}: HTTP {resp.status_code} for range {rng}")
+            _raise_http_status(f"{url} (range {rng})", resp)
         return resp.content
     if scheme == "pipe":
         raise ShardError(f"shard {url}: pipe: URLs cannot be read by range; use a path or URL")
@@ -102,7 +250,15 @@ def read_text(url: str) -> str:
 
 
 def shard_urls(split_url: str) -> list[tuple[str, int]]:
-    """(url, num_samples) of every shard of a split, from its manifest.json (present = split complete)."""
+    """(url, num_samples) of every shard of a split, from its manifest.json (present = split complete).
+
+    A brace pattern (webdataset's notation, `s3://b/train-{000000..000063}.tar`) lists the shards
+    directly instead; their sample counts are then unknown (-1).
+    """
+    if "{" in split_url:
+        from braceexpand import braceexpand  # webdataset's own dependency
+
+        return [(url, -1) for url in braceexpand(split_url)]
     manifest = json.loads(read_text(join_url(split_url, "manifest.json")))
     return [(join_url(split_url, s["name"]), int(s["num_samples"])) for s in manifest["shards"]]
 
