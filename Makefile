@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# dvc.yaml stages call `python -m ...`: the venv must come first on PATH
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test env
 
@@ -14,8 +16,8 @@ $(BIN)/activate: pyproject.toml
 env: $(BIN)/activate
 
 run: env
-	$(BIN)/dvc repro
-	$(BIN)/python -m train.report --print
+	dvc repro
+	python -m train.report --print
 
 test: env
-	$(BIN)/python -m pytest -q
+	python -m pytest -q
