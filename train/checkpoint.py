@@ -96,8 +96,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind a `torch.compile` wrapper (its state_dict keys carry no prefix)."""
-    return getattr(model, "_orig_mod", model)
+    """The plain module behind `torch.compile` and DistributedDataParallel wrappers (keys without prefix)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def load_model_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> None:

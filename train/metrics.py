@@ -96,9 +96,29 @@ class FewShotIoU:
             "per_class": per_class,
         }
 
+    _SUMS = ("inter_fg", "union_fg", "inter_bg", "union_bg", "count")
+
+    def max_class_id(self) -> int:
+        """The largest class id scored so far (-1 before any update)."""
+        return max(self.count, default=-1)
+
+    def sums_tensor(self, size: int) -> torch.Tensor:
+        """The sums as int64 [5, size]: one row per sum, one column per class id (for an all-reduce)."""
+        out = torch.zeros(len(self._SUMS), size, dtype=torch.int64)
+        for row, name in enumerate(self._SUMS):
+            for c, v in getattr(self, name).items():
+                out[row, c] = v
+        return out
+
+    def load_sums_tensor(self, sums: torch.Tensor) -> None:
+        """Replace the sums with a `sums_tensor` layout (e.g. summed over ranks); unseen classes stay out."""
+        rows = sums.tolist()
+        for row, name in enumerate(self._SUMS):
+            setattr(self, name, defaultdict(int, {c: v for c, v in enumerate(rows[row]) if rows[-1][c]}))
+
     def merge(self, other: FewShotIoU) -> None:
         """Add another accumulator's sums (e.g. from a parallel worker)."""
-        for name in ("inter_fg", "union_fg", "inter_bg", "union_bg", "count"):
+        for name in self._SUMS:
             mine, theirs = getattr(self, name), getattr(other, name)
             for c, v in theirs.items():
                 mine[c] += v
