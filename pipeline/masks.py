@@ -318,6 +318,20 @@ def label_stats(label: np.ndarray) -> tuple[dict[int, int], dict[int, tuple[int,
     return areas, bboxes, int(counts[IGNORE_INDEX])
 
 
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The VOC colour map: class id bits spread over the high bits of R, G and B."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
 def encode_png(label: np.ndarray) -> bytes:
     """Mode "L" PNG with fixed settings, so the bytes depend on the label only."""
     buf = io.BytesIO()

@@ -32,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.archive import publish_tree
 from pipeline.io import sha256_file, write_json
+from pipeline.masks import voc_palette
 from pipeline.sources import COCO_ANN2014, COCO_TRAIN2014, COCO_VAL2014, SBD, SBD_TRAIN_NOVAL, VOC2012
 
 VOC_CLASSES = (
@@ -348,21 +349,7 @@ def voc_label(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def voc_palette() -> list[int]:
-    """The 256-colour VOC palette (bits of the index spread over R, G, B from the high bit down)."""
-    palette = []
-    for index in range(256):
-        rgb = [0, 0, 0]
-        c = index
-        for bit in range(7, -1, -1):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << bit
-            c >>= 3
-        palette.extend(rgb)
-    return palette
-
-
-_PALETTE = voc_palette()
+_PALETTE = voc_palette().flatten().tolist()
 
 
 def encode_png(label: np.ndarray) -> bytes:

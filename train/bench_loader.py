@@ -29,15 +29,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pipeline.folds import fold_classes, training_label
 from pipeline.io import sha256_file, write_json
+from pipeline.shards import INDEX_COLUMNS
 from train.episodes import read_fold, read_pairs
 from train.sampler import EpisodeStream, collate_train, worker_split
 from train.shard_io import join_url, read_range, read_text
 from train.transforms import binary_mask, decode_batch_images, decode_jpegs_torch, episode_label, load_pair
 
-INDEX_COLUMNS = [
-    *("image_id", "split", "class_id", "area_px", "fraction", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
-    *("ignore_px", "height", "width", "shard", "offset"),
-]
 VOC = "VOCdevkit/VOC2012"
 
 

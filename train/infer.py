@@ -27,25 +27,13 @@ from PIL import Image
 from torch import nn
 
 from pipeline.config import ConfigError, load_params
+from pipeline.masks import voc_palette
 from train.checkpoint import CheckpointError, build_model_from_checkpoint
+from train.device import resolve_device
 from train.metrics import IGNORE_INDEX, FewShotIoU, score_episode
 
 WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)
 ALPHA = 0.5
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The VOC colour map: class id bits spread over the high bits of R, G and B."""
-    palette = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette
 
 
 PALETTE = voc_palette()
@@ -228,7 +216,7 @@ def infer_manifests(
     p = load_params(params_file)
     first = p.infer.episodes if episodes is None else episodes
     keep = p.infer.worst if worst is None else worst
-    dev = device or p.train.device
+    dev = resolve_device(device or p.train.device)
     model, ckpt = build_model_from_checkpoint(checkpoint)
     model.to(dev)
     sections = []

@@ -31,6 +31,7 @@ from train.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from train.device import resolve_device
 
 IGNORE_INDEX = 255
 FOCAL_ALPHA = 0.25  # the release's binary focal loss (alpha weights background, 1 - alpha foreground)
@@ -94,7 +95,7 @@ def train_config_from_params(p: Params) -> TrainConfig:
         amp=t.amp,
         channels_last=t.channels_last,
         compile=t.compile,
-        device=t.device,
+        device=resolve_device(t.device),
         nan_policy=t.nan_policy,
         protocol=p.protocol,
     )
@@ -251,15 +252,6 @@ def train_loop(
 # ---------------------------------------------------------------- wiring: params, data, model, outputs
 
 
-def read_pairs(path: Path) -> dict[str, list[int]]:
-    """`<image_id>__<class:02d>` lines (the folds stage's lists) -> image id -> its class ids."""
-    pairs: dict[str, list[int]] = {}
-    for line in path.read_text().split():
-        image_id, cid = line.rsplit("__", 1)
-        pairs.setdefault(image_id, []).append(int(cid))
-    return pairs
-
-
 def train_batches(
     p: Params, cfg: TrainConfig, shards: Path, folds: Path, start_step: int = 0
 ) -> Iterator[Batch]:
@@ -272,13 +264,14 @@ def train_batches(
     from torch.utils.data import DataLoader
 
     from pipeline.folds import fold_classes
+    from train.episodes import read_pairs
     from train.sampler import EpisodeStream
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
     stream = EpisodeStream(
         str(shards / "train"),
-        read_pairs(folds / f"fold{p.fold}" / "train.txt"),
+        read_pairs((folds / f"fold{p.fold}" / "train.txt").read_text()),
         base,
         novel,
         way=p.train.way,

@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 
 from pipeline import toy
 from pipeline.io import sha256_file
+from pipeline.masks import voc_palette
 
 # pycocotools 2.0.x under numpy 2 warns on every decode; the readers are still exact.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -54,7 +55,7 @@ def test_voc_layout_and_png_format(pascal: Path) -> None:
     train, val = ids(voc / "ImageSets/Segmentation/train.txt"), ids(voc / "ImageSets/Segmentation/val.txt")
     assert len(train) == 60 and len(val) == 30 and not set(train) & set(val)
     assert sorted(p.stem for p in (voc / "JPEGImages").iterdir()) == sorted(train + val)
-    palette = toy.voc_palette()
+    palette = voc_palette().flatten().tolist()
     assert palette[3:9] == [128, 0, 0, 0, 128, 0]  # aeroplane, bicycle as in VOC
     sizes, values = set(), set()
     for image_id in train + val:

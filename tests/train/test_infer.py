@@ -10,6 +10,7 @@ from train_helpers import tiny_params, write_params
 
 import fss_model
 from pipeline.io import write_json
+from pipeline.masks import voc_palette
 from train import infer
 from train import train as tr
 from train.checkpoint import save_checkpoint
@@ -80,7 +81,7 @@ def test_own_images(ckpt, tmp_path):
 
 
 def test_voc_palette():
-    pal = infer.voc_palette()
+    pal = voc_palette()
     assert (
         pal[0].tolist() == [0, 0, 0]
         and pal[1].tolist() == [128, 0, 0]
