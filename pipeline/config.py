@@ -101,7 +101,7 @@ class Train:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
     compile: bool = False
-    device: str = AUTO  # auto = cuda if available else cpu
+    device: str = AUTO  # auto = cuda if available else cpu, resolved by train.device.resolve_device
     nan_policy: Literal["stop", "skip"] = "stop"
     select_on_test: bool = False  # the release picks the best checkpoint on test classes
     log_every: int = 10  # steps between dvclive/metric records
@@ -251,10 +251,6 @@ def resolve(params: Params) -> Params:
         p.data.min_fraction = _DENET_MIN_FRACTION[p.dataset]
     if params.train.steps == AUTO and p.source == "official" and p.dataset == "coco":
         p.train.steps = _COCO_STEPS
-    if p.train.device == AUTO:
-        import torch
-
-        p.train.device = "cuda" if torch.cuda.is_available() else "cpu"
     _check_combinations(p)
     return p
 

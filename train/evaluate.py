@@ -23,6 +23,7 @@ from fss_model import model_entry
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import write_json
 from train.checkpoint import CheckpointError, build_model_from_checkpoint
+from train.device import resolve_device
 from train.metrics import FewShotIoU, score_episode
 from train.train import autocast_for, forward, upsample_way_logits
 from train.trivial import TRIVIAL
@@ -161,7 +162,7 @@ def evaluate_fold(
             f"manifest {manifest_path} is {manifest['dataset']}/{manifest['protocol']}, "
             f"params say {p.dataset}/{p.protocol}"
         )
-    dev = torch.device(device or p.train.device)
+    dev = torch.device(resolve_device(device or p.train.device))
     model, ckpt = build_model_from_checkpoint(checkpoint, map_location="cpu")
     ways = model_entry(ckpt["model_name"]).ways
     if manifest["way"] not in ways:

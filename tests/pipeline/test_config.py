@@ -20,7 +20,24 @@ def test_repo_params_load_and_resolve_presets():
     p = load_params(REPO_PARAMS)
     assert (p.dataset, p.source, p.protocol, p.model) == ("pascal", "toy", "denet", "denet")
     assert p.sampler.image_size == 161 and p.backbone.weights == "none"
-    assert p.data.min_fraction == 0.02 and p.train.device in ("cpu", "cuda")
+    assert p.data.min_fraction == 0.02 and p.train.device == "auto"  # resolved where torch runs
+
+
+def test_device_auto_is_resolved_by_the_trainer_not_the_config():
+    import subprocess
+    import sys
+
+    import torch
+
+    from train.device import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    # data commands load params without loading torch (~650 MB)
+    code = f"import sys; from pipeline.config import load_params; load_params({str(REPO_PARAMS)!r}); "
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_PARAMS.parent, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_official_source_switches_presets():
