@@ -20,4 +20,6 @@ run: env
 	python -m train.report --print
 
 test: env
-	python -m pytest -q
+	@python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "FAILED: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$status
