@@ -167,6 +167,11 @@ def _stream_http(
             raise requests.ConnectionError(f"{name}: connection closed at {got} of {total} bytes")
 
 
+def _discard(part: Path) -> None:
+    """Delete a part file whose bytes may be incomplete on disk (a failed local write, e.g. disk full)."""
+    part.unlink(missing_ok=True)
+
+
 def fetch(
     source: Source,
     archives: str | Path,
@@ -181,6 +186,7 @@ def fetch(
 
     The bytes go to `<name>.part` and are renamed to `<name>` only after verification, so a
     file under its real name is always complete and correct. A verified file is not fetched again.
+    A dropped connection keeps the part to resume from; a failed local write (disk full) deletes it.
     """
     archives = Path(archives)
     archives.mkdir(parents=True, exist_ok=True)
@@ -214,6 +220,11 @@ def fetch(
                     if exc.status not in RETRY_STATUS:
                         raise
                     last = exc
+                except (ConnectionError, TimeoutError) as exc:  # a raw socket error requests did not wrap
+                    last = exc
+                except OSError as exc:  # not the network (caught above): the local write, e.g. disk full
+                    _discard(part)
+                    raise DownloadError(f"{source.name}: cannot write {part}: {exc}") from exc
                 if attempt == retries:
                     raise DownloadError(f"{source.name}: giving up after {retries + 1} attempts: {last}")
                 sleep(backoff_s * 2**attempt)
@@ -221,8 +232,12 @@ def fetch(
         local = Path(location)
         if not local.is_file():
             raise DownloadError(f"{source.name}: not found in mirror folder ({local})")
-        with open(local, "rb") as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK)
+        try:
+            with open(local, "rb") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+        except OSError as exc:
+            _discard(part)
+            raise DownloadError(f"{source.name}: cannot copy {local} to {part}: {exc}") from exc
     try:
         digest = verify(part, source)
     except ChecksumError:
@@ -296,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.retries,
             args.timeout,
         )
-    except (DownloadError, ValueError) as exc:
+    except (DownloadError, ValueError, OSError) as exc:  # OSError: e.g. disk full while extracting
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for name, digest in done.items():

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         record = run_raw(load_params(args.params), args.out, args.archives)
-    except (ConfigError, DownloadError, ValueError) as exc:
+    except (ConfigError, DownloadError, ValueError, OSError) as exc:  # OSError: e.g. disk full
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for name, digest in record["files"].items():
