@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"build: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. disk full: the split's manifest is not written, nothing looks complete
+        print(f"build: {exc}", file=sys.stderr)
+        return 2
     done = f"shards {t['shards_s']:.1f} s, folds {t['folds_s']:.1f} s"
     print(f"build: {t['images']} images, {done} -> {args.out}")
     return 0

@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"shards: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. disk full: the split's manifest is not written, nothing looks complete
+        print(f"shards: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

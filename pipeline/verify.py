@@ -11,6 +11,8 @@ from pathlib import Path
 from pipeline.io import sha256_file
 from pipeline.shards import iter_tar_samples
 
+MEMBERS = ("jpg", "json", "label.png")  # every sample's members (docs/design.md)
+
 
 def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
     """Problems of one split folder (empty = good); `deep` also re-parses every tar."""
@@ -41,7 +43,12 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
             continue
         if deep:
             try:
-                keys = [(key, off) for key, off, _ in iter_tar_samples(path)]
+                keys = []
+                for key, off, members in iter_tar_samples(path):
+                    keys.append((key, off))
+                    problems += [
+                        f"{path}: sample {key} has no .{ext} member" for ext in MEMBERS if ext not in members
+                    ]
                 n = len(keys)
                 offsets |= {(shard["name"], off): key for key, off in keys}
             except (tarfile.TarError, OSError) as exc:

@@ -25,6 +25,7 @@ from pipeline.io import write_json
 from train.checkpoint import CheckpointError, build_model_from_checkpoint
 from train.device import resolve_device
 from train.metrics import FewShotIoU, score_episode
+from train.shard_io import ShardError
 from train.train import autocast_for, forward, upsample_way_logits
 from train.trivial import TRIVIAL
 
@@ -258,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_fold(p, Path(c), Path(m), Path(args.shards), trivial, args.device)
             for c, m in zip(args.checkpoint, args.manifest, strict=True)
         ]
-    except (ConfigError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError, ValueError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # a bad test shard stops the run: a test set never shrinks
         return 2
     summary = summarize(p, folds)
     write_json(args.out, summary)

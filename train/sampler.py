@@ -19,7 +19,9 @@ in PANet/DENet N-way training. Supports of a class never include the query image
 may support two different ways when it holds both classes.
 
 Truncated shards are skipped with a logged warning, counted in `stats["skipped_shards"]`; samples
-completed before the damage are kept. Test-time reading never skips (see train.episodes).
+completed before the damage are kept; a sample lacking its `.jpg` or `.label.png` is skipped with a
+warning naming shard and key, counted in `stats["skipped_samples"]`. Test-time reading never skips
+(see train.episodes).
 """
 
 from __future__ import annotations
@@ -111,6 +113,31 @@ class ClassPools:
         return Episode(class_ids, query, supports)
 
 
+def check_shot(image_classes: dict[str, list[int]], classes: Sequence[int], way: int, shot: int) -> None:
+    """Raise ConfigError (one line) when fewer than `way` classes have `shot` + 1 images.
+
+    A class with fewer images never fills a pool far enough to give a query and `shot` supports;
+    with too few such classes the stream would read shards for ever without drawing an episode.
+    """
+    from pipeline.config import ConfigError
+
+    counts = dict.fromkeys(classes, 0)
+    for cs in image_classes.values():
+        for c in cs:
+            if c in counts:
+                counts[c] += 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    if sum(n >= shot + 1 for _, n in ranked) >= way:
+        return
+    short = ", ".join(f"class {c} has {n}" for c, n in ranked[:3])
+    fits = ranked[way - 1][1] - 1 if len(ranked) >= way else 0
+    hint = f"lower train.shot to {fits} or less" if fits >= 1 else "the fold has too few training images"
+    raise ConfigError(
+        f"params: train.shot = {shot} is larger than the base classes' images: a {way}-way episode needs "
+        f"{way} classes with shot + 1 = {shot + 1} images ({short}): {hint}"
+    )
+
+
 def worker_split() -> tuple[int, int]:
     """(index, count) of this DataLoader worker; (0, 1) in the main process."""
     info = get_worker_info()
@@ -181,6 +208,7 @@ class EpisodeStream(IterableDataset):
         self.base, self.novel = sorted(base_set), list(novel)
         if way > len(self.base):
             raise ValueError(f"way={way} exceeds the {len(self.base)} base classes")
+        check_shot(self.image_classes, self.base, way, shot)
         self.way, self.shot, self.batch_size = way, shot, batch_size
         self.image_size, self.pool_size, self.protocol = image_size, pool_size, protocol
         self.seed, self.epoch = seed, 0
@@ -190,7 +218,12 @@ class EpisodeStream(IterableDataset):
         self.transform = TrainTransform(image_size, flip_p, reduced)
         self._full_lut = training_label(_VALUES, self.novel, protocol)
         self.warmup = len(self.base) * (shot + 1) * 2
-        self.stats: dict[str, Any] = {"samples_read": 0, "skipped_shards": [], "peak_buffered": 0}
+        self.stats: dict[str, Any] = {
+            "samples_read": 0,
+            "skipped_shards": [],
+            "skipped_samples": [],  # "<shard url>:<key>" of samples lacking a .jpg or .label.png
+            "peak_buffered": 0,
+        }
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -244,8 +277,16 @@ class EpisodeStream(IterableDataset):
         credit = 0.0
         for n, sample in enumerate(samples, 1):
             self.stats["samples_read"] += 1
+            missing = [ext for ext in (JPG, LABEL) if ext not in sample]
+            if missing:
+                self.stats["skipped_samples"].append(f"{sample.get('__url__')}:{sample['__key__']}")
+                log.warning(
+                    "skipping sample %s of shard %s: no .%s member (%d skipped so far)",
+                    sample["__key__"], sample.get("__url__"), missing[0], len(self.stats["skipped_samples"]),
+                )  # fmt: skip
+                continue
             classes = self.image_classes.get(sample["__key__"])
-            if not classes or JPG not in sample or LABEL not in sample:
+            if not classes:
                 continue
             pools.add(sample["__key__"], sample[JPG], sample[LABEL], classes, rng)
             self.stats["peak_buffered"] = pools.peak

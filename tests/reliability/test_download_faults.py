@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from faults import FullDisk
 
 from pipeline import download
 from pipeline.download import DownloadError, download_dataset, fetch
@@ -65,31 +66,6 @@ def mirror_url() -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
-
-
-class FullDisk:
-    """A file whose writes fail with ENOSPC once `room` bytes have been written (the rest is real)."""
-
-    def __init__(self, handle: io.BufferedWriter, room: int) -> None:
-        self.handle, self.room = handle, room
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self.room:
-            self.handle.write(data[: self.room])
-            self.handle.flush()
-            self.room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.handle.write(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.handle, name)
-
-    def __enter__(self) -> "FullDisk":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
 
 
 def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, room: int) -> None:

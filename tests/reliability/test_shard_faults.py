@@ -1,0 +1,131 @@
+"""Damaged shards: training skips them with a warning and a count; evaluation and verify stop, naming them."""
+
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from faults import FullDisk, drop_member
+from raw_fixtures import write_params as raw_params
+from train_helpers import write_params
+
+import fss_model
+from pipeline import shards as shards_stage
+from pipeline.config import load_params
+from pipeline.io import write_json
+from pipeline.verify import verify_split
+from train import evaluate as ev
+from train import train as tr
+from train.checkpoint import save_checkpoint
+from train.episodes import EvalEpisodes, SampleReader, build_manifest, read_fold, read_pairs
+from train.sampler import EpisodeStream
+from train.shard_io import ShardError
+
+
+def _copy(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_data["shards"], shards)
+    return shards
+
+
+def _stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> EpisodeStream:
+    base, novel = read_fold(str(tiny_data["folds"]), 0)
+    pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
+    opts = {"batch_size": 4, "image_size": 32, "pool_size": 8, "episodes_per_epoch": 40} | kw
+    return EpisodeStream(str(split), pairs, base, novel, **opts)
+
+
+def test_training_skips_a_missing_shard_with_a_warning_and_a_count(tiny_data, tmp_path, caplog):
+    train = _copy(tiny_data, tmp_path) / "train"
+    gone = train / "train-000003.tar"
+    gone.unlink()
+    ds = _stream(tiny_data, train)
+    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+        assert len(list(ds)) == 10  # every batch of the epoch still comes
+    assert ds.stats["skipped_shards"] and set(ds.stats["skipped_shards"]) == {str(gone)}
+    assert any("skipping shard" in r.message and str(gone) in r.message for r in caplog.records)
+
+
+def test_training_skips_a_sample_without_its_label_with_a_warning_and_a_count(tiny_data, tmp_path, caplog):
+    train = _copy(tiny_data, tmp_path) / "train"
+    key = drop_member(train, "train-000001.tar", "label.png")
+    ds = _stream(tiny_data, train, episodes_per_epoch=200)
+    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+        batches = list(ds)
+    assert len(batches) == 50
+    shard = str(train / "train-000001.tar")
+    assert f"{shard}:{key}" in ds.stats["skipped_samples"]
+    assert any(key in r.message and shard in r.message and ".label.png" in r.message for r in caplog.records)
+    used = {i for b in batches for i in b["query_id"]} | {
+        s for b in batches for ways in b["support_ids"] for ids in ways for s in ids
+    }
+    assert key not in used
+
+
+def test_verify_names_shard_and_key_of_a_sample_missing_a_member(tiny_data, tmp_path, capsys):
+    test = _copy(tiny_data, tmp_path) / "test"
+    assert verify_split(test) == []
+    key = drop_member(test, "test-000002.tar", "label.png")
+    problems = verify_split(test)  # sha256 and size agree with the (rewritten) manifest
+    assert problems == [f"{test / 'test-000002.tar'}: sample {key} has no .label.png member"]
+
+
+def test_evaluation_stops_naming_shard_and_key_of_a_sample_missing_a_member(tiny_data, tmp_path):
+    shards = _copy(tiny_data, tmp_path)
+    manifest = build_manifest(str(shards), str(tiny_data["folds"]), "pascal", 0, 1, 1, "denet", 0, 40)
+    locations = SampleReader(str(shards / "test")).locations
+    # damage a sample that the fixed episodes need (the last of its shard, so no offset moves)
+    used = [(i, k) for i, e in enumerate(manifest["episodes"]) for k in [e["query"], *e["supports"][0]]]
+    i, key = next((i, k) for i, k in used if locations[k].end is None)
+    shard = locations[key].shard
+    assert drop_member(shards / "test", shard, "label.png") == key
+    with pytest.raises(ShardError, match=rf"{shard}: sample {key} has no \.label\.png member"):
+        SampleReader(str(shards / "test")).fetch(key)
+    ds = EvalEpisodes(manifest, str(shards / "test"), 32, "denet")
+    with pytest.raises(ShardError, match=rf"{shard}: sample {key}"):
+        ds[i]  # the test set never shrinks around a bad sample
+
+
+def test_evaluate_cli_stops_naming_a_missing_shard_and_the_key(tiny_data, tmp_path, capsys):
+    shards = _copy(tiny_data, tmp_path)
+    params = write_params(tmp_path)
+    p = load_params(params)
+    manifest = build_manifest(str(shards), str(tiny_data["folds"]), "pascal", 0, 1, 1, "denet", 0, 8)
+    write_json(tmp_path / "m.json", manifest)
+    torch.manual_seed(0)
+    kwargs = tr.model_kwargs_from_params(p)
+    model = fss_model.build_model("denet", **kwargs)
+    save_checkpoint(tmp_path / "c.pt", model_name="denet", model_kwargs=kwargs, model=model, step=0)
+    reader = SampleReader(str(shards / "test"))
+    first = manifest["episodes"][0]["query"]
+    shard = reader.locations[first].shard
+    (shards / "test" / shard).unlink()
+    argv = ["--params", str(params), "--shards", str(shards), "--checkpoint", str(tmp_path / "c.pt"),
+            "--manifest", str(tmp_path / "m.json"), "--out", str(tmp_path / "r.json"),
+            "--no-trivial"]  # fmt: skip
+    assert ev.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{shards / 'test' / shard}: cannot read sample {first}" in err
+    assert not (tmp_path / "r.json").exists()  # no metrics from a partial test set
+
+
+def test_disk_full_mid_shard_write_publishes_nothing_complete(pascal_raw, tmp_path, monkeypatch, capsys):
+    real = shards_stage.atomic_write
+
+    @contextlib.contextmanager
+    def tight(path, mode="wb"):
+        with real(path, mode) as handle:
+            yield FullDisk(handle, 3000) if Path(path).name == "train-000001.tar" else handle
+
+    monkeypatch.setattr(shards_stage, "atomic_write", tight)
+    out = tmp_path / "out"
+    argv = ["--raw", str(pascal_raw), "--out", str(out), "--params", str(raw_params(tmp_path))]
+    assert shards_stage.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("No space left on device")
+    left = sorted(p.name for p in (out / "train").iterdir())
+    assert left == ["train-000000.tar"]  # the shard finished before the fault; no index, no manifest
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("manifest.json"))
+    monkeypatch.undo()
+    assert shards_stage.main(argv) == 0 and verify_split(out / "train") == []
