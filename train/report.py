@@ -1,7 +1,8 @@
 """Results table: `python -m train.report --print` collects every evaluate metrics file under results/.
 
 Rows: each model and the trivial predictors (the floor); columns: 1w1s, 1w5s, 2w1s, 2w5s as
-"mIoU / FB-IoU", averaged over the folds found. Writes `<results>/table.md` and `<results>/table.png`.
+"mIoU / FB-IoU", averaged over the folds found ("-": not run; "n/a": a way the model does not support).
+Writes `<results>/table.md` and `<results>/table.png`.
 """
 
 from __future__ import annotations
@@ -47,9 +48,18 @@ def collect(paths: list[Path]) -> tuple[Table, dict[tuple[str, str, str], set[st
     return table, hashes
 
 
-def _cell(folds: dict[int, tuple[float, float]]) -> str:
+def supported_ways(row: str) -> tuple[int, ...] | None:
+    """Episode ways a model row supports (registry metadata); None for trivial rows and unknown names."""
+    if row.startswith(TRIVIAL_PREFIX):
+        return None
+    from fss_model import list_models, model_entry
+
+    return model_entry(row).ways if row in list_models() else None
+
+
+def _cell(folds: dict[int, tuple[float, float]], supported: bool = True) -> str:
     if not folds:
-        return "-"
+        return "-" if supported else "n/a"
     miou = np.mean([v[0] for v in folds.values()])
     fb = np.mean([v[1] for v in folds.values()])
     note = "" if len(folds) == 4 else f" ({len(folds)} fold{'s' if len(folds) > 1 else ''})"
@@ -69,7 +79,11 @@ def markdown(table: Table, hashes: dict[tuple[str, str, str], set[str]]) -> str:
         out.append("| predictor | " + " | ".join(f"{w}w{s}s" for w, s in SETTINGS) + " |")
         out.append("|---|" + "---|" * len(SETTINGS))
         for row in rows:
-            cells = [_cell(table[(group, row)].get(setting, {})) for setting in SETTINGS]
+            ways = supported_ways(row)  # "n/a": a way the model does not support (AMP is 1-way only)
+            cells = [
+                _cell(table[(group, row)].get(setting, {}), ways is None or setting[0] in ways)
+                for setting in SETTINGS
+            ]
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append(f"\nmanifests (sha256 prefixes): {', '.join(sorted(hashes[group]))}\n")
     return "\n".join(out) + "\n"

@@ -46,3 +46,20 @@ def test_table_rows_columns_and_fold_means(tmp_path, capsys):
 def test_empty_results_say_so(tmp_path, capsys):
     assert report.main(["--results", str(tmp_path), "--print"]) == 0
     assert "No evaluate metrics files" in capsys.readouterr().out
+
+
+def test_unsupported_way_is_na_and_missing_setting_is_dash(tmp_path, capsys, monkeypatch):
+    from fss_model.registry import MODELS, Entry
+
+    # a 1-way-only model (every registered model supports both ways today)
+    monkeypatch.setitem(MODELS._entries, "oneway", Entry("oneway", lambda **kw: None, ways=(1,)))
+    p = tiny_params()
+    base = tmp_path / "toy" / "pascal" / "denet"
+    for model in ("oneway", "denet"):
+        summary = ev.summarize(p, [_fold(0, 1, 1, 20.0)])
+        write_json(base / model / "fold0_1way_1shot.json", {**summary, "model": model})
+    assert report.main(["--results", str(tmp_path), "--print"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
+    assert rows["oneway"] == "| oneway | 20.00 / 60.00 (1 fold) | - | n/a | n/a |"
+    assert rows["denet"] == "| denet | 20.00 / 60.00 (1 fold) | - | - | - |"  # not run: "-"
+    assert rows["trivial: all_foreground"].endswith("| - | - | - |")
