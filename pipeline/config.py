@@ -255,6 +255,16 @@ def resolve(params: Params) -> Params:
     return p
 
 
+# counts that must be positive (or non-negative: worker counts, retries)
+_AT_LEAST = {
+    **dict.fromkeys(("train.batch_size", "train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
+    **dict.fromkeys(("sampler.image_size", "sampler.test_episodes", "sampler.val_episodes"), 1),
+    **dict.fromkeys(("data.shard_max_samples", "data.min_shards"), 1),
+    **dict.fromkeys(("sampler.workers", "data.workers", "download.retries"), 0),
+    **dict.fromkeys(("infer.episodes", "infer.worst"), 0),
+}
+
+
 def _check_combinations(p: Params) -> None:
     if not 0 <= p.fold <= 3:
         raise ConfigError(f"params: fold = {p.fold} is out of range: use 0, 1, 2 or 3")
@@ -265,9 +275,26 @@ def _check_combinations(p: Params) -> None:
     novel = NUM_CLASSES[p.dataset] // 4
     if p.way > novel:
         raise ConfigError(f"params: way = {p.way} exceeds the {novel} novel classes of a {p.dataset} fold")
+    if p.train.way not in (1, 2):
+        raise ConfigError(f"params: train.way = {p.train.way} is not supported: use 1 or 2")
+    if p.train.shot < 1:
+        raise ConfigError(f"params: train.shot = {p.train.shot} must be >= 1")
     for key in ("steps", "val_every", "checkpoint_every"):
         if int(getattr(p.train, key)) < 1:
             raise ConfigError(f"params: train.{key} must be >= 1")
+    for dotted, least in _AT_LEAST.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(p, section), key)
+        if value < least:
+            raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
+    if float(p.train.lr) <= 0:
+        raise ConfigError(f"params: train.lr = {p.train.lr} must be > 0")
+    if p.sampler.pool_size < p.train.shot + 1:
+        # a class pool never gets ready and the sampler would read shards for ever
+        raise ConfigError(
+            f"params: sampler.pool_size = {p.sampler.pool_size} cannot hold a query and train.shot = "
+            f"{p.train.shot} supports of a class: set sampler.pool_size to {p.train.shot + 1} or more"
+        )
     if p.sampler.shards_url and urlparse(p.sampler.shards_url).username is not None:
         # the value is not echoed: it holds a secret
         raise ConfigError(
@@ -288,5 +315,7 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
         *parents, last = dotted.split(".")
         for name in parents:
             node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"params: cannot set {dotted}: {name} is not a section")
         node[last] = value
     return resolve(_build(Params, raw, ""))

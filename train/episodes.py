@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
 from train.shard_io import ShardError, join_url, parse_tar_fragment, read_range, read_text
@@ -122,11 +124,13 @@ def draw_test_episodes(
     count: int,
     seed: int,
     protocol: str,
+    shot_key: str = "shot",
 ) -> list[dict[str, Any]]:
     """Class-balanced fixed test episodes from the fold's test pairs.
 
     The first class of episode e is the e-th of a seeded round-robin over the novel classes with
-    at least shot + 1 images (so classes get counts within one of each other); the other ways are
+    at least shot + 1 images (so classes get counts within one of each other; a class with 2..shot
+    images is a ConfigError telling to lower `shot`, one with a single image is left out); the other ways are
     drawn uniformly from the rest. The query holds the first class (a test.txt pair) and passes
     `query_allowed` (novel classes by index.tsv, i.e. any area > 0); supports of each class are
     `shot` distinct test.txt images of that class, never the query.
@@ -143,10 +147,20 @@ def draw_test_episodes(
         k: {c for c in image_classes.get(k, {}) if c in novel_set} | {c for c in cs if c in novel_set}
         for k, cs in pairs.items()
     }
+    # a class with 2..shot images could be tested at a lower shot: dropping it would silently change
+    # the benchmark's class set, so the user lowers `shot` instead (one image: no episode at any shot)
+    short = {c: len(by_class[c]) for c in sorted(by_class) if 2 <= len(by_class[c]) < shot + 1}
+    if short:
+        c, n = min(short.items(), key=lambda item: (item[1], item[0]))
+        raise ConfigError(
+            f"params: {shot_key} = {shot} is larger than novel class {c}'s {n} test images allow (a query "
+            f"and {n - 1} supports): lower {shot_key} to {n - 1} or less"
+        )
     usable = sorted(c for c in by_class if len(by_class[c]) >= shot + 1)
     if len(usable) < way:
-        raise ValueError(
-            f"only {len(usable)} novel classes have {shot + 1} test images; {way}-way needs {way}"
+        raise ConfigError(
+            f"params: only {len(usable)} novel classes have {shot + 1} test images; {way}-way needs {way}: "
+            f"lower way (or {shot_key})"
         )
     episodes: list[dict[str, Any]] = []
     order: list[int] = []
@@ -183,14 +197,17 @@ def build_manifest(
     protocol: str,
     seed: int,
     count: int,
+    shot_key: str = "shot",
 ) -> dict[str, Any]:
-    """The design.md test-episode manifest for one (dataset, fold, way, shot)."""
+    """The design.md test-episode manifest for one (dataset, fold, way, shot); `shot_key` names the
+    params key in errors (`train.shot` for the validation draw)."""
     _, novel = read_fold(folds, fold)
     pairs = read_pairs(read_text(join_url(folds, f"fold{fold}/test.txt")))
     image_classes, _ = read_index(join_url(shards, "test"))
     episodes = draw_test_episodes(
-        pairs, image_classes, novel, way=way, shot=shot, count=count, seed=seed, protocol=protocol
-    )
+        pairs, image_classes, novel, way=way, shot=shot, count=count, seed=seed, protocol=protocol,
+        shot_key=shot_key,
+    )  # fmt: skip
     return {
         "dataset": dataset,
         "fold": fold,
@@ -355,7 +372,7 @@ def normalize(batch: dict[str, Any], device: str | torch.device) -> dict[str, An
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -364,21 +381,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="manifest JSON to write")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    p = load_params(args.params)
-    manifest = build_manifest(
-        args.shards,
-        args.folds,
-        p.dataset,
-        p.fold,
-        p.way,
-        p.shot,
-        p.protocol,
-        p.seed,
-        int(p.sampler.test_episodes),
-    )
+    try:
+        p = load_params(args.params)
+        manifest = build_manifest(
+            args.shards,
+            args.folds,
+            p.dataset,
+            p.fold,
+            p.way,
+            p.shot,
+            p.protocol,
+            p.seed,
+            int(p.sampler.test_episodes),
+        )
+    except (ValueError, ShardError) as exc:  # ConfigError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     write_json(args.out, manifest)
     print(f"{args.out}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -63,7 +63,7 @@ def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
 
     test = ep.build_manifest(
         str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
-        int(p.sampler.test_episodes),
+        int(p.sampler.test_episodes), shot_key="train.shot",
     )  # fmt: skip
     if p.train.select_on_test:
         return test
@@ -72,7 +72,7 @@ def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
     test_queries = {e["query"] for e in test["episodes"]}
     image_classes, _ = ep.read_index(str(shards / "test"))
     draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
-            "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol}  # fmt: skip
+            "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
     try:
         held_out = {k: v for k, v in pairs.items() if k not in test_queries}
         episodes = ep.draw_test_episodes(held_out, image_classes, novel, **draw)

@@ -265,12 +265,20 @@ def train_batches(
 
     from pipeline.folds import fold_classes
     from train.episodes import read_pairs
-    from train.sampler import EpisodeStream
+    from train.sampler import EpisodeStream, dist_rank
+    from train.shard_io import shard_urls
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
+    split = str(shards / "train")
+    # small data may have fewer shards than readers (ranks x workers): every reader then draws
+    # shards with replacement, so none sits idle (disjoint shards need at least one per reader)
+    readers = max(1, p.sampler.workers) * dist_rank()[1]
+    resampled = len(shard_urls(split)) < readers
+    if resampled:
+        tqdm.write(f"{split}: fewer shards than the {readers} readers; each reader resamples shards")
     stream = EpisodeStream(
-        str(shards / "train"),
+        split,
         read_pairs((folds / f"fold{p.fold}" / "train.txt").read_text()),
         base,
         novel,
@@ -284,6 +292,7 @@ def train_batches(
         episodes_per_epoch=per_epoch * p.train.batch_size,
         reduced=p.sampler.decode_reduced,
         gpu_decode=p.sampler.gpu_decode,
+        resampled=resampled,
     )
     first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
     for epoch in itertools.count(first_epoch):
@@ -324,6 +333,9 @@ def run(
     optimizer = build_optimizer(model, cfg)
     state = TrainState()
 
+    if resume:
+        for stale in out_dir.glob(".*.pt.*.tmp"):  # temp files of checkpoint writes that a kill cut short
+            stale.unlink()
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location="cpu")  # a corrupt file raises: never a silent restart
         if ckpt["model_name"] != p.model or ckpt["model_kwargs"] != kwargs:

@@ -34,7 +34,7 @@ def manifest(data, way=1, shot=1, count=40, seed=0, protocol="denet", fold=0):
     )
 
 
-@pytest.mark.parametrize(("way", "shot"), [(1, 1), (1, 5), (2, 1)])
+@pytest.mark.parametrize(("way", "shot"), [(1, 1), (1, 3), (2, 1)])
 def test_test_episodes_follow_the_denet_rules(tiny_data, way, shot):
     m = manifest(tiny_data, way=way, shot=shot)
     _, novel = read_fold(str(tiny_data["folds"]), 0)
