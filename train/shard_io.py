@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import tarfile
 import time
@@ -25,6 +26,7 @@ _READ_CHUNK = 1 << 20
 RETRIES = 3  # reconnects per shard read after a dropped connection, with doubling back-off
 RETRY_BACKOFF_S = 0.25
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # what the shards stage writes: train-000000.tar
 log = logging.getLogger(__name__)
 
 
@@ -259,7 +261,13 @@ def shard_urls(split_url: str) -> list[tuple[str, int]]:
         from braceexpand import braceexpand  # webdataset's own dependency
 
         return [(url, -1) for url in braceexpand(split_url)]
-    manifest = json.loads(read_text(join_url(split_url, "manifest.json")))
+    manifest_url = join_url(split_url, "manifest.json")
+    manifest = json.loads(read_text(manifest_url))
+    for shard in manifest["shards"]:
+        # a manifest is data, not a command: its names stay plain file names inside the split, so a
+        # crafted one can neither climb out (`..`, `/`) nor become a URL or a `pipe:` command
+        if not _PLAIN_NAME.fullmatch(str(shard["name"])):
+            raise ShardError(f"{manifest_url}: shard name {shard['name']!r} is not a plain file name")
     return [(join_url(split_url, s["name"]), int(s["num_samples"])) for s in manifest["shards"]]
 
 
