@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import load_params
+from pipeline.config import ConfigError, load_params
 from pipeline.folds import write_folds
 from pipeline.masks import DataError
 from pipeline.shards import build_shards
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         t = build(args.dataset, args.protocol, args.raw, args.out, args.params, args.workers)
+    except ConfigError as exc:
+        print(f"build: {exc}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"build: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
         return 2

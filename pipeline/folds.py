@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import NUM_CLASSES, load_params
+from pipeline.config import NUM_CLASSES, ConfigError, load_params
 from pipeline.io import atomic_write, write_json
 
 IGNORE_INDEX = 255
@@ -163,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
-    p = load_params(args.params)
+    try:
+        p = load_params(args.params)
+    except ConfigError as exc:
+        print(f"folds: {exc}", file=sys.stderr)
+        return 2
     counts = write_folds(
         args.shards,
         args.out,

@@ -104,3 +104,25 @@ def test_training_shot_larger_than_every_base_class_names_them(tiny_data):
     assert f"lower train.shot to {most - 1} or less" in message
     # one class with enough images is enough for 1-way; 2-way needs the second largest
     EpisodeStream(str(tiny_data["shards"] / "train"), pairs, base, novel, shot=most - 1, pool_size=99)
+
+
+def test_every_stage_cli_prints_a_params_error_as_one_line(tiny_data, tmp_path, capsys):
+    from pipeline import build, folds, shards
+
+    params = tmp_path / "bad.yaml"
+    params.write_text("data:\n  skip_badd: true\n")
+    out = str(tmp_path / "out")
+    p = ["--params", str(params)]
+    commands = {
+        "shards": lambda: shards.main(["--raw", out, "--out", out, *p]),
+        "build": lambda: build.main(
+            ["--dataset", "pascal", "--protocol", "denet", "--raw", out, "--out", out, *p]
+        ),
+        "folds": lambda: folds.main(["--shards", out, "--out", out, *p]),
+        "episodes": lambda: episodes.main(["--shards", out, "--folds", out, "--out", out, *p]),
+    }
+    for name, command in commands.items():
+        assert command() == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unknown key 'data.skip_badd'" in err, (name, err)
+    assert not (tmp_path / "out").exists()
