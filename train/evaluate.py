@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             for c, m in zip(args.checkpoint, args.manifest, strict=True)
         ]
     except (ConfigError, CheckpointError, ValueError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # a bad test shard stops the run: a test set never shrinks
+        # a bad test shard stops the run (a test set never shrinks); raised in a DataLoader worker, the
+        # message carries the worker's traceback, whose last line is the error itself
+        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     summary = summarize(p, folds)
     write_json(args.out, summary)
