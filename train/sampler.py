@@ -208,6 +208,8 @@ class EpisodeStream(IterableDataset):
         self.base, self.novel = sorted(base_set), list(novel)
         if way > len(self.base):
             raise ValueError(f"way={way} exceeds the {len(self.base)} base classes")
+        if pool_size < shot + 1:  # no pool could ever give a query and `shot` supports: no episode, ever
+            raise ValueError(f"pool_size={pool_size} is smaller than shot + 1 = {shot + 1}")
         check_shot(self.image_classes, self.base, way, shot)
         self.way, self.shot, self.batch_size = way, shot, batch_size
         self.image_size, self.pool_size, self.protocol = image_size, pool_size, protocol

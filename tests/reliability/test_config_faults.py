@@ -104,6 +104,8 @@ def test_training_shot_larger_than_every_base_class_names_them(tiny_data):
     assert f"lower train.shot to {most - 1} or less" in message
     # one class with enough images is enough for 1-way; 2-way needs the second largest
     EpisodeStream(str(tiny_data["shards"] / "train"), pairs, base, novel, shot=most - 1, pool_size=99)
+    with pytest.raises(ValueError, match=r"pool_size=2 is smaller than shot \+ 1 = 3"):
+        EpisodeStream(str(tiny_data["shards"] / "train"), pairs, base, novel, shot=2, pool_size=2)
 
 
 def test_every_stage_cli_prints_a_params_error_as_one_line(tiny_data, tmp_path, capsys):
