@@ -173,7 +173,19 @@ _RELEASE_BACKBONE: dict[str, tuple[str, bool]] = {
 }
 # Toy (CPU) constructor defaults: DENet's neck at width 128 learns the toy task as well as at 256
 # (53.6 vs 53.4 novel mIoU, fold 0, 600 steps) in about half the step time on 2 cores.
-_TOY_MODEL_KWARGS: dict[str, dict[str, Any]] = {"denet": {"depth": 128}}
+# CANet and PGNet at their released width 256 take ~1.0 s per step on 2 cores (600 steps ~10 min);
+# at 128 (DENet's toy width) 0.43 / 0.6 s per step (train/episodes_per_s, fold 0, batch 8, 161 px).
+_TOY_MODEL_KWARGS: dict[str, dict[str, Any]] = {
+    "denet": {"depth": 128},
+    "canet": {"depth": 128},
+    "pgnet": {"depth": 128},
+}
+# Toy (CPU) learning rate per method where the shared toy lr (0.01) does not learn. CANet and PGNet
+# (a deep head without normalisation on a random-init backbone, binary CE) stay at all-background at
+# lr 0.01: validation mIoU 0.0 at steps 50 and 100, foreground-minus-background logit -1.81 on
+# foreground vs -1.87 on background pixels at step 100 (dropout 0 did not change it). At lr 0.05 the
+# two separate (-1.0 vs -3.2 at step 100, CANet; fold 0, validation draw, never the test episodes).
+_TOY_LR: dict[str, float] = {"canet": 0.05, "pgnet": 0.05}
 _DENET_MIN_FRACTION = {"pascal": 0.02, "coco": 0.01}
 _COCO_STEPS = 200_000
 NUM_CLASSES = {"pascal": 20, "coco": 80}
@@ -235,6 +247,8 @@ def resolve(params: Params) -> Params:
     p = dataclasses.replace(params)
     for section in ("paths", "download", "toy", "data", "sampler", "backbone", "train", "evaluate", "infer"):
         setattr(p, section, dataclasses.replace(getattr(params, section)))
+    if p.train.lr == AUTO and p.source == "toy" and p.model in _TOY_LR:
+        p.train.lr = _TOY_LR[p.model]
     for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):
         for (section, key), choices in table.items():
             obj = getattr(p, section)

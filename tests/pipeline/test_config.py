@@ -99,6 +99,16 @@ def test_toy_model_kwargs_preset_and_override():
     assert load_params(REPO_PARAMS, {"model_kwargs": {"depth": 64}}).model_kwargs == {"depth": 64}
 
 
+def test_toy_presets_per_method_lr_and_width():
+    canet = load_params(REPO_PARAMS, {"model": "canet"})
+    assert (canet.train.lr, canet.model_kwargs) == (0.05, {"depth": 128})
+    assert load_params(REPO_PARAMS, {"model": "pgnet"}).train.lr == 0.05
+    assert load_params(REPO_PARAMS, {"model": "sgone"}).train.lr == 0.01  # the shared toy lr
+    assert load_params(REPO_PARAMS, {"model": "canet", "train.lr": 0.02}).train.lr == 0.02
+    official = load_params(REPO_PARAMS, {"model": "canet", "source": "official"})
+    assert (official.train.lr, official.model_kwargs) == (0.0025, {})
+
+
 def test_model_kwargs_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="model_kwargs = 3 has the wrong type"):
         load_params(write(tmp_path, {"model_kwargs": 3}))
