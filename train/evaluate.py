@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 from fss_model import model_entry
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import write_json
+from train import distributed
 from train.checkpoint import CheckpointError, build_model_from_checkpoint
 from train.device import resolve_device
 from train.metrics import FewShotIoU, score_episode
-from train.shard_io import ShardError
-from train.train import autocast_for, forward, upsample_way_logits
+from train.shard_io import ShardError, join_url
+from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
 Batch = dict[str, Any]
@@ -34,24 +35,33 @@ VAL_SEED_OFFSET = 1  # the validation draw uses seed + 1: a different draw from 
 
 
 def episode_batches(
-    p: Params, shards: Path, manifest: dict[str, Any], batch_size: int | None = None
+    p: Params, shards: str | Path, manifest: dict[str, Any], batch_size: int | None = None
 ) -> DataLoader:
-    """The manifest's episodes as batches, in manifest order (fetched by key from the test shards)."""
+    """The manifest's episodes as batches, in manifest order (fetched by key from the test shards).
+
+    Under torchrun each rank gets its own run of whole batches (`distributed.shard_range`).
+    """
     from train.episodes import EvalEpisodes, collate_eval
 
+    size = batch_size or p.evaluate.batch_size
+    mine = distributed.shard_range(len(manifest["episodes"]), size)
     dataset = EvalEpisodes(
-        manifest, str(shards / "test"), int(p.sampler.image_size), p.protocol, p.sampler.decode_reduced
+        {**manifest, "episodes": manifest["episodes"][mine.start : mine.stop]},
+        join_url(str(shards), "test"),
+        int(p.sampler.image_size),
+        p.protocol,
+        p.sampler.decode_reduced,
     )
     return DataLoader(
         dataset,
-        batch_size=batch_size or p.evaluate.batch_size,
+        batch_size=size,
         shuffle=False,
         num_workers=p.sampler.workers,
         collate_fn=collate_eval,
     )
 
 
-def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
+def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str, Any]:
     """Episodes that pick the best checkpoint during training.
 
     Default: a separate draw (seed + 1) of novel-class episodes whose queries avoid the queries of the
@@ -70,7 +80,7 @@ def validation_episodes(p: Params, shards: Path, folds: Path) -> dict[str, Any]:
     _, novel = ep.read_fold(str(folds), p.fold)
     pairs = ep.read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
     test_queries = {e["query"] for e in test["episodes"]}
-    image_classes, _ = ep.read_index(str(shards / "test"))
+    image_classes, _ = ep.read_index(join_url(str(shards), "test"))
     draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
             "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
     try:
@@ -128,13 +138,18 @@ def evaluate_model(
     amp: bool = True,
     episodes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """FewShotIoU over all episodes; `episodes`, when given, receives one record per episode."""
+    """FewShotIoU over all episodes; `episodes`, when given, receives one record per episode.
+
+    Under torchrun the sums of every rank's episodes are all-reduced first (integer counts: exactly
+    the single-process result); `episodes` then holds this rank's records only.
+    """
     metric = FewShotIoU()
     for batch, j, _, preds, label in run_episodes(model, batches, device, amp):
         class_ids = [int(c) for c in batch["class_ids"][j]]
         ious = score_episode(metric, preds.cpu(), label.cpu(), class_ids, protocol)
         if episodes is not None:
             episodes.append({"query": batch["query_id"][j], "classes": class_ids, "iou": ious})
+    distributed.all_reduce_metric(metric)
     return metric.compute()
 
 
@@ -150,7 +165,7 @@ def evaluate_fold(
     p: Params,
     checkpoint: Path,
     manifest_path: Path,
-    shards: Path,
+    shards: str | Path,
     trivial: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -163,7 +178,9 @@ def evaluate_fold(
             f"manifest {manifest_path} is {manifest['dataset']}/{manifest['protocol']}, "
             f"params say {p.dataset}/{p.protocol}"
         )
-    dev = torch.device(resolve_device(device or p.train.device))
+    shards = shards_location(p, shards)
+    # under torchrun: joins the process group and takes GPU LOCAL_RANK
+    dev = distributed.setup(resolve_device(device or p.train.device)).device
     model, ckpt = build_model_from_checkpoint(checkpoint, map_location="cpu")
     ways = model_entry(ckpt["model_name"]).ways
     if manifest["way"] not in ways:
@@ -256,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         p = load_params(args.params)
         trivial = p.evaluate.trivial and not args.no_trivial
         folds = [
-            evaluate_fold(p, Path(c), Path(m), Path(args.shards), trivial, args.device)
+            evaluate_fold(p, Path(c), Path(m), args.shards, trivial, args.device)
             for c, m in zip(args.checkpoint, args.manifest, strict=True)
         ]
     except (ConfigError, CheckpointError, ValueError, ShardError) as exc:
@@ -264,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         # message carries the worker's traceback, whose last line is the error itself
         print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
+    finally:
+        main_rank = distributed.is_main()
+        distributed.teardown()
+    if not main_rank:  # every rank scored its share; rank 0 holds the summed result and writes it
+        return 0
     summary = summarize(p, folds)
     write_json(args.out, summary)
     print(format_table(summary))

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import NUM_CLASSES, ConfigError, Params, load_params
+from train import distributed
 from train.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -202,7 +203,8 @@ def train_loop(
                 with torch.no_grad():
                     losses["focal"] = binary_focal_loss(out["way_logits"].detach(), batch["query_label"])
             loss = losses["loss"]
-            if not torch.isfinite(loss.detach()).all():
+            # every rank takes the same branch: DDP's backward is a collective
+            if not distributed.all_true(bool(torch.isfinite(loss.detach()).all())):
                 finite = False
                 if cfg.nan_policy == "stop":
                     bar.close()
@@ -252,8 +254,13 @@ def train_loop(
 # ---------------------------------------------------------------- wiring: params, data, model, outputs
 
 
+def shards_location(p: Params, shards: str | Path) -> str:
+    """Where shards are read from: `sampler.shards_url` when set (http(s)://, s3://, ...), else `shards`."""
+    return p.sampler.shards_url or str(shards)
+
+
 def train_batches(
-    p: Params, cfg: TrainConfig, shards: Path, folds: Path, start_step: int = 0
+    p: Params, cfg: TrainConfig, shards: str | Path, folds: Path, start_step: int = 0
 ) -> Iterator[Batch]:
     """The batches of steps `start_step + 1 ..` in the order an uninterrupted run sees them.
 
@@ -266,11 +273,12 @@ def train_batches(
     from pipeline.folds import fold_classes
     from train.episodes import read_pairs
     from train.sampler import EpisodeStream, dist_rank
-    from train.shard_io import shard_urls
+    from train.shard_io import join_url, shard_urls
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
+    rank, world = distributed.rank_world()  # each rank (and each of its workers) reads its own shards
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
-    split = str(shards / "train")
+    split = join_url(str(shards), "train")
     # small data may have fewer shards than readers (ranks x workers): every reader then draws
     # shards with replacement, so none sits idle (disjoint shards need at least one per reader)
     readers = max(1, p.sampler.workers) * dist_rank()[1]
@@ -293,6 +301,8 @@ def train_batches(
         reduced=p.sampler.decode_reduced,
         gpu_decode=p.sampler.gpu_decode,
         resampled=resampled,
+        rank=rank,
+        world_size=world,
     )
     first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
     for epoch in itertools.count(first_epoch):
@@ -306,19 +316,27 @@ def train_batches(
 
 def run(
     p: Params,
-    shards: Path,
+    shards: str | Path,
     folds: Path,
     out_dir: Path,
     live_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainState:
-    """Train the model described by `p` into `out_dir` (LAST, BEST); dvclive metrics into `live_dir`."""
+    """Train the model described by `p` into `out_dir` (LAST, BEST); dvclive metrics into `live_dir`.
+
+    Under torchrun every rank runs this: DistributedDataParallel syncs the gradients, each rank reads
+    its own shards (`train.batch_size` episodes per rank and step), rank 0 alone logs and writes.
+    """
     import fss_model
     from train.episodes import normalize
 
+    shards = shards_location(p, shards)
     cfg = train_config_from_params(p)
-    device = torch.device(cfg.device)
+    info = distributed.setup(cfg.device)
+    cfg = dataclasses.replace(cfg, device=str(info.device))  # cuda:LOCAL_RANK under torchrun
+    device = info.device
+    progress = progress and info.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / LAST
 
@@ -336,8 +354,12 @@ def run(
     if resume:
         for stale in out_dir.glob(".*.pt.*.tmp"):  # temp files of checkpoint writes that a kill cut short
             stale.unlink()
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location="cpu")  # a corrupt file raises: never a silent restart
+    # rank 0 reads out_dir (nodes need not share it); every rank acts on its checkpoint or its error
+    found = distributed.broadcast_object(_read_last(last, resume) if info.is_main else None)
+    if isinstance(found, str):
+        raise CheckpointError(found)
+    if found is not None:
+        ckpt = found
         if ckpt["model_name"] != p.model or ckpt["model_kwargs"] != kwargs:
             raise CheckpointError(
                 f"checkpoint {last} was written for {ckpt['model_name']} {ckpt['model_kwargs']}, "
@@ -349,30 +371,31 @@ def run(
         extra = ckpt["extra"]
         state = TrainState(step=ckpt["step"], best_miou=extra["best_miou"], skipped=extra["skipped"])
         tqdm.write(f"resuming {last} at step {state.step}")
-    elif resume:
+    elif resume and info.is_main:
         tqdm.write(f"--resume: no checkpoint at {last} yet; starting at step 0")
-    elif last.exists():
-        raise CheckpointError(
-            f"{last} exists: pass --resume to continue that run, or delete it to start over"
-        )
+    if info.world_size > 1:  # after loading: DDP broadcasts rank 0's weights at construction
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     batches = train_batches(p, cfg, shards, folds, state.step)
     validate = make_validator(p, shards, folds, cfg) if cfg.val_every else None
-    live = _make_live(live_dir, resume_step=state.step)
+    live = _make_live(live_dir, resume_step=state.step) if info.is_main else None
     snapshot = params_snapshot(p)
 
     def save(s: TrainState, name: str) -> None:
-        save_checkpoint(
-            out_dir / name,
-            model_name=p.model,
-            model_kwargs=kwargs,
-            model=model,
-            step=s.step,
-            optimizer=optimizer,
-            rng=capture_rng(),
-            params=snapshot,
-            extra={"best_miou": s.best_miou, "skipped": s.skipped},
-        )
+        if info.is_main:
+            save_checkpoint(
+                out_dir / name,
+                model_name=p.model,
+                model_kwargs=kwargs,
+                model=model,
+                step=s.step,
+                optimizer=optimizer,
+                rng=capture_rng(),
+                params=snapshot,
+                extra={"best_miou": s.best_miou, "skipped": s.skipped},
+            )
+        distributed.barrier()  # no rank runs ahead of a checkpoint being written
 
     def log(step: int, values: dict[str, float]) -> None:
         if live is None:
@@ -388,15 +411,29 @@ def run(
     return state
 
 
-def make_validator(p: Params, shards: Path, folds: Path, cfg: TrainConfig) -> Callable[[nn.Module], float]:
-    """mIoU on the held-out validation draw (or on the test episodes with train.select_on_test)."""
+def _read_last(last: Path, resume: bool) -> dict[str, Any] | str | None:
+    """The checkpoint to resume from, None to start fresh, or the error message (run on rank 0)."""
+    if not last.exists():
+        return None
+    if not resume:
+        return f"{last} exists: pass --resume to continue that run, or delete it to start over"
+    try:
+        return load_checkpoint(last, map_location="cpu")  # a corrupt file raises: never a silent restart
+    except CheckpointError as exc:
+        return str(exc)
+
+
+def make_validator(
+    p: Params, shards: str | Path, folds: Path, cfg: TrainConfig
+) -> Callable[[nn.Module], float]:
+    """mIoU on the validation draw (test episodes with train.select_on_test), split over the ranks."""
     from train import evaluate as ev
 
     episodes = ev.validation_episodes(p, shards, folds)
 
     def validate(model: nn.Module) -> float:
         result = ev.evaluate_model(
-            model, ev.episode_batches(p, shards, episodes), p.protocol, cfg.device, cfg.amp
+            unwrap(model), ev.episode_batches(p, shards, episodes), p.protocol, cfg.device, cfg.amp
         )
         return float(result["miou"])
 
@@ -430,7 +467,9 @@ def _make_live(live_dir: Path | None, resume_step: int) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", required=True, help="the shards stage's output (holds train/ and test/)")
+    parser.add_argument("--shards", required=True,
+                        help="the shards stage's output (holds train/ and test/), or a URL prefix; "
+                        "sampler.shards_url, when set, wins")  # fmt: skip
     parser.add_argument("--folds", required=True, help="the folds stage's output (fold<i>/train.txt)")
     parser.add_argument("--out", required=True, help="checkpoint folder (last.pt, best.pt)")
     parser.add_argument("--live", default=None, help="dvclive folder (metrics.json, plots)")
@@ -443,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         p = load_params(args.params, overrides)
         state = run(
             p,
-            Path(args.shards),
+            args.shards,
             Path(args.folds),
             Path(args.out),
             Path(args.live) if args.live else None,
@@ -453,7 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"trained {state.step} steps ({state.skipped} skipped); best validation mIoU {state.best_miou:.2f}")
+    finally:
+        main_rank = distributed.is_main()
+        distributed.teardown()
+    if main_rank:
+        best = state.best_miou
+        print(f"trained {state.step} steps ({state.skipped} skipped); best validation mIoU {best:.2f}")
     return 0
 
 

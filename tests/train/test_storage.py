@@ -1,13 +1,18 @@
 """Shards from shared storage: HTTP and S3 (moto) equal local, dropped connections, failing shards."""
 
 import logging
+from pathlib import Path
 
 import pytest
+import torch
 from storage_servers import BUCKET, flaky_http, moto_s3
 from train_helpers import tiny_params
 
 from pipeline.config import ConfigError
+from train import evaluate as ev
 from train import shard_io
+from train import train as tr
+from train.checkpoint import load_checkpoint
 from train.episodes import SampleReader
 from train.sampler import EpisodeStream
 from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
@@ -112,3 +117,29 @@ def test_credentials_in_a_shards_url_are_refused():
     with pytest.raises(ConfigError, match=r"sampler\.shards_url"):
         tiny_params(sampler__shards_url="https://user:secret@lab.example/fss")
     assert tiny_params(sampler__shards_url="s3://bucket/fss").sampler.shards_url == "s3://bucket/fss"
+
+
+def _train_and_evaluate(tiny_data, out: Path, shards_url: str | None) -> tuple[dict, dict]:
+    p = tiny_params(
+        sampler__shards_url=shards_url, train__steps=2, train__val_every=2, train__checkpoint_every=2
+    )
+    tr.run(p, tiny_data["shards"], tiny_data["folds"], out, progress=False)
+    manifest = out / "manifest.json"
+    from pipeline.io import write_json
+    from train.episodes import build_manifest
+
+    write_json(manifest, build_manifest(str(tiny_data["shards"]), str(tiny_data["folds"]),
+                                        "pascal", 0, 1, 1, "denet", 0, 6))  # fmt: skip
+    result = ev.evaluate_fold(p, out / tr.LAST, manifest, tiny_data["shards"], trivial=False)
+    return load_checkpoint(out / tr.LAST)["model"], result["scores"]
+
+
+def test_train_and_evaluate_from_s3_and_http_equal_local(tiny_data, s3_url, tmp_path):
+    local_w, local_s = _train_and_evaluate(tiny_data, tmp_path / "local", None)
+    s3_w, s3_s = _train_and_evaluate(tiny_data, tmp_path / "s3", s3_url)
+    with flaky_http(tiny_data["shards"], {"train-000000.tar": 1}) as (url, log):
+        http_w, http_s = _train_and_evaluate(tiny_data, tmp_path / "http", url)
+    assert any(p.endswith("/test/index.tsv") for p, _ in log)  # evaluation read through HTTP
+    for weights in (s3_w, http_w):
+        assert all(torch.equal(local_w[k], weights[k]) for k in local_w)
+    assert s3_s == local_s == http_s
