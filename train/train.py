@@ -370,7 +370,8 @@ def run(
         restore_rng(ckpt["rng"])
         extra = ckpt["extra"]
         state = TrainState(step=ckpt["step"], best_miou=extra["best_miou"], skipped=extra["skipped"])
-        tqdm.write(f"resuming {last} at step {state.step}")
+        if info.is_main:
+            tqdm.write(f"resuming {last} at step {state.step}")
     elif resume and info.is_main:
         tqdm.write(f"--resume: no checkpoint at {last} yet; starting at step 0")
     if info.world_size > 1:  # after loading: DDP broadcasts rank 0's weights at construction

@@ -118,5 +118,26 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     assert single["folds"]["fold0"]["episodes"] == 14 and len(single["folds"]["fold0"]["scores"]) == 4
 
 
+def test_torchrun_resume_is_bit_identical(tiny_data, tmp_path):
+    from train_helpers import write_params
+
+    from train.checkpoint import load_checkpoint
+
+    def train(steps: int, out: str, *extra: str) -> None:
+        params = write_params(
+            tmp_path, **{"train.steps": steps, "train.val_every": 2, "train.checkpoint_every": 2}
+        )
+        _torchrun("-m", "train.train", "--params", str(params), "--shards", str(tiny_data["shards"]),
+                  "--folds", str(tiny_data["folds"]), "--out", str(tmp_path / out), "--no-progress", *extra,
+                  cwd=tmp_path)  # fmt: skip
+
+    train(4, "full")
+    train(2, "resumed")  # a run stopped after its step-2 checkpoint
+    train(4, "resumed", "--resume")  # rank 0 reads last.pt and broadcasts it
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "resumed"))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1:])
