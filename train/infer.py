@@ -206,14 +206,17 @@ def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Pa
 
 
 def infer_manifests(
-    checkpoint: Path, manifests: list[Path], shards: Path, out_dir: Path, params_file: str = "params.yaml",
-    episodes: int | None = None, worst: int | None = None, device: str | None = None,
+    checkpoint: Path, manifests: list[Path], shards: str | Path, out_dir: Path,
+    params_file: str = "params.yaml", episodes: int | None = None, worst: int | None = None,
+    device: str | None = None,
 ) -> Path:  # fmt: skip
     """Panels and index.html for each manifest; returns the index path."""
     from train.episodes import read_manifest
     from train.evaluate import episode_batches
+    from train.train import shards_location
 
     p = load_params(params_file)
+    shards = shards_location(p, shards)  # sampler.shards_url, when set, as in train and evaluate
     first = p.infer.episodes if episodes is None else episodes
     keep = p.infer.worst if worst is None else worst
     dev = resolve_device(device or p.train.device)
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.manifest or not args.shards:
                 parser.error("give --manifest and --shards, or --query/--support/--mask")
             index = infer_manifests(
-                Path(args.checkpoint), [Path(m) for m in args.manifest], Path(args.shards), Path(args.out),
+                Path(args.checkpoint), [Path(m) for m in args.manifest], args.shards, Path(args.out),
                 args.params, args.episodes, args.worst, args.device,
             )  # fmt: skip
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
