@@ -7,20 +7,28 @@ cache restores a model trained by an earlier invocation). Settings a model does 
 1-way only) are skipped; the table shows them as "n/a". Then `python -m train.report --print`.
 `dvc exp show` lists the experiments. Extra `--set KEY=VALUE` pairs are passed on as `-S KEY=VALUE`
 (e.g. `--set dataset=coco`); like any `dvc exp run -S`, they stay in params.yaml afterwards.
+
+The next `dvc exp run` removes the previous experiment's outputs from the workspace (metrics files
+included: they are git-ignored and `cache: false`, so no experiment commit keeps them), so after each
+run its metrics file is copied to `<results>/grid/` under the same relative path, where the report
+finds it with the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 SETTINGS = ("1w1s", "1w5s", "2w1s", "2w5s")
 SETTING = re.compile(r"^(\d+)w(\d+)s$")
+KEEP = "grid"  # <results>/grid/: copies of every cell's metrics file
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,27 @@ def dvc_command(run: Run, fold: int, extra: Sequence[str] = ()) -> list[str]:
     return ["dvc", "exp", "run", *(arg for s in sets for arg in ("-S", s))]
 
 
+def metrics_path(run: Run, fold: int, extra: Sequence[str] = (), params: str = "params.yaml") -> Path:
+    """The evaluate stage's metrics file of a grid cell (dvc.yaml's path, with the cell's overrides)."""
+    import yaml
+
+    from pipeline.config import load_params
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in extra)}
+    overrides.update(model=run.model, fold=fold, way=run.way, shot=run.shot)
+    p = load_params(params, overrides)
+    return Path(p.paths.results, p.source, p.dataset, p.protocol, run.model,
+                f"fold{fold}_{run.way}way_{run.shot}shot.json")  # fmt: skip
+
+
+def keep(metrics: Path, results: Path) -> Path:
+    """Copy a cell's metrics file to <results>/grid/<same relative path>; returns the copy."""
+    copy = results / KEEP / metrics.relative_to(results)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(metrics, copy)
+    return copy
+
+
 def main(argv: list[str] | None = None) -> int:
     from fss_model import list_models
 
@@ -94,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{run.model} {run.setting} fold {args.fold}: exit {rc}, {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
-        if rc != 0:
+        metrics = metrics_path(run, args.fold, args.set)
+        if rc == 0 and metrics.exists():
+            # <results>/<source>/<dataset>/<protocol>/<model>/<file>
+            print(f"kept {keep(metrics, metrics.parents[4])}", flush=True)
+        else:
             failed.append(f"{run.model} {run.setting}")
     if args.dry_run:
         return 0

@@ -11,10 +11,18 @@ from fss_model.registry import MODELS, Entry
 from train import experiments
 
 FAKE_DVC = """#!{python}
-import json, os, sys
+import json, os, shutil, sys
+from pathlib import Path
 with open(os.environ["FAKE_DVC_LOG"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
-sys.exit(int(os.environ.get("FAKE_DVC_RC", "0")))
+rc = int(os.environ.get("FAKE_DVC_RC", "0"))
+if rc == 0:  # like dvc exp run: the previous experiment's outputs go, this one's metrics file appears
+    s = dict(a.split("=", 1) for a in sys.argv[4::2])
+    shutil.rmtree("results/toy", ignore_errors=True)
+    out = Path("results/toy", s.get("dataset", "pascal"), "denet", s["model"])
+    out.mkdir(parents=True)
+    (out / f"fold{{s['fold']}}_{{s['way']}}way_{{s['shot']}}shot.json").write_text(json.dumps(s))
+sys.exit(rc)
 """
 
 
@@ -53,8 +61,19 @@ def test_grid_runs_dvc_exp_run_per_model_and_setting_then_the_report(fake_dvc, c
         ["exp", "run", "-S", "model=canet", "-S", "fold=2", "-S", "way=1", "-S", "shot=1"],
         ["exp", "run", "-S", "model=canet", "-S", "fold=2", "-S", "way=2", "-S", "shot=5"],
     ]
-    # the report ran (no metrics files in this empty project) and wrote its table
-    assert Path("results/table.md").read_text().startswith("No evaluate metrics files")
+    # every cell's metrics file survives the next run as a copy under results/grid/
+    kept = sorted(str(p.relative_to("results/grid")) for p in Path("results/grid").rglob("*.json"))
+    assert kept == [
+        "toy/pascal/denet/canet/fold2_1way_1shot.json",
+        "toy/pascal/denet/canet/fold2_2way_5shot.json",
+        "toy/pascal/denet/denet/fold2_1way_1shot.json",
+        "toy/pascal/denet/denet/fold2_2way_5shot.json",
+    ]
+    assert list(Path("results/toy").rglob("*.json")) == [
+        Path("results/toy/pascal/denet/canet/fold2_2way_5shot.json")
+    ]
+    # the report ran over results/ and wrote its table (the fake files are not evaluate summaries)
+    assert Path("results/table.md").exists()
 
 
 def test_extra_sets_are_passed_on_and_unsupported_ways_skipped(fake_dvc, capsys, monkeypatch):
@@ -65,6 +84,7 @@ def test_extra_sets_are_passed_on_and_unsupported_ways_skipped(fake_dvc, capsys,
         ["exp", "run", "-S", "model=oneway", "-S", "fold=0", "-S", "way=1", "-S", "shot=5",
          "-S", "dataset=coco"],
     ]  # fmt: skip
+    assert Path("results/grid/toy/coco/denet/oneway/fold0_1way_5shot.json").exists()
     assert "skip oneway 2w1s" in capsys.readouterr().out
 
 
