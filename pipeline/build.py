@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_params
+from pipeline.cli import run_stage
+from pipeline.config import load_params
 from pipeline.folds import write_folds
-from pipeline.masks import DataError
 from pipeline.shards import build_shards
 
 
@@ -54,20 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml", help="other knobs (data.*) come from here")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> int:
         t = build(args.dataset, args.protocol, args.raw, args.out, args.params, args.workers)
-    except ConfigError as exc:
-        print(f"build: {exc}", file=sys.stderr)
-        return 2
-    except DataError as exc:
-        print(f"build: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. disk full: the split's manifest is not written, nothing looks complete
-        print(f"build: {exc}", file=sys.stderr)
-        return 2
-    done = f"shards {t['shards_s']:.1f} s, folds {t['folds_s']:.1f} s"
-    print(f"build: {t['images']} images, {done} -> {args.out}")
-    return 0
+        done = f"shards {t['shards_s']:.1f} s, folds {t['folds_s']:.1f} s"
+        print(f"build: {t['images']} images, {done} -> {args.out}")
+        return 0
+
+    return run_stage("build", work)
 
 
 if __name__ == "__main__":

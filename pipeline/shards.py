@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import NUM_CLASSES, ConfigError, Params, load_params
+from pipeline.cli import run_stage
+from pipeline.config import NUM_CLASSES, Params, load_params
 from pipeline.io import atomic_write, sha256_file, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
 
@@ -281,18 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workers", type=int, default=None, help="override data.workers")
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> int:
         build_shards(args.raw, args.out, load_params(args.params), args.workers)
-    except ConfigError as exc:
-        print(f"shards: {exc}", file=sys.stderr)
-        return 2
-    except DataError as exc:
-        print(f"shards: {exc} (set data.skip_bad: true to skip and report bad files)", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. disk full: the split's manifest is not written, nothing looks complete
-        print(f"shards: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_stage("shards", work)
 
 
 if __name__ == "__main__":

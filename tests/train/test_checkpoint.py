@@ -41,8 +41,17 @@ def test_round_trip_is_self_describing(tmp_path):
     rng = capture_rng(gen)
     expect_t, expect_n, expect_p = torch.rand(3), gen.random(3), random.random()
     path = tmp_path / "ck" / "last.pt"
-    save_checkpoint(path, model_name="tiny", model_kwargs={"num_classes": 21}, model=model, step=7,
-                    optimizer=opt, rng=rng, params={"train": {"lr": 0.1}}, extra={"best": 12.5})
+    save_checkpoint(
+        path,
+        model_name="tiny",
+        model_kwargs={"num_classes": 21},
+        model=model,
+        step=7,
+        optimizer=opt,
+        rng=rng,
+        params={"train": {"lr": 0.1}},
+        extra={"best": 12.5},
+    )
     ckpt = load_checkpoint(path)
     assert (ckpt["model_name"], ckpt["model_kwargs"], ckpt["step"]) == ("tiny", {"num_classes": 21}, 7)
     assert ckpt["params"] == {"train": {"lr": 0.1}} and ckpt["extra"] == {"best": 12.5}
