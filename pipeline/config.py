@@ -245,8 +245,10 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 def resolve(params: Params) -> Params:
     """Fill `auto` values from the presets and check combinations; returns a new Params."""
     p = dataclasses.replace(params)
-    for section in ("paths", "download", "toy", "data", "sampler", "backbone", "train", "evaluate", "infer"):
-        setattr(p, section, dataclasses.replace(getattr(params, section)))
+    for f in dataclasses.fields(p):  # copy every section, so the caller's Params is never mutated
+        value = getattr(params, f.name)
+        if dataclasses.is_dataclass(value):
+            setattr(p, f.name, dataclasses.replace(value))
     if p.train.lr == AUTO and p.source == "toy" and p.model in _TOY_LR:
         p.train.lr = _TOY_LR[p.model]
     for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):

@@ -1,11 +1,12 @@
 """params.yaml loading: strict keys, types, presets and impossible combinations."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError, Params, load_params, resolve
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -112,3 +113,13 @@ def test_toy_presets_per_method_lr_and_width():
 def test_model_kwargs_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="model_kwargs = 3 has the wrong type"):
         load_params(write(tmp_path, {"model_kwargs": 3}))
+
+
+def test_resolve_never_mutates_its_input():
+    raw = Params()
+    resolved = resolve(raw)
+    assert resolved.sampler.image_size == 161 and resolved.backbone.name == "small"
+    for f in dataclasses.fields(Params):
+        if dataclasses.is_dataclass(getattr(raw, f.name)):
+            assert getattr(raw, f.name) is not getattr(resolved, f.name), f.name
+    assert raw.sampler.image_size == "auto" and raw.backbone.name == "auto"
