@@ -277,10 +277,10 @@ class Instance:
 
 
 def render_scene(
-    rng: np.random.Generator, looks: list[Look], primary: int
+    rng: np.random.Generator, looks: list[Look], primary: int, sides: tuple[int, int] = SIZE_RANGE
 ) -> tuple[np.ndarray, list[Instance]]:
     """One image with 1-3 objects (the first of class `primary`), painted in order (later occludes)."""
-    h, w = (int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
+    h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
     img = _background(h, w, rng)
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
     classes = [primary] + [int(rng.integers(len(looks))) for _ in range(count - 1)]
@@ -415,7 +415,9 @@ def _pascal_splits(rng: np.random.Generator, scale: float) -> tuple[dict[str, li
     return {k: sorted(v) for k, v in splits.items()}, sorted(ids)
 
 
-def generate_pascal(root: Path, seed: int = 0, scale: float = 1.0) -> dict[str, int]:
+def generate_pascal(
+    root: Path, seed: int = 0, scale: float = 1.0, sides: tuple[int, int] = SIZE_RANGE
+) -> dict[str, int]:
     """Write VOCdevkit/VOC2012 and benchmark_RELEASE/dataset (+ train_noval.txt) under `root`."""
     rng = np.random.default_rng([seed, 0])
     splits, ids = _pascal_splits(rng, scale)
@@ -431,7 +433,7 @@ def generate_pascal(root: Path, seed: int = 0, scale: float = 1.0) -> dict[str, 
     in_sbd = set(splits["sbd_train"]) | set(splits["sbd_val"])
     for index, image_id in enumerate(ids):
         scene_rng = np.random.default_rng([seed, 0, index])
-        img, instances = render_scene(scene_rng, looks, primaries[index])
+        img, instances = render_scene(scene_rng, looks, primaries[index], sides)
         label = semantic_label(instances, *img.shape[:2])
         jpeg = encode_jpeg(img)
         if image_id in in_voc:
@@ -465,7 +467,9 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     return {"counts": [int(r) for r in runs], "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
-def generate_coco(root: Path, seed: int = 0, scale: float = 1.0) -> dict[str, int]:
+def generate_coco(
+    root: Path, seed: int = 0, scale: float = 1.0, sides: tuple[int, int] = SIZE_RANGE
+) -> dict[str, int]:
     """Write train2014/, val2014/ and annotations/instances_{train,val}2014.json under `root`."""
     rng = np.random.default_rng([seed, 1])
     looks = class_looks(len(COCO_CATEGORIES))
@@ -482,7 +486,7 @@ def generate_coco(root: Path, seed: int = 0, scale: float = 1.0) -> dict[str, in
         images, annotations = [], []
         for k, image_id in enumerate(sorted(int(i) for i in image_ids[start : start + n])):
             scene_rng = np.random.default_rng([seed, 1, image_id])
-            img, instances = render_scene(scene_rng, looks, primaries[k])
+            img, instances = render_scene(scene_rng, looks, primaries[k], sides)
             if scene_rng.random() < 0.12:
                 img, crowd = add_crowd(img, scene_rng, looks, int(scene_rng.integers(len(looks))))
                 instances.append(crowd)
@@ -542,17 +546,29 @@ GENERATORS = {"pascal": generate_pascal, "coco": generate_coco}
 TOPS = {"pascal": ("VOCdevkit", "benchmark_RELEASE"), "coco": ("train2014", "val2014", "annotations")}
 
 
-def generate(root: str | Path, dataset: str, seed: int = 0, scale: float = 1.0) -> dict[str, int]:
-    """Generate `dataset` into a temp folder and publish its top-level folders into `root` atomically."""
+def generate(
+    root: str | Path,
+    dataset: str,
+    seed: int = 0,
+    scale: float = 1.0,
+    sides: tuple[int, int] = SIZE_RANGE,
+) -> dict[str, int]:
+    """Generate `dataset` into a temp folder and publish its top-level folders into `root` atomically.
+
+    `sides` is the range of image sides in pixels; benchmarks pass VOC-like sides (333-500) so that
+    decoding costs what it costs on the real data.
+    """
     if dataset not in GENERATORS:
         raise ValueError(f"toy: unknown dataset {dataset!r} (known: {', '.join(GENERATORS)})")
     if scale <= 0:
         raise ValueError(f"toy: scale must be > 0, got {scale}")
+    if not 32 <= sides[0] <= sides[1]:
+        raise ValueError(f"toy: image sides must satisfy 32 <= low <= high, got {sides}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-toy-"))
     try:
-        stats = GENERATORS[dataset](tmp, seed, scale)
+        stats = GENERATORS[dataset](tmp, seed, scale, sides)
         publish_tree(tmp, root, TOPS[dataset])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

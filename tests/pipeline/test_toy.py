@@ -215,6 +215,19 @@ def test_same_seed_same_bytes_and_archives(tmp_path: Path) -> None:
         assert tar.getnames()[0] == "VOCdevkit"
 
 
+def test_sides_set_the_image_size_range(tmp_path: Path) -> None:
+    """Benchmarks ask for VOC-sized images; COCO images and their annotations follow the same range."""
+    toy.generate(tmp_path / "p", "pascal", scale=0.03, sides=(333, 500))
+    sizes = [Image.open(f).size for f in (tmp_path / "p" / VOC / "JPEGImages").glob("*.jpg")]
+    assert sizes and all(333 <= s <= 500 for size in sizes for s in size)
+    assert max(max(size) for size in sizes) > toy.SIZE_RANGE[1]
+    toy.generate(tmp_path / "c", "coco", scale=0.01, sides=(300, 320))
+    images = json.loads((tmp_path / "c" / "annotations/instances_val2014.json").read_text())["images"]
+    assert images and all(300 <= i["height"] <= 320 and 300 <= i["width"] <= 320 for i in images)
+    with pytest.raises(ValueError, match="image sides"):
+        toy.generate(tmp_path / "bad", "pascal", scale=0.03, sides=(500, 333))
+
+
 def test_coco_zips_are_deterministic(tmp_path: Path, coco: Path) -> None:
     first = toy.package(coco, tmp_path / "x", "coco")
     second = toy.package(coco, tmp_path / "y", "coco")
