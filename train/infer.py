@@ -254,10 +254,10 @@ def load_user_episode(
 
     def mask(path: Path) -> torch.Tensor:
         m = np.asarray(Image.open(path).convert("L").resize((size, size), Image.NEAREST))
-        return torch.from_numpy((m > 0).astype(np.int64))
+        return torch.from_numpy((m > 0).astype(np.uint8))
 
     q = image(query)
-    zero_label = torch.zeros(1, size, size, dtype=torch.int64)
+    zero_label = torch.zeros(1, size, size, dtype=torch.uint8)
     return {
         "query_img": q.unsqueeze(0),
         "query_label": zero_label,

@@ -378,9 +378,8 @@ class EpisodeStream(IterableDataset):
             stream.close()
 
 
-def _stack_int64(items: list[dict[str, Any]], key: str) -> torch.Tensor:
-    """uint8 maps stacked straight into int64 (one pass, no uint8 copy first)."""
-    return torch.from_numpy(np.stack([it[key] for it in items], dtype=np.int64))
+def _stack(items: list[dict[str, Any]], key: str) -> torch.Tensor:
+    return torch.from_numpy(np.stack([it[key] for it in items]))
 
 
 def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str, Any]:
@@ -388,9 +387,9 @@ def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str,
     b = len(items)
     h, w = items[0]["query_label"].shape
     labels = {
-        "query_label": _stack_int64(items, "query_label"),
-        "query_full_label": _stack_int64(items, "query_full_label"),
-        "support_masks": _stack_int64(items, "support_masks").view(b, way, shot, h, w),
+        "query_label": _stack(items, "query_label"),
+        "query_full_label": _stack(items, "query_full_label"),
+        "support_masks": _stack(items, "support_masks").view(b, way, shot, h, w),
         "class_ids": torch.tensor([it["class_ids"] for it in items], dtype=torch.int64),
         "query_id": [it["query_id"] for it in items],
         "support_ids": [it["support_ids"] for it in items],

@@ -143,11 +143,15 @@ def test_normalize_moves_and_standardises():
     batch = {
         "query_img": torch.full((1, 3, 2, 2), 124, dtype=torch.uint8),
         "support_imgs": torch.zeros((1, 1, 1, 3, 2, 2), dtype=torch.uint8),
-        "query_label": torch.zeros((1, 2, 2), dtype=torch.int64),
+        "query_label": torch.tensor([[[0, 1], [255, 1]]], dtype=torch.uint8),
+        "query_full_label": torch.tensor([[[0, 80], [255, 80]]], dtype=torch.uint8),
+        "support_masks": torch.tensor([[[[[1, 0], [255, 0]]]]], dtype=torch.uint8),
         "query_id": ["a"],
     }
     out = normalize(batch, "cpu")
-    assert out["query_img"].dtype == torch.float32 and out["query_label"].dtype == torch.int64
+    assert out["query_img"].dtype == torch.float32
+    for key in ("query_label", "query_full_label", "support_masks"):  # uint8 in, int64 out, same values
+        assert out[key].dtype == torch.int64 and torch.equal(out[key], batch[key].long())
     assert abs(out["query_img"][0, 0].mean().item() - (124 / 255 - 0.485) / 0.229) < 1e-5
     assert torch.allclose(out["support_imgs"][0, 0, 0, 2], torch.full((2, 2), -0.406 / 0.225))
     assert out["query_id"] == ["a"]
