@@ -50,8 +50,13 @@ def timed_steps(
     steps: int,
     warmup: int,
     train: bool,
+    runner: torch.nn.Module | None = None,
 ) -> float:
-    """Episodes/s over `steps` batches after `warmup`; a train step includes backward and SGD."""
+    """Episodes/s over `steps` batches after `warmup`; a train step includes backward and SGD.
+
+    `runner` is what runs the forward (the `torch.compile`d model); the loss is `model.loss`.
+    """
+    runner = model if runner is None else runner
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     model.train(train)
     episodes, start = 0, 0.0
@@ -62,7 +67,7 @@ def timed_steps(
             start, episodes = time.perf_counter(), 0
         batch = normalize(next(batches), device)
         with torch.set_grad_enabled(train), autocast_for(device, True):
-            out = forward(model, batch, channels_last=True)
+            out = forward(runner, batch, channels_last=True)
             if train:
                 loss = model.loss(out, batch)["loss"]
         if train:
@@ -75,12 +80,28 @@ def timed_steps(
     return episodes / (time.perf_counter() - start)
 
 
+def timed_loader(batches: Iterator[dict[str, Any]], device: torch.device, steps: int, warmup: int) -> float:
+    """Episodes/s of the data path alone: batches moved to the device and normalised, no model."""
+    for _ in range(warmup):
+        normalize(next(batches), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, episodes = time.perf_counter(), 0
+    for _ in range(steps):
+        episodes += normalize(next(batches), device)["query_label"].shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return episodes / (time.perf_counter() - start)
+
+
 def repeat(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
     while True:
         yield batch
 
 
-def shard_batches(data: Path, args: argparse.Namespace, gpu_decode: bool) -> Iterator[dict[str, Any]]:
+def shard_batches(
+    data: Path, args: argparse.Namespace, gpu_decode: bool, pin_memory: bool
+) -> Iterator[dict[str, Any]]:
     """Endless training batches from the toy shards under `data` (fold 0, base classes)."""
     base, novel = fold_classes("pascal", 0)
     stream = EpisodeStream(
@@ -95,7 +116,7 @@ def shard_batches(data: Path, args: argparse.Namespace, gpu_decode: bool) -> Ite
         gpu_decode=gpu_decode,
     )
     loader = DataLoader(
-        stream, batch_size=None, num_workers=args.workers, pin_memory=True, persistent_workers=True
+        stream, batch_size=None, num_workers=args.workers, pin_memory=pin_memory, persistent_workers=True
     )
     yield from loader
 
@@ -110,7 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--toy-scale", type=float, default=0.5)
+    ap.add_argument("--toy-scale", type=float, default=0.3)
+    ap.add_argument(
+        "--sides", type=int, nargs=2, default=(333, 500), help="toy image sides in px (VOC-like default)"
+    )
+    ap.add_argument("--release-steps", type=int, default=150_000, help="for the time-per-fold column")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (as train.compile)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -119,32 +145,38 @@ def main(argv: list[str] | None = None) -> None:
         args.model, num_classes=21, backbone=args.backbone, frozen=args.frozen, freeze_bn=True
     )
     model = model.to(device).to(memory_format=torch.channels_last)
+    runner = torch.compile(model) if args.compile else model
     rows: list[tuple[str, float]] = []
+    for batch in (args.batch, 2 * args.batch):  # a step that is launch-bound gains ~2x with 2x the batch
+        synthetic = repeat(synthetic_batch(batch, 1, 1, args.size, 21))
+        eps = timed_steps(model, synthetic, device, args.steps, args.warmup, True, runner)
+        rows.append((f"train, synthetic tensors, batch {batch}", eps))
     synthetic = repeat(synthetic_batch(args.batch, 1, 1, args.size, 21))
-    rows.append(
-        ("train, synthetic tensors", timed_steps(model, synthetic, device, args.steps, args.warmup, True))
-    )
-    rows.append(
-        ("eval, synthetic tensors", timed_steps(model, synthetic, device, args.steps, args.warmup, False))
-    )
+    eps = timed_steps(model, synthetic, device, args.steps, args.warmup, False, runner)
+    rows.append((f"eval, synthetic tensors, batch {args.batch}", eps))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        generate(Path(tmp) / "raw", "pascal", seed=0, scale=args.toy_scale)
+        generate(Path(tmp) / "raw", "pascal", seed=0, scale=args.toy_scale, sides=tuple(args.sides))
         build("pascal", "denet", Path(tmp) / "raw", Path(tmp) / "data", progress=False)
         print(f"toy data built in {time.perf_counter() - t0:.1f} s")
-        decodes = [False, True]  # True: JPEG bytes travel, torchvision decodes them on the device
-        for gpu in decodes:
-            batches = shard_batches(Path(tmp) / "data", args, gpu)
-            name = f"train, shards ({args.workers} workers, {'GPU' if gpu else 'CPU'} decode)"
-            rows.append((name, timed_steps(model, batches, device, args.steps, args.warmup, True)))
+        # GPU decode: JPEG bytes travel from the workers, torchvision decodes them on the device.
+        for gpu in [False, True] if device.type == "cuda" else [False]:
+            batches = shard_batches(Path(tmp) / "data", args, gpu, device.type == "cuda")
+            how = f"shards ({args.workers} workers, {'GPU' if gpu else 'CPU'} decode)"
+            rows.append((f"data only, {how}", timed_loader(batches, device, args.steps, args.warmup)))
+            eps = timed_steps(model, batches, device, args.steps, args.warmup, True, runner)
+            rows.append((f"train, {how}", eps))
     print(
         f"\n{args.model} / {args.backbone} frozen={args.frozen}, {args.size} px, batch {args.batch}, "
-        f"1-way 1-shot, bf16={device.type == 'cuda'}, channels_last, device {device}"
+        f"1-way 1-shot, bf16={device.type == 'cuda'}, channels_last, compile={args.compile}, device {device}"
         f" ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})"
     )
-    print("| measurement | episodes/s |\n|---|---|")
+    print(f"toy images {args.sides[0]}-{args.sides[1]} px, {args.workers} loader workers")
+    print(f"| measurement | episodes/s | minutes for {args.release_steps} steps x {args.batch} |")
+    print("|---|---|---|")
     for name, eps in rows:
-        print(f"| {name} | {eps:.1f} |")
+        minutes = f"{args.release_steps * args.batch / eps / 60:.0f}" if name.startswith("train") else "-"
+        print(f"| {name} | {eps:.1f} | {minutes} |")
 
 
 if __name__ == "__main__":
