@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import NUM_CLASSES, ConfigError, Params, load_params
+from pipeline.config import AUTO, NUM_CLASSES, ConfigError, Params, load_params
 from train import distributed
 from train.checkpoint import (
     CheckpointError,
@@ -75,7 +75,7 @@ class TrainConfig:
     log_every: int = 10
     amp: bool = True
     channels_last: bool = True
-    compile: bool = False
+    compile: str = "none"  # a torch.compile mode, or "none"
     device: str = "cpu"
     nan_policy: str = "stop"
     protocol: str = "denet"
@@ -84,6 +84,7 @@ class TrainConfig:
 def train_config_from_params(p: Params) -> TrainConfig:
     """The loop's settings from params.yaml (`train` section plus the protocol)."""
     t = p.train
+    device = resolve_device(t.device)
     return TrainConfig(
         steps=int(t.steps),
         lr=float(t.lr),
@@ -95,11 +96,23 @@ def train_config_from_params(p: Params) -> TrainConfig:
         log_every=t.log_every,
         amp=t.amp,
         channels_last=t.channels_last,
-        compile=t.compile,
-        device=resolve_device(t.device),
+        compile=compile_mode(t.compile, device),
+        device=device,
         nan_policy=t.nan_policy,
         protocol=p.protocol,
     )
+
+
+def compile_mode(spec: str, device: str) -> str:
+    """`train.compile` -> a torch.compile mode or "none".
+
+    auto: CUDA graphs ("reduce-overhead") on a single CUDA process, where the eager step is bound by
+    kernel launches (on one H200, 383 -> 641 episodes/s for DENet ResNet-50 at 321 px, batch 8, fed by
+    the sampler); "none" on CPU and under torchrun, where the eager path is the tested one.
+    """
+    if spec != AUTO:
+        return spec
+    return "reduce-overhead" if device.startswith("cuda") and not distributed.launched() else "none"
 
 
 def params_snapshot(p: Params) -> dict[str, Any]:
@@ -182,7 +195,7 @@ def train_loop(
     """
     state = state or TrainState()
     device = torch.device(cfg.device)
-    runner = torch.compile(model) if cfg.compile else model
+    runner = model if cfg.compile == "none" else torch.compile(model, mode=cfg.compile)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True, file=sys.stderr)
     episodes, t0 = 0, time.perf_counter()
     model.train()

@@ -69,6 +69,7 @@ def test_unknown_key_is_one_line_naming_it(tmp_path):
         ({"shot": 0}, r"shot = 0 must be >= 1"),
         ({"train": {"steps": 0}}, r"train.steps must be >= 1"),
         ({"paths": 3}, r"paths must be a mapping"),
+        ({"train": {"compile": True}}, r"train.compile = True is not one of auto \| none \| default"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, data, match):

@@ -105,6 +105,17 @@ def test_nan_loss_skipped_with_policy_skip(tiny_data, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_compile_auto_is_cuda_graphs_on_one_gpu_only(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert tr.compile_mode("auto", "cuda") == "reduce-overhead"
+    assert tr.compile_mode("auto", "cuda:1") == "reduce-overhead"
+    assert tr.compile_mode("auto", "cpu") == "none"
+    assert tr.compile_mode("default", "cpu") == "default" and tr.compile_mode("none", "cuda") == "none"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the eager DDP path stays the default
+    assert tr.compile_mode("auto", "cuda") == "none"
+    assert tr.train_config_from_params(tiny_params()).compile == "none"  # tiny params: train.device cpu
+
+
 def test_grad_accumulation_and_focal_helper():
     torch.manual_seed(0)
     logits = torch.randn(2, 2, 2, 5, 5)
