@@ -1,12 +1,14 @@
 """Training-throughput benchmark: episodes/s of a model step with synthetic tensors and fed by the shards.
 
-`python -m train.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 8]` prints one table:
-1. train step on synthetic tensors already on the device (the model's ceiling);
+`python -m train.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 12 --compile MODE]`
+prints one table:
+1. train step on synthetic tensors already on the device (the model's ceiling), at the batch and at
+   twice the batch (a launch-bound step gains ~2x from the larger batch);
 2. eval forward on synthetic tensors;
-3. train step fed by the streaming sampler from toy shards it builds in a temp folder (CPU decode),
-   and again with JPEG decoding on the GPU (`gpu_decode`), when the device is CUDA.
-A script, not a test: it runs on CPU too (use a small --size / --backbone there).
-"""
+3. for toy shards it builds in a temp folder, with VOC-sized images (333-500 px): the data path
+   alone (loader + transfer + normalisation) and the train step fed by it, with CPU decode and,
+   on CUDA, with JPEG decoding on the GPU (`gpu_decode`).
+A script, not a test: it runs on CPU too (use a small --size / --backbone there)."""
 
 from __future__ import annotations
 
@@ -136,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         "--sides", type=int, nargs=2, default=(333, 500), help="toy image sides in px (VOC-like default)"
     )
     ap.add_argument("--release-steps", type=int, default=150_000, help="for the time-per-fold column")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (as train.compile)")
+    ap.add_argument(
+        "--compile",
+        default="none",
+        choices=("none", "default", "reduce-overhead", "max-autotune"),
+        help="torch.compile mode, as train.compile takes it (its auto is reduce-overhead on one GPU)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model, num_classes=21, backbone=args.backbone, frozen=args.frozen, freeze_bn=True
     )
     model = model.to(device).to(memory_format=torch.channels_last)
-    runner = torch.compile(model) if args.compile else model
+    runner = model if args.compile == "none" else torch.compile(model, mode=args.compile)
     rows: list[tuple[str, float]] = []
     for batch in (args.batch, 2 * args.batch):  # a step that is launch-bound gains ~2x with 2x the batch
         synthetic = repeat(synthetic_batch(batch, 1, 1, args.size, 21))
