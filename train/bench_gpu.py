@@ -7,7 +7,9 @@ prints one table:
 2. eval forward on synthetic tensors;
 3. for toy shards it builds in a temp folder, with VOC-sized images (333-500 px): the data path
    alone (loader + transfer + normalisation) and the train step fed by it, with CPU decode and,
-   on CUDA, with JPEG decoding on the GPU (`gpu_decode`).
+   on CUDA, with JPEG decoding on the GPU (`gpu_decode`);
+4. the trainer's own loop (`train.train.train_loop`) fed the same way, which adds what the step of
+   rows 1-3 leaves out (the per-step finite-loss check, the logged focal loss).
 A script, not a test: it runs on CPU too (use a small --size / --backbone there)."""
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pipeline.folds import fold_classes
 from pipeline.toy import generate
 from train.episodes import normalize, read_pairs
 from train.sampler import EpisodeStream
-from train.train import autocast_for, forward
+from train.train import TrainConfig, autocast_for, build_optimizer, forward, train_loop
 
 
 def synthetic_batch(b: int, way: int, shot: int, size: int, num_classes: int) -> dict[str, Any]:
@@ -94,6 +96,26 @@ def timed_loader(batches: Iterator[dict[str, Any]], device: torch.device, steps:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return episodes / (time.perf_counter() - start)
+
+
+def timed_trainer(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, Any]],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    compile_mode: str,
+) -> float:
+    """Episodes/s of `train.train.train_loop` itself (finite-loss check, logged focal loss, compile)."""
+    cfg = TrainConfig(steps=warmup + steps, lr=1e-4, device=str(device), compile=compile_mode, log_every=1)
+    stamps: list[float] = []
+
+    def log(step: int, values: dict[str, float]) -> None:
+        stamps.append(time.perf_counter())  # the loop has synced on the loss by then
+
+    train_loop(model, build_optimizer(model, cfg), batches, cfg, normalize, log=log, progress=False)
+    return steps * batch_size / (stamps[-1] - stamps[warmup - 1])
 
 
 def repeat(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -173,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((f"data only, {how}", timed_loader(batches, device, args.steps, args.warmup)))
             eps = timed_steps(model, batches, device, args.steps, args.warmup, True, runner)
             rows.append((f"train, {how}", eps))
+        batches = shard_batches(Path(tmp) / "data", args, False, device.type == "cuda")
+        eps = timed_trainer(model, batches, device, args.steps, args.warmup, args.batch, args.compile)
+        rows.append((f"train, shards ({args.workers} workers, CPU decode), train.train.train_loop", eps))
     print(
         f"\n{args.model} / {args.backbone} frozen={args.frozen}, {args.size} px, batch {args.batch}, "
         f"1-way 1-shot, bf16={device.type == 'cuda'}, channels_last, compile={args.compile}, device {device}"
