@@ -203,6 +203,7 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         terms: dict[str, float] = {}
         finite = True
+        logged = log is not None and ((state.step + 1) % cfg.log_every == 0 or state.step + 1 == cfg.steps)
         for micro in range(cfg.grad_accum):
             # 1. batch to device + normalize (uint8 -> ImageNet-normalised float on the device)
             batch = normalize(next(batches), device)
@@ -211,8 +212,9 @@ def train_loop(
             with autocast_for(device, cfg.amp):
                 out = forward(runner, batch, cfg.channels_last)
             # 3. the model's own objective; the binary focal loss is logged unless the model reports it
+            # (computed on logged steps only: on GPU the step is launch-bound, every kernel counts)
             losses = unwrap(model).loss(out, batch)
-            if "focal" not in losses:
+            if logged and "focal" not in losses:
                 with torch.no_grad():
                     losses["focal"] = binary_focal_loss(out["way_logits"].detach(), batch["query_label"])
             loss = losses["loss"]
@@ -228,10 +230,12 @@ def train_loop(
                 for _ in range(cfg.grad_accum - micro - 1):  # drain the step: data stays step-aligned
                     next(batches)
                 break
-            # 4. backward, accumulating gradients over cfg.grad_accum batches
-            (loss / cfg.grad_accum).backward()
+            # read the terms now: the forward is done (the check above synced), while a read after
+            # backward() would wait for the whole backward pass
             for k, v in losses.items():
                 terms[k] = terms.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            # 4. backward, accumulating gradients over cfg.grad_accum batches
+            (loss / cfg.grad_accum).backward()
         # 5. optimizer step (a non-finite step under nan_policy=skip changes nothing)
         if finite:
             optimizer.step()
@@ -245,7 +249,7 @@ def train_loop(
         bar.update(1)
         if finite:
             bar.set_postfix(loss=f"{terms['loss']:.4f}", eps=f"{rate:.1f}")
-        if log is not None and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
+        if logged:
             values = {f"train/{k}": v for k, v in terms.items()}
             values.update({"train/episodes_per_s": rate, "train/skipped_steps": float(state.skipped)})
             log(state.step, values)

@@ -32,6 +32,18 @@ def test_short_cpu_run_lowers_loss_and_logs_dvclive(tiny_data, tmp_path):
     assert (tmp_path / "m" / tr.BEST).exists()
 
 
+def test_focal_is_computed_on_logged_steps_only(tiny_data, tmp_path, monkeypatch):
+    calls = []
+    real = tr.binary_focal_loss
+    monkeypatch.setattr(tr, "binary_focal_loss", lambda *a: calls.append(1) or real(*a))
+    p = tiny_params(model="panet", train__steps=4, train__log_every=3, train__checkpoint_every=4)
+    _run(tiny_data, tmp_path / "m", p, live_dir=tmp_path / "live")  # PANet's loss reports no focal
+    assert len(calls) == 2  # steps 3 and 4 (the last step is always logged)
+    for name in ("focal", "loss"):
+        rows = (tmp_path / f"live/plots/metrics/train/{name}.tsv").read_text().split()[2:]
+        assert [r.split("\t")[0] for r in rows[::2]] == ["3", "4"]
+
+
 def test_resume_after_a_crash_is_bit_identical(tiny_data, tmp_path, monkeypatch):
     _run(tiny_data, tmp_path / "full")
     # a run that dies during step 4, after the step-2 checkpoint
