@@ -20,7 +20,9 @@ may support two different ways when it holds both classes.
 
 Truncated shards are skipped with a logged warning, counted in `stats["skipped_shards"]`; samples
 completed before the damage are kept; a sample lacking its `.jpg` or `.label.png` is skipped with a
-warning naming shard and key, counted in `stats["skipped_samples"]`. Test-time reading never skips
+warning naming shard and key, counted in `stats["skipped_samples"]`. `stats` lives in a DataLoader
+worker, so every batch also carries its reader's counts so far in this pass, as `data_skips` =
+(reader id, shards, samples); the trainer logs the totals. Test-time reading never skips
 (see train.episodes).
 """
 
@@ -363,13 +365,17 @@ class EpisodeStream(IterableDataset):
         if quota == 0:
             return
         rng = np.random.default_rng([self.seed, self.epoch, gid])
+        before = (len(self.stats["skipped_shards"]), len(self.stats["skipped_samples"]))
         stream = self.episodes(self.samples(self.shard_sequence(gid, total)), rng)
         pending: list[dict[str, Any]] = []
         try:
             for episode in stream:
                 pending.append(self.decode(episode, rng))
                 if len(pending) == self.batch_size:
-                    yield collate_train(pending, self.way, self.shot)
+                    batch = collate_train(pending, self.way, self.shot)
+                    shards = len(self.stats["skipped_shards"]) - before[0]
+                    batch["data_skips"] = (gid, shards, len(self.stats["skipped_samples"]) - before[1])
+                    yield batch
                     pending = []
                     quota -= 1
                     if quota == 0:

@@ -198,6 +198,7 @@ def train_loop(
     runner = model if cfg.compile == "none" else torch.compile(model, mode=cfg.compile)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True, file=sys.stderr)
     episodes, t0 = 0, time.perf_counter()
+    skipped_data: tuple[int, int] | None = None  # (shards, samples) the loaders skipped, when they say
     model.train()
     while state.step < cfg.steps:
         optimizer.zero_grad(set_to_none=True)
@@ -208,6 +209,7 @@ def train_loop(
             # 1. batch to device + normalize (uint8 -> ImageNet-normalised float on the device)
             batch = normalize(next(batches), device)
             episodes += int(batch["query_img"].shape[0])
+            skipped_data = batch.get("skipped_data", skipped_data)
             # 2. forward under autocast (bf16 on CUDA only)
             with autocast_for(device, cfg.amp):
                 out = forward(runner, batch, cfg.channels_last)
@@ -252,6 +254,8 @@ def train_loop(
         if logged:
             values = {f"train/{k}": v for k, v in terms.items()}
             values.update({"train/episodes_per_s": rate, "train/skipped_steps": float(state.skipped)})
+            if skipped_data is not None:
+                values["train/skipped_shards"], values["train/skipped_samples"] = map(float, skipped_data)
             log(state.step, values)
         if validate is not None and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
             score = validate(model)
@@ -322,12 +326,17 @@ def train_batches(
         world_size=world,
     )
     first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
+    reader_skips: dict[tuple[int, int], tuple[int, int]] = {}  # (epoch, reader) -> (shards, samples)
     for epoch in itertools.count(first_epoch):
         stream.set_epoch(epoch)
         loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers)
         for i, batch in enumerate(loader):
+            reader, shards_skipped, samples_skipped = batch.pop("data_skips")
+            reader_skips[epoch, reader] = (shards_skipped, samples_skipped)
             if epoch == first_epoch and i < skip:
                 continue
+            # this rank's totals since the process started (a damaged shard counts once per epoch)
+            batch["skipped_data"] = tuple(sum(counts) for counts in zip(*reader_skips.values(), strict=True))
             yield batch
 
 

@@ -64,6 +64,30 @@ def test_training_skips_a_sample_without_its_label_with_a_warning_and_a_count(ti
     assert key not in used
 
 
+def _logged(live: Path, name: str) -> list[float]:
+    rows = (live / f"plots/metrics/train/{name}.tsv").read_text().split("\n")[1:]
+    return [float(r.split("\t")[1]) for r in rows if r]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_logs_the_skipped_shards_and_samples(tiny_data, tmp_path, workers):
+    """The counts live in the loader workers; the trainer logs them through dvclive (per rank)."""
+    from train_helpers import tiny_params
+
+    train, live = _copy(tiny_data, tmp_path) / "train", tmp_path / "live"
+    (train / "train-000003.tar").unlink()
+    drop_member(train, "train-000001.tar", "label.png")
+    p = tiny_params(sampler__workers=workers, train__steps=6, train__checkpoint_every=3)
+    tr.run(p, train.parent, tiny_data["folds"], tmp_path / "m", live_dir=live, progress=False)
+    shards, samples = _logged(live, "skipped_shards"), _logged(live, "skipped_samples")
+    assert len(shards) == len(samples) == 6
+    assert shards[-1] >= 2 and samples[-1] >= 2  # the damage is met again in the second epoch (steps 4-6)
+    assert shards == sorted(shards) and samples == sorted(samples)  # totals since the start
+    tr.run(tiny_params(), tiny_data["shards"], tiny_data["folds"], tmp_path / "clean",
+           live_dir=tmp_path / "clean_live", progress=False)  # fmt: skip
+    assert set(_logged(tmp_path / "clean_live", "skipped_shards")) == {0.0}
+
+
 def test_verify_names_shard_and_key_of_a_sample_missing_a_member(tiny_data, tmp_path, capsys):
     test = _copy(tiny_data, tmp_path) / "test"
     assert verify_split(test) == []
