@@ -258,8 +258,12 @@ def query_index(
     return np.flatnonzero(keep)
 
 
-def iter_tar_samples(path: str | Path) -> Iterable[tuple[str, int, dict[str, bytes]]]:
-    """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests."""
+def read_shard_with_offsets(path: str | Path) -> Iterable[tuple[str, int, dict[str, bytes]]]:
+    """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests.
+
+    Python's `tarfile`, not the fast stream reader of `train.shard_io`: verify checks what the writer
+    wrote (and the offsets `index.tsv` holds) with a parser independent of the one training uses.
+    """
     with tarfile.open(path, "r") as tar:
         key, offset, members = None, 0, {}
         for info in tar:

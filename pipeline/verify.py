@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from pipeline.io import sha256_file
-from pipeline.shards import iter_tar_samples
+from pipeline.shards import read_shard_with_offsets
 
 MEMBERS = ("jpg", "json", "label.png")  # every sample's members (docs/design.md)
 
@@ -44,7 +44,7 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
         if deep:
             try:
                 keys = []
-                for key, off, members in iter_tar_samples(path):
+                for key, off, members in read_shard_with_offsets(path):
                     keys.append((key, off))
                     problems += [
                         f"{path}: sample {key} has no .{ext} member" for ext in MEMBERS if ext not in members

@@ -32,13 +32,13 @@ from pipeline.masks import (
     pascal_samples,
     process,
 )
-from pipeline.shards import build_shards, iter_tar_samples
+from pipeline.shards import build_shards, read_shard_with_offsets
 
 
 def shard_labels(split_dir: Path) -> dict[str, tuple[np.ndarray, bytes, dict]]:
     out = {}
     for tar in sorted(split_dir.glob("*.tar")):
-        for key, _, members in iter_tar_samples(tar):
+        for key, _, members in read_shard_with_offsets(tar):
             label = np.array(Image.open(io.BytesIO(members["label.png"])))
             out[key] = (label, members["jpg"], json.loads(members["json"]))
     return out
