@@ -284,9 +284,8 @@ def infer_user_images(
     model.to(device).eval()
     snapshot = ckpt.get("params") or {}
     size = int(snapshot.get("sampler", {}).get("image_size", 321))
-    if (
-        class_id is None
-    ):  # any row works (it is replaced by the prototype); a novel one keeps base rows intact
+    if class_id is None:
+        # any row works (it is replaced by the prototype); a novel one keeps base rows intact
         from pipeline.folds import novel_classes
 
         class_id = novel_classes(snapshot.get("dataset", "pascal"), int(snapshot.get("fold", 0)))[0]
