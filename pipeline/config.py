@@ -100,8 +100,8 @@ class Train:
     checkpoint_every: int | str = AUTO
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
-    # torch.compile mode; auto = reduce-overhead (CUDA graphs) on one CUDA process, else none.
-    # Resolved by train.train.compile_mode, where the device and the process count are known.
+    # torch.compile mode; auto = reduce-overhead (CUDA graphs) for a long run (>= 10k steps) on one
+    # CUDA process, else none. Resolved by train.train.compile_mode, where the device is known.
     compile: Literal["auto", "none", "default", "reduce-overhead", "max-autotune"] = AUTO
     device: str = AUTO  # auto = cuda if available else cpu, resolved by train.device.resolve_device
     nan_policy: Literal["stop", "skip"] = "stop"

@@ -119,12 +119,15 @@ def test_nan_loss_skipped_with_policy_skip(tiny_data, tmp_path, monkeypatch):
 
 def test_compile_auto_is_cuda_graphs_on_one_gpu_only(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert tr.compile_mode("auto", "cuda") == "reduce-overhead"
-    assert tr.compile_mode("auto", "cuda:1") == "reduce-overhead"
-    assert tr.compile_mode("auto", "cpu") == "none"
-    assert tr.compile_mode("default", "cpu") == "default" and tr.compile_mode("none", "cuda") == "none"
+    long = tr.COMPILE_MIN_STEPS
+    assert tr.compile_mode("auto", "cuda", long) == "reduce-overhead"
+    assert tr.compile_mode("auto", "cuda:1", 150_000) == "reduce-overhead"
+    assert tr.compile_mode("auto", "cuda", 600) == "none"  # the toy run: compiling costs more than it saves
+    assert tr.compile_mode("auto", "cpu", long) == "none"
+    assert tr.compile_mode("default", "cpu", 4) == "default"
+    assert tr.compile_mode("none", "cuda", long) == "none"
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the eager DDP path stays the default
-    assert tr.compile_mode("auto", "cuda") == "none"
+    assert tr.compile_mode("auto", "cuda", long) == "none"
     assert tr.train_config_from_params(tiny_params()).compile == "none"  # tiny params: train.device cpu
 
 
