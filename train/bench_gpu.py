@@ -9,7 +9,7 @@ prints one table:
    alone (loader + transfer + normalisation) and the train step fed by it, with CPU decode and,
    on CUDA, with JPEG decoding on the GPU (`gpu_decode`);
 4. the trainer's own loop (`train.train.train_loop`) fed the same way, which adds what the step of
-   rows 1-3 leaves out (the per-step finite-loss check, the logged focal loss).
+   rows 1-3 leaves out (the per-step finite-loss check and the read of the logged loss terms).
 A script, not a test: it runs on CPU too (use a small --size / --backbone there)."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def timed_trainer(
     batch_size: int,
     compile_mode: str,
 ) -> float:
-    """Episodes/s of `train.train.train_loop` itself (finite-loss check, logged focal loss, compile)."""
+    """Episodes/s of `train.train.train_loop` itself (finite-loss check, logged terms, compile)."""
     cfg = TrainConfig(steps=warmup + steps, lr=1e-4, device=str(device), compile=compile_mode, log_every=1)
     stamps: list[float] = []
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "--compile",
         default="none",
         choices=("none", "default", "reduce-overhead", "max-autotune"),
-        help="torch.compile mode, as train.compile takes it (its auto is reduce-overhead on one GPU)",
+        help="torch.compile mode, as train.compile takes it (its auto: reduce-overhead for long runs)",
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
