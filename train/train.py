@@ -337,7 +337,9 @@ def train_batches(
     reader_skips: dict[tuple[int, int], tuple[int, int]] = {}  # (epoch, reader) -> (shards, samples)
     for epoch in itertools.count(first_epoch):
         stream.set_epoch(epoch)
-        loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers)
+        # pinned host memory makes normalize()'s non_blocking copy asynchronous (train.bench_gpu pins too)
+        pin = cfg.device.startswith("cuda")
+        loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers, pin_memory=pin)
         for i, batch in enumerate(loader):
             reader, shards_skipped, samples_skipped = batch.pop("data_skips")
             reader_skips[epoch, reader] = (shards_skipped, samples_skipped)
