@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import NUM_CLASSES
+from pipeline.shard_format import image_size_problem
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "test")
@@ -230,14 +231,23 @@ def read_jpeg(path: str | Path) -> tuple[bytes, int, int]:
             if im.format != "JPEG":
                 raise DataError(f"{path}: not a JPEG (PIL reads {im.format})")
             width, height = im.size
+            _check_size(path, width, height)  # from the header: a decompression bomb is never decoded
             # a reduced-size decode still reads every entropy-coded byte, so truncation shows
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode ({exc})") from None
     except Exception as exc:
         raise DataError(f"{path}: corrupt image ({exc})") from None
     return data, height, width
+
+
+def _check_size(path: str | Path, width: int, height: int) -> None:
+    problem = image_size_problem(width, height)
+    if problem:
+        raise DataError(f"{path}: {problem}")
 
 
 def voc_label(path: str | Path) -> np.ndarray:
@@ -246,9 +256,12 @@ def voc_label(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
                 raise DataError(f"{path}: mask mode {im.mode}, expected a palette (P) or L PNG")
+            _check_size(path, *im.size)
             return np.array(im, dtype=np.uint8)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: mask too large to decode ({exc})") from None
     except FileNotFoundError:
         raise DataError(f"{path}: mask file is missing") from None
     except Exception as exc:
@@ -268,6 +281,7 @@ def sbd_label(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: broken .mat file ({type(exc).__name__}: {exc})") from None
     if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
         raise DataError(f"{path}: GTcls.Segmentation is {seg.dtype} {seg.shape}, expected an integer HxW map")
+    _check_size(path, seg.shape[1], seg.shape[0])
     if seg.min() < 0 or seg.max() > 255:
         raise DataError(f"{path}: GTcls.Segmentation holds values outside 0..255")
     return seg.astype(np.uint8)
@@ -346,6 +360,7 @@ def make_label(sample: Sample, num_classes: int) -> np.ndarray:
     if sample.kind == "mat":
         return sbd_label(sample.mask)
     if sample.kind == "coco":
+        _check_size(f"{sample.mask} (image {sample.key})", sample.width, sample.height)  # before painting
         try:
             return coco_label(sample.anns, sample.height, sample.width)
         except Exception as exc:

@@ -1,22 +1,27 @@
 """Shards stage: raw files -> deterministic WebDataset tars, per-class mask index and manifest per split.
 
-Formats: docs/design.md ("Shards"). Every file is written to a temp name and renamed; the split's
-`manifest.json` is removed first and written last, so an interrupted run leaves nothing that looks
-complete. Output order depends only on the inputs: images are labelled by a process pool through
-the ordered `imap`, so the worker count never changes a byte.
+Formats: docs/design.md ("Shards"). A build writes into a temp folder beside its output and renames
+it into place once every split, the report and (last) the dataset's `complete.json` are written: a
+build that stops publishes nothing, and a reader refuses a dataset without its completion record.
+Temp leftovers of a killed build are removed by the next run. Output order depends only on the
+inputs: images are labelled by a process pool and taken back in submission order, so the worker
+count never changes a byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import itertools
 import json
 import math
+import shutil
 import sys
 import tarfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,8 +32,9 @@ from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.config import NUM_CLASSES, Params, load_params
-from pipeline.io import atomic_write, sha256_file, write_json
+from pipeline.io import atomic_write, remove_stale_temps, replace_dir, sha256_file, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
+from pipeline.shard_format import COMPLETE, check_member, completion_record, member_limit
 
 INDEX_COLUMNS = [
     *("image_id", "split", "class_id", "area_px", "fraction"),
@@ -36,6 +42,8 @@ INDEX_COLUMNS = [
     *("ignore_px", "height", "width", "shard", "offset"),
 ]
 _WINDOW = 256  # images in flight in the pool
+_CHUNK = 4  # images per pool task
+REPORT = "report.json"
 _INT_COLUMNS = set(INDEX_COLUMNS) - {"image_id", "split", "fraction", "shard"}
 
 
@@ -76,21 +84,50 @@ def sample_members(rec: Labeled) -> list[tuple[str, bytes]]:
     return [(f"{rec.key}.jpg", rec.jpeg), (f"{rec.key}.json", meta), (f"{rec.key}.label.png", rec.png)]
 
 
-def _labelled(
-    samples: list[Sample], num_classes: int, workers: int
-) -> Iterator[Labeled | tuple[Sample, str]]:
-    """Labelled samples in input order; a pool only where it pays (more than one worker).
+def _label_chunk(args: list[tuple[Sample, int]]) -> list[Labeled | tuple[Sample, str]]:
+    return [process_or_error(a) for a in args]
 
-    `imap` queues every task at once and keeps finished results until they are consumed, so the
-    input goes in windows: at most `_WINDOW` labelled images are ever held, whatever the dataset size.
+
+@contextlib.contextmanager
+def labelling_pool(workers: int) -> Iterator[Executor | None]:
+    """A process pool for labelling (None for one worker) that always shuts down the same way.
+
+    Whatever stops the build (a bad file, a full disk, Ctrl-C), queued tasks are cancelled and the
+    few running ones finish before the workers exit and are reaped: no terminate() racing the
+    workers for the pool's locks (`multiprocessing.Pool` torn down mid-`imap` can deadlock there),
+    and a worker that dies (e.g. killed for memory) is an error, not an endless wait.
+    """
+    if workers <= 1:
+        yield None
+        return
+    context = get_context("spawn" if sys.platform == "darwin" else "fork")
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _labelled(
+    samples: list[Sample], num_classes: int, pool: Executor | None
+) -> Iterator[Labeled | tuple[Sample, str]]:
+    """Labelled samples in input order; in `pool` when given.
+
+    Tasks are submitted in a sliding window, so at most `_WINDOW` labelled images are ever held,
+    whatever the dataset size; the pool's owner shuts it down (`labelling_pool`), never this generator.
     """
     args = [(s, num_classes) for s in samples]
-    if workers <= 1:
+    if pool is None:
         yield from map(process_or_error, args)
         return
-    with get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
-        for start in range(0, len(args), _WINDOW):
-            yield from pool.imap(process_or_error, args[start : start + _WINDOW], chunksize=4)
+    chunks = iter([args[i : i + _CHUNK] for i in range(0, len(args), _CHUNK)])
+    pending = deque(pool.submit(_label_chunk, c) for c in itertools.islice(chunks, max(1, _WINDOW // _CHUNK)))
+    while pending:
+        done = pending.popleft().result()
+        following = next(chunks, None)
+        if following is not None:
+            pending.append(pool.submit(_label_chunk, following))
+        yield from done
 
 
 def write_split(
@@ -117,12 +154,16 @@ def write_split(
         if stale.name not in names:
             stale.unlink()
     num_classes = NUM_CLASSES[dataset]
-    results = _labelled(samples, num_classes, workers)
     bar = tqdm(total=len(samples), desc=f"{dataset}/{split}", unit="img", disable=not progress)
     shards: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     total = 0
-    with closing(results), atomic_write(out_dir / "index.tsv", "w") as index, bar:
+    with (
+        labelling_pool(workers) as pool,
+        contextlib.closing(_labelled(samples, num_classes, pool)) as results,
+        atomic_write(out_dir / "index.tsv", "w") as index,
+        bar,
+    ):
         index.write("\t".join(INDEX_COLUMNS) + "\n")
         for name, size in zip(names, plan, strict=True):
             counts: Counter[int] = Counter()
@@ -190,29 +231,71 @@ def dataset_samples(
 def build_shards(
     raw: str | Path, out: str | Path, params: Params, workers: int | None = None, progress: bool = True
 ) -> dict[str, SplitResult]:
-    """All splits of `params.dataset` under `params.protocol` into `out/<split>/`; report.json if skipping."""
+    """All splits of `params.dataset` under `params.protocol` into `out/<split>/`; report.json if skipping.
+
+    Everything is written into a temp folder beside `out`, which replaces `out` by rename once the
+    dataset's `complete.json` is written (last): a failed build publishes nothing and leaves a
+    previous `out` as it was. A folder of the user's is never replaced (`check_replaceable`).
+    """
     out = Path(out)
     data = params.data
+    remove_stale_temps(out.parent)  # what a killed build left beside `out`
+    check_replaceable(out)
     bad: list[dict[str, str]] = []
     per_split = dataset_samples(params.dataset, raw, params.protocol, data.skip_bad, bad)
-    results = {}
-    for split in SPLITS:
-        results[split] = write_split(
-            per_split[split],
-            out / split,
-            dataset=params.dataset,
-            protocol=params.protocol,
-            split=split,
-            max_samples=int(data.shard_max_samples),
-            min_shards=int(data.min_shards),
-            workers=data.workers if workers is None else workers,
-            skip_bad=data.skip_bad,
-            progress=progress,
-        )
-        bad += results[split].skipped
-    if data.skip_bad:
-        write_json(out / "report.json", {"count": len(bad), "skipped": bad})
+    work = temp_dir(out.parent, out.name)
+    try:
+        results = {}
+        for split in SPLITS:
+            results[split] = write_split(
+                per_split[split],
+                work / split,
+                dataset=params.dataset,
+                protocol=params.protocol,
+                split=split,
+                max_samples=int(data.shard_max_samples),
+                min_shards=int(data.min_shards),
+                workers=data.workers if workers is None else workers,
+                skip_bad=data.skip_bad,
+                progress=progress,
+            )
+            bad += results[split].skipped
+        if data.skip_bad:
+            write_json(work / REPORT, {"count": len(bad), "skipped": bad})
+        counts = {split: r.num_samples for split, r in results.items()}
+        write_json(work / COMPLETE, completion_record(params.dataset, params.protocol, counts))
+        replace_dir(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def check_replaceable(out: Path) -> None:
+    """FileExistsError unless `out` is absent, empty or a shards folder as this stage writes it.
+
+    Pointing `--out` at a folder of one's own must never delete it.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder: choose another --out")
+    ours = {*SPLITS, REPORT, COMPLETE}
+    split_files = ("manifest.json", "index.tsv")
+    foreign = [p.name for p in out.iterdir() if p.name not in ours]
+    for split in SPLITS:
+        if (out / split).is_dir():
+            foreign += [
+                f"{split}/{p.name}"
+                for p in (out / split).iterdir()
+                if p.name not in split_files
+                and not (p.name.startswith(f"{split}-") and p.suffix == ".tar")
+                and not (p.name.startswith(".") and p.suffix == ".tmp")  # an older build's temp file
+            ]
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds files the shards stage did not write ({', '.join(sorted(foreign)[:3])}): "
+            "move them away or choose another --out; nothing was changed"
+        )
 
 
 # ---------------------------------------------------------------- the index, for users and the sampler
@@ -258,15 +341,21 @@ def query_index(
     return np.flatnonzero(keep)
 
 
-def read_shard_with_offsets(path: str | Path) -> Iterable[tuple[str, int, dict[str, bytes]]]:
+def read_shard_with_offsets(
+    path: str | Path, limit: int | None = None
+) -> Iterable[tuple[str, int, dict[str, bytes]]]:
     """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests.
 
     Python's `tarfile`, not the fast stream reader of `train.shard_io`: verify checks what the writer
     wrote (and the offsets `index.tsv` holds) with a parser independent of the one training uses.
+    Every member header passes `check_member` (no sparse member, at most `limit` bytes, default the
+    file's size capped by MAX_MEMBER_BYTES) before its data is read; a failing one raises ShardError.
     """
+    limit = member_limit(Path(path).stat().st_size) if limit is None else limit
     with tarfile.open(path, "r") as tar:
         key, offset, members = None, 0, {}
         for info in tar:
+            check_member(str(path), info.name, info.size, sparse=info.issparse(), limit=limit)
             base, _, ext = info.name.partition(".")
             if base != key:
                 if key is not None:

@@ -1,4 +1,5 @@
-"""Re-read shards against their manifest: report missing, corrupt, truncated or unlisted shards."""
+"""Re-read shards against their manifest: report missing, corrupt, truncated, unsafe or unlisted shards,
+and datasets without their completion record."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 from pipeline.io import sha256_file
+from pipeline.shard_format import COMPLETE, ShardError, check_completion, check_shard_name, member_limit
 from pipeline.shards import read_shard_with_offsets
 
 MEMBERS = ("jpg", "json", "label.png")  # every sample's members (docs/design.md)
@@ -29,8 +31,13 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
     total = 0
     offsets: dict[tuple[str, int], str] = {}  # (shard, offset) -> key, from the deep parse
     for shard in manifest["shards"]:
-        path = split_dir / shard["name"]
-        listed.add(shard["name"])
+        try:  # a manifest is data: a name that is not a plain file name is never opened
+            name = check_shard_name(shard.get("name"), str(manifest_path))
+        except ShardError as exc:
+            problems.append(str(exc))
+            continue
+        path = split_dir / name
+        listed.add(name)
         total += shard["num_samples"]
         if not path.is_file():
             problems.append(f"{path}: missing")
@@ -44,7 +51,7 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
         if deep:
             try:
                 keys = []
-                for key, off, members in read_shard_with_offsets(path):
+                for key, off, members in read_shard_with_offsets(path, member_limit(shard["bytes"])):
                     keys.append((key, off))
                     problems += [
                         f"{path}: sample {key} has no .{ext} member" for ext in MEMBERS if ext not in members
@@ -53,6 +60,9 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
                 offsets |= {(shard["name"], off): key for key, off in keys}
             except (tarfile.TarError, OSError) as exc:
                 problems.append(f"{path}: corrupt tar ({exc})")
+                continue
+            except ShardError as exc:
+                problems.append(str(exc))
                 continue
             if n != shard["num_samples"]:
                 problems.append(f"{path}: {n} samples, manifest says {shard['num_samples']}")
@@ -75,6 +85,10 @@ def _check_index(path: Path, offsets: dict[tuple[str, int], str]) -> list[str]:
         col = {name: i for i, name in enumerate(handle.readline().rstrip("\n").split("\t"))}
         for line_no, line in enumerate(handle, start=2):
             row = line.rstrip("\n").split("\t")
+            try:
+                check_shard_name(row[col["shard"]], f"{path}:{line_no}")
+            except ShardError as exc:
+                return [str(exc)]
             where = (row[col["shard"]], int(row[col["offset"]]))
             if offsets.get(where) != row[col["image_id"]]:
                 return [f"{path}:{line_no}: {row[col['image_id']]} is not at {where[0]} offset {where[1]}"]
@@ -90,7 +104,29 @@ def verify_tree(root: str | Path, deep: bool = True) -> tuple[int, list[str]]:
     problems = []
     for d in sorted(dirs):
         problems += verify_split(d, deep)
+        problems += _check_completion(d)
     return len(dirs), problems
+
+
+def _check_completion(split_dir: Path) -> list[str]:
+    """The dataset folder above `split_dir` must hold the completion record listing this split."""
+    record_path = split_dir.parent / COMPLETE
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, json.JSONDecodeError) as exc:
+        return [f"{record_path}: unreadable completion record ({exc})"]
+    try:
+        manifest = json.loads((split_dir / "manifest.json").read_text())
+        num_samples = int(manifest["num_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        num_samples = None  # verify_split already reports the manifest
+    try:
+        check_completion(record, str(record_path), split_dir.name, num_samples)
+    except ShardError as exc:
+        return [str(exc)]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:

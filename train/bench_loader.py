@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pipeline.folds import fold_classes, training_label
 from pipeline.io import sha256_file, write_json
+from pipeline.shard_format import COMPLETE, completion_record
 from pipeline.shards import INDEX_COLUMNS
 from train.episodes import read_fold, read_pairs
 from train.sampler import EpisodeStream, collate_train, worker_split
@@ -153,6 +154,8 @@ def write_synthetic(
             out / "manifest.json",
             {"dataset": "pascal", "split": split, "protocol": protocol, "num_samples": n, "shards": shards},
         )
+    counts = {"train": n_train, "test": n_test}
+    write_json(root / "shards" / COMPLETE, completion_record("pascal", protocol, counts))
     folds = root / "folds"
     for fold in range(4):
         base, novel = fold_classes("pascal", fold)

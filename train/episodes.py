@@ -34,7 +34,15 @@ from torch.utils.data import Dataset
 from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
-from train.shard_io import ShardError, join_url, parse_tar_fragment, read_range, read_text
+from pipeline.shard_format import check_shard_name, encoded_image_problem
+from train.shard_io import (
+    ShardError,
+    check_split_complete,
+    join_url,
+    parse_tar_fragment,
+    read_range,
+    read_text,
+)
 from train.transforms import (
     binary_mask,
     decode_batch_images,
@@ -79,13 +87,20 @@ class Location:
 
 
 def read_index(split_url: str) -> tuple[dict[str, dict[int, int]], dict[str, Location]]:
-    """(image id -> {class id: area_px}, image id -> byte range in its shard) from a split's index.tsv."""
-    rows = csv.DictReader(io.StringIO(read_text(join_url(split_url, "index.tsv"))), delimiter="\t")
+    """(image id -> {class id: area_px}, image id -> byte range in its shard) from a split's index.tsv.
+
+    The split must belong to a complete dataset (`check_split_complete`); every `shard` cell must be
+    a plain file name of the split folder (an index is data, never a path to elsewhere).
+    """
+    check_split_complete(split_url)
+    index_url = join_url(split_url, "index.tsv")
+    rows = csv.DictReader(io.StringIO(read_text(index_url)), delimiter="\t")
     classes: dict[str, dict[int, int]] = defaultdict(dict)
     offsets: dict[str, tuple[str, int]] = {}
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
+        shard = check_shard_name(row["shard"], f"{index_url}:{line}")
         classes[row["image_id"]][int(row["class_id"])] = int(row["area_px"])
-        offsets[row["image_id"]] = (row["shard"], int(row["offset"]))
+        offsets[row["image_id"]] = (shard, int(row["offset"]))
     per_shard: dict[str, list[int]] = defaultdict(list)
     for shard, off in offsets.values():
         per_shard[shard].append(off)
@@ -236,13 +251,11 @@ class SampleReader:
     def __init__(self, split_url: str) -> None:
         self.split_url = split_url
         self.image_classes, self.locations = read_index(split_url)
+        manifest_url = join_url(self.split_url, "manifest.json")
         self.shard_bytes = {
-            name.rsplit("/", 1)[-1]: n
-            for name, n in ((s["name"], s["bytes"]) for s in self._manifest()["shards"])
+            check_shard_name(s["name"], manifest_url): int(s["bytes"])
+            for s in json.loads(read_text(manifest_url))["shards"]
         }
-
-    def _manifest(self) -> dict[str, Any]:
-        return json.loads(read_text(join_url(self.split_url, "manifest.json")))
 
     def fetch(self, key: str) -> dict[str, Any]:
         loc = self.locations.get(key)
@@ -263,6 +276,15 @@ class SampleReader:
             if ext not in sample:
                 raise ShardError(f"shard {url}: sample {key} has no .{ext} member")
         return sample
+
+
+def check_sample_size(sample: dict[str, Any]) -> None:
+    """ShardError naming shard and key when the sample's image or label header is unreadable or
+    exceeds MAX_IMAGE_PIXELS: a decompression bomb is never decoded."""
+    for ext in ("jpg", "label.png"):
+        problem = encoded_image_problem(sample[ext])
+        if problem:
+            raise ShardError(f"shard {sample['__url__']}: sample {sample['__key__']}: .{ext}: {problem}")
 
 
 def eval_query_label(label: np.ndarray, class_ids: Sequence[int], protocol: str) -> np.ndarray:
@@ -296,6 +318,7 @@ class EvalEpisodes(Dataset):
 
     def _load(self, key: str, keep_label_size: bool) -> tuple[np.ndarray, np.ndarray]:
         sample = self.reader.fetch(key)
+        check_sample_size(sample)
         img = decode_image(sample["jpg"], self.image_size, self.reduced)
         label = decode_label(sample["label.png"])
         img, small = resize_pair(img, label, self.image_size)

@@ -18,12 +18,15 @@ that class; the other ways may or may not appear in it (their masks are then all
 in PANet/DENet N-way training. Supports of a class never include the query image; the same image
 may support two different ways when it holds both classes.
 
-Truncated shards are skipped with a logged warning, counted in `stats["skipped_shards"]`; samples
-completed before the damage are kept; a sample lacking its `.jpg` or `.label.png` is skipped with a
-warning naming shard and key, counted in `stats["skipped_samples"]`. `stats` lives in a DataLoader
-worker, so every batch also carries its reader's counts so far in this pass, as `data_skips` =
-(reader id, shards, samples); the trainer logs the totals. Test-time reading never skips
-(see train.episodes).
+Truncated or unsafe shards (sparse or oversized members) are skipped with a logged warning, counted in
+`stats["skipped_shards"]`; samples completed before the damage are kept; a sample lacking its `.jpg`
+or `.label.png`, or whose image or label is unreadable or larger than MAX_IMAGE_PIXELS, is skipped
+with a warning naming shard and key, counted in `stats["skipped_samples"]`. A reader that meets more
+than `useless_limit` samples in a row without a base class of the fold's train list stops with a
+ShardError (lists and shards do not belong together; reading on would never draw an episode).
+`stats` lives in a DataLoader worker, so every batch also carries its reader's counts so far in this
+pass, as `data_skips` = (reader id, shards, samples); the trainer logs the totals. Test-time reading
+never skips (see train.episodes).
 """
 
 from __future__ import annotations
@@ -39,12 +42,17 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.folds import training_label
-from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from pipeline.shard_format import MAX_MEMBER_BYTES, encoded_image_problem, member_limit
+from train.shard_io import ShardError, iter_tar_samples, open_stream, split_shards
 from train.transforms import TrainTransform, binary_mask, episode_label
 
 log = logging.getLogger(__name__)
 
 JPG, LABEL = "jpg", "label.png"
+# A reader gives up after this many samples in a row without a base class of the fold's train list,
+# or after a full pass over the split if that is longer: honest data holds training images in every
+# few samples, so such a run means the fold lists and the shards come from different builds.
+USELESS_SAMPLES = 1000
 _VALUES = np.arange(256, dtype=np.uint8)  # every label value: the rules below become lookup tables
 
 
@@ -197,9 +205,14 @@ class EpisodeStream(IterableDataset):
         gpu_decode: bool = False,
     ) -> None:
         super().__init__()
-        self.urls = [u for u, _ in shard_urls(shards)] if isinstance(shards, str) else list(shards)
+        listed = split_shards(shards) if isinstance(shards, str) else [{"url": u} for u in shards]
+        self.urls = [s["url"] for s in listed]
         if not self.urls:
             raise ValueError(f"no shards in {shards!r}")
+        # a member may claim at most its shard's size from the manifest (MAX_MEMBER_BYTES if unknown)
+        self.member_limits = {s["url"]: member_limit(s.get("bytes")) for s in listed}
+        split_samples = sum(max(0, s.get("num_samples", 0)) for s in listed)
+        self.useless_limit = max(USELESS_SAMPLES, split_samples)
         base_set = set(base)
         if base_set & set(novel):
             raise ValueError("base and novel classes overlap")
@@ -262,7 +275,8 @@ class EpisodeStream(IterableDataset):
         failures = 0
         for url in urls:
             try:
-                for sample in iter_tar_samples(open_stream(url, self.allow_pipe), url):
+                limit = self.member_limits.get(url, MAX_MEMBER_BYTES)
+                for sample in iter_tar_samples(open_stream(url, self.allow_pipe), url, limit):
                     failures = 0
                     yield sample
             except (ShardError, OSError) as exc:
@@ -279,19 +293,30 @@ class EpisodeStream(IterableDataset):
         pools = ClassPools(self.base, self.pool_size, self.shot)
         self._pools = pools
         credit = 0.0
+        useless = 0  # samples in a row without a base class of the fold's train list
         for n, sample in enumerate(samples, 1):
             self.stats["samples_read"] += 1
-            missing = [ext for ext in (JPG, LABEL) if ext not in sample]
-            if missing:
+            classes = self.image_classes.get(sample["__key__"])
+            missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
+            useless = 0 if classes else useless + 1
+            if useless > self.useless_limit:
+                raise ShardError(
+                    f"{useless} samples in a row hold no base class of the fold's train list (last: "
+                    f"{sample['__key__']} of shard {sample.get('__url__')}): the fold lists do not belong "
+                    "to these shards (rebuild the folds from them), or this reader's shards hold no "
+                    "training image of the fold (use fewer loader workers)"
+                )
+            if not missing and not classes:
+                continue
+            problem = missing[0] if missing else self._image_problem(sample)
+            if problem:
                 self.stats["skipped_samples"].append(f"{sample.get('__url__')}:{sample['__key__']}")
                 log.warning(
-                    "skipping sample %s of shard %s: no .%s member (%d skipped so far)",
-                    sample["__key__"], sample.get("__url__"), missing[0], len(self.stats["skipped_samples"]),
+                    "skipping sample %s of shard %s: %s (%d skipped so far)",
+                    sample["__key__"], sample.get("__url__"), problem, len(self.stats["skipped_samples"]),
                 )  # fmt: skip
                 continue
-            classes = self.image_classes.get(sample["__key__"])
-            if not classes:
-                continue
+            assert classes
             pools.add(sample["__key__"], sample[JPG], sample[LABEL], classes, rng)
             self.stats["peak_buffered"] = pools.peak
             if n < self.warmup and len(pools.ready) < len(self.base):
@@ -303,6 +328,15 @@ class EpisodeStream(IterableDataset):
                     break
                 credit -= 1.0
                 yield episode
+
+    @staticmethod
+    def _image_problem(sample: dict[str, Any]) -> str | None:
+        """Why a sample's image or label must not be decoded (headers only), or None."""
+        for ext in (JPG, LABEL):
+            problem = encoded_image_problem(sample[ext])
+            if problem:
+                return f".{ext}: {problem}"
+        return None
 
     def decode(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
         """Decode one episode into numpy arrays (HWC images), applying the training transform."""

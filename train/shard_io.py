@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import re
 import subprocess
 import tarfile
 import time
@@ -15,6 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
+
+from pipeline.shard_format import (
+    COMPLETE,
+    MAX_MEMBER_BYTES,
+    ShardError,
+    check_completion,
+    check_member,
+    check_shard_name,
+)
 
 # Samples are grouped by key: `<key>.<ext>`; the key holds no dots (design.md).
 Sample = dict[str, Any]
@@ -26,12 +34,10 @@ _READ_CHUNK = 1 << 20
 RETRIES = 3  # reconnects per shard read after a dropped connection, with doubling back-off
 RETRY_BACKOFF_S = 0.25
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # what the shards stage writes: train-000000.tar
 log = logging.getLogger(__name__)
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, truncated or unreadable; the message names the shard."""
+# GNU tar's sparse member types and pax keys: a few bytes on disk that read back as any size
+_SPARSE_TYPES = (b"S",)
+_SPARSE_PAX = "GNU.sparse."
 
 
 def join_url(base: str, name: str) -> str:
@@ -251,24 +257,56 @@ def read_text(url: str) -> str:
     return read_range(url, 0, None).decode("utf-8")
 
 
-def shard_urls(split_url: str) -> list[tuple[str, int]]:
-    """(url, num_samples) of every shard of a split, from its manifest.json (present = split complete).
+def split_shards(split_url: str) -> list[dict[str, Any]]:
+    """`{"url", "num_samples", "bytes"}` of every shard of a split, from its manifest.json.
 
-    A brace pattern (webdataset's notation, `s3://b/train-{000000..000063}.tar`) lists the shards
-    directly instead; their sample counts are then unknown (-1).
+    The split must be listed by its dataset's completion record (`check_split_complete`). A brace
+    pattern (webdataset's notation, `s3://b/train-{000000..000063}.tar`) lists the shards directly
+    instead; their sample counts and sizes are then unknown (-1).
     """
     if "{" in split_url:
         from braceexpand import braceexpand  # webdataset's own dependency
 
-        return [(url, -1) for url in braceexpand(split_url)]
+        return [{"url": url, "num_samples": -1, "bytes": -1} for url in braceexpand(split_url)]
     manifest_url = join_url(split_url, "manifest.json")
     manifest = json.loads(read_text(manifest_url))
-    for shard in manifest["shards"]:
-        # a manifest is data, not a command: its names stay plain file names inside the split, so a
-        # crafted one can neither climb out (`..`, `/`) nor become a URL or a `pipe:` command
-        if not _PLAIN_NAME.fullmatch(str(shard["name"])):
-            raise ShardError(f"{manifest_url}: shard name {shard['name']!r} is not a plain file name")
-    return [(join_url(split_url, s["name"]), int(s["num_samples"])) for s in manifest["shards"]]
+    check_split_complete(split_url, int(manifest["num_samples"]))
+    # a manifest is data, not a command: its names stay plain file names inside the split, so a
+    # crafted one can neither climb out (`..`, `/`) nor become a URL or a `pipe:` command
+    return [
+        {
+            "url": join_url(split_url, check_shard_name(s["name"], manifest_url)),
+            "num_samples": int(s["num_samples"]),
+            "bytes": int(s.get("bytes", -1)),
+        }
+        for s in manifest["shards"]
+    ]
+
+
+def shard_urls(split_url: str) -> list[tuple[str, int]]:
+    """(url, num_samples) of every shard of a split (see `split_shards`)."""
+    return [(s["url"], s["num_samples"]) for s in split_shards(split_url)]
+
+
+def check_split_complete(split_url: str, num_samples: int | None = None) -> None:
+    """ShardError unless the dataset folder above `split_url` holds the completion record listing it.
+
+    A build that stopped half way publishes nothing, but a folder copied or synced in part, or one
+    written by an older version, may hold one split without the other: readers refuse it here.
+    """
+    base, _, split = split_url.rstrip("/").rpartition("/")
+    where = join_url(base, COMPLETE)
+    try:
+        record = json.loads(read_text(where))
+    except FileNotFoundError:
+        record = None
+    except ShardError as exc:
+        if "HTTP 404" not in str(exc):
+            raise
+        record = None
+    except ValueError as exc:  # not JSON
+        raise ShardError(f"{where} is not a completion record ({exc})") from exc
+    check_completion(record, where, split, num_samples)
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -292,12 +330,16 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes:
     return b"".join(parts)
 
 
-def iter_tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+def iter_tar_members(
+    stream: IO[bytes], url: str = "<stream>", limit: int = MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of a tar stream, read sequentially.
 
     A small reader instead of `tarfile`'s streaming mode, which costs ~0.3 ms per sample in header
     objects: it handles ustar, GNU long names ('L') and pax headers ('x'; path and size), skips
-    other entries, and raises EOFError on a short read or a bad header checksum.
+    other entries, and raises EOFError on a short read or a bad header checksum. Every header passes
+    `pipeline.shard_format.check_member` (no sparse member, at most `limit` bytes) before its data is
+    read: a failing one raises ShardError naming `url` and the member.
     """
     long_name: str | None = None
     pax: dict[str, str] = {}
@@ -315,6 +357,9 @@ def iter_tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
         else:
             size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
         kind = header[156:157]
+        sparse = kind in _SPARSE_TYPES or any(k.startswith(_SPARSE_PAX) for k in pax)
+        member = pax.get("path") or long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        check_member(url, member, size, sparse=sparse, limit=limit)
         data = _read_exact(stream, size)
         if len(data) < size:
             raise EOFError(f"member data cut at {len(data)} of {size} bytes")
@@ -352,15 +397,15 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_tar_samples(stream: IO[bytes], url: str) -> Iterator[Sample]:
+def iter_tar_samples(stream: IO[bytes], url: str, limit: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
     """Samples `{"__key__", "<ext>": bytes, ...}` of a tar stream, members grouped by key, in order.
 
-    A truncated or corrupt tar raises ShardError naming `url` after the complete samples before the
-    damage were yielded (the partial last sample is never yielded).
+    A truncated, corrupt or unsafe tar (see `iter_tar_members`, `limit`) raises ShardError naming
+    `url` after the complete samples before the damage were yielded (a partial sample never is).
     """
     current: Sample | None = None
     try:
-        for name, data in iter_tar_members(stream):
+        for name, data in iter_tar_members(stream, url, limit):
             key, ext = _split_name(name)
             if current is None or current["__key__"] != key:
                 if current is not None:
@@ -384,6 +429,8 @@ def parse_tar_fragment(data: bytes, key: str, url: str) -> Sample:
         # end-of-archive blocks make a fragment a valid archive; later samples' members are ignored
         with tarfile.open(fileobj=io.BytesIO(data + b"\0" * 1024), mode="r:") as tar:
             for member in tar:
+                # checked before extractfile: a sparse or oversized member never reaches a read
+                check_member(url, member.name, member.size, sparse=member.issparse(), limit=len(data))
                 mkey, ext = _split_name(member.name)
                 if mkey != key:
                     if len(sample) > 2:

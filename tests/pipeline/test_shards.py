@@ -98,8 +98,10 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(pascal_raw, tmp_pa
     params = load_params(write_params(tmp_path))
     out = tmp_path / "out"
     build_shards(pascal_raw, out, params, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (pascal_raw / "benchmark_RELEASE/dataset/cls/2008_000004.mat").write_bytes(b"broken")
     with pytest.raises(DataError):
         build_shards(pascal_raw, out, params, progress=False)
-    assert not (out / "train" / "manifest.json").exists()
-    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
+    # the failed rebuild published nothing: the previous complete build is untouched, no temp is left
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]

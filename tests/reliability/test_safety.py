@@ -107,6 +107,7 @@ def test_pipe_url_without_permission_runs_nothing(tmp_path):
 def test_shard_names_from_a_manifest_are_never_commands_or_paths(tiny_data, tmp_path, name):
     split = tmp_path / "train"
     shutil.copytree(tiny_data["shards"] / "train", split)
+    shutil.copy(tiny_data["shards"] / "complete.json", tmp_path)  # the dataset's completion record
     marker = tmp_path / "ran"
     manifest = json.loads((split / "manifest.json").read_text())
     manifest["shards"][0]["name"] = name.format(marker=marker)

@@ -126,6 +126,7 @@ def test_eval_episodes_label_handling(tiny_data, protocol):
 def test_truncated_test_shard_stops_evaluation_naming_it(tiny_data, tmp_path):
     test = tmp_path / "test"
     shutil.copytree(tiny_data["shards"] / "test", test)
+    shutil.copy(tiny_data["shards"] / "complete.json", tmp_path)  # the dataset's completion record
     bad = test / "test-000001.tar"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     reader = SampleReader(str(test))

@@ -158,6 +158,7 @@ def test_class_draw_is_uniform_over_ready_classes(tiny_data):
 def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
     train = tmp_path / "train"
     shutil.copytree(tiny_data["shards"] / "train", train)
+    shutil.copy(tiny_data["shards"] / "complete.json", tmp_path)  # the dataset's completion record
     bad = train / "train-000002.tar"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2 + 100])
     ds = make_stream(tiny_data, shards=str(train), episodes_per_epoch=80)
