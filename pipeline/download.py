@@ -12,13 +12,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 import requests
 from tqdm import tqdm
 
-from pipeline.archive import extract
-from pipeline.io import atomic_write, write_json
+from pipeline.archive import ExistingDataError, extract, is_extracted, read_marker, record_placed
+from pipeline.io import atomic_write, remove_stale_temps, write_json
 from pipeline.sources import Source, sources_for
 
 CHUNK = 1 << 20
@@ -43,6 +44,11 @@ class HTTPStatusError(DownloadError):
 
 class ChecksumError(DownloadError):
     """A downloaded file's digest or size differs from the published one."""
+
+
+def size_limit(source: Source) -> int | None:
+    """The most bytes a download of `source` may reach: its pinned size, else its `max_size`."""
+    return source.size if source.size is not None else source.max_size
 
 
 def pin(source: Source, checksums: dict[str, dict]) -> Source:
@@ -130,11 +136,30 @@ def source_location(source: Source, mirror: str | None) -> str:
     return str(Path(mirror) / source.name)
 
 
+def _too_long(name: str, limit: int, got: int | str) -> ChecksumError:
+    return ChecksumError(
+        f"{name}: the mirror sends {got} bytes, more than the {limit} expected (the pinned size): "
+        "stopped there"
+    )
+
+
 def _stream_http(
-    url: str, part: Path, name: str, timeout_s: float, progress: bool, session: requests.Session
+    url: str,
+    part: Path,
+    name: str,
+    timeout_s: float,
+    progress: bool,
+    session: requests.Session,
+    limit: int | None = None,
 ) -> None:
-    """Append the rest of `url` to `part` (HTTP Range from its current size); raises on a short read."""
+    """Append the rest of `url` to `part` (HTTP Range from its current size); raises on a short read.
+
+    Never writes past `limit` bytes: a longer body (announced or sent) is a ChecksumError, at once.
+    """
     have = part.stat().st_size if part.exists() else 0
+    if limit is not None and have > limit:
+        part.unlink()  # a part longer than the file can be is wrong: start over
+        have = 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with session.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
         if response.status_code == 416 and have:
@@ -152,6 +177,8 @@ def _stream_http(
             have = 0  # the server ignored the Range: start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
+        if limit is not None and total is not None and total > limit:
+            raise _too_long(name, limit, total)
         mode = "ab" if have else "wb"
         with (
             open(part, mode) as handle,
@@ -159,8 +186,12 @@ def _stream_http(
                 total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress
             ) as bar,
         ):
+            written = have
             for block in response.iter_content(NET_CHUNK):
+                if limit is not None and written + len(block) > limit:
+                    raise _too_long(name, limit, f"at least {written + len(block)}")
                 handle.write(block)
+                written += len(block)
                 bar.update(len(block))
         got = part.stat().st_size
         if total is not None and got < total:
@@ -190,6 +221,7 @@ def fetch(
     """
     archives = Path(archives)
     archives.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(archives)  # sidecar temp files of a killed run
     dest = archives / source.name
     if dest.exists():
         cached = _cached_verification(dest, source)
@@ -197,19 +229,28 @@ def fetch(
             return dest, cached
         try:
             digest = verify(dest, source)
-        except ChecksumError:
-            dest.unlink()  # a stale or corrupt copy: fetch it again
+        except ChecksumError as exc:
+            if not _toolkit_copy(dest):
+                raise ChecksumError(
+                    f"{exc}; {dest} was not downloaded by this toolkit (or has changed since), so it is "
+                    "kept: move it away to download the official file"
+                ) from None
+            dest.unlink()  # our own copy, verified for another pinned digest: fetch it again
         else:
             _record_verification(dest, digest)
             return dest, digest
     part = dest.with_name(dest.name + PART_SUFFIX)
     location = source_location(source, mirror)
+    limit = size_limit(source)
     if location.startswith(("http://", "https://")):
         with requests.Session() as session:
             for attempt in range(retries + 1):
                 try:
-                    _stream_http(location, part, source.name, timeout_s, progress, session)
+                    _stream_http(location, part, source.name, timeout_s, progress, session, limit)
                     break
+                except ChecksumError:
+                    _discard(part)  # more bytes than the file has: nothing of it is worth resuming
+                    raise
                 except (
                     requests.ConnectionError,
                     requests.Timeout,
@@ -232,9 +273,14 @@ def fetch(
         local = Path(location)
         if not local.is_file():
             raise DownloadError(f"{source.name}: not found in mirror folder ({local})")
+        if limit is not None and local.stat().st_size > limit:
+            raise _too_long(source.name, limit, local.stat().st_size)
         try:
             with open(local, "rb") as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
+                _copy_at_most(src, dst, limit, source.name)
+        except ChecksumError:
+            _discard(part)
+            raise
         except OSError as exc:
             _discard(part)
             raise DownloadError(f"{source.name}: cannot copy {local} to {part}: {exc}") from exc
@@ -250,14 +296,84 @@ def fetch(
     return dest, digest
 
 
-def place_file(path: Path, root: Path, folder: str) -> Path:
-    """Copy a plain downloaded file (e.g. train_noval.txt) into `root/folder`, atomically."""
-    target = root / folder / path.name
+def _copy_at_most(src: IO[bytes], dst: IO[bytes], limit: int | None, name: str) -> None:
+    """Copy `src` to `dst`, stopping with a ChecksumError once more than `limit` bytes come."""
+    copied = 0
+    while block := src.read(CHUNK):
+        copied += len(block)
+        if limit is not None and copied > limit:
+            raise _too_long(name, limit, f"at least {copied}")
+        dst.write(block)
+
+
+def _toolkit_copy(path: Path) -> bool:
+    """True if `path` is a file this toolkit downloaded and verified, unchanged since (per its sidecar)."""
+    sidecar = path.with_name(path.name + VERIFIED_SUFFIX)
+    try:
+        record = json.loads(sidecar.read_text())
+        st = path.stat()
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
+
+
+def place_file(path: Path, root: Path, source: Source, digest: str) -> Path:
+    """Copy a plain downloaded file (e.g. train_noval.txt) into `root/<source.place>`, atomically.
+
+    A file already there that the toolkit did not place is kept: it must match the verified download
+    (ExistingDataError otherwise, nothing changed).
+    """
+    target = root / source.place / path.name
     if target.exists() and target.read_bytes() == path.read_bytes():
         return target
+    if target.exists() and read_marker(root, source.name) is None:
+        raise ExistingDataError(
+            f"{target} differs from the published {source.name} ({digest}) and was not placed by this "
+            "toolkit, so it is left as it is: move it away to use the published file"
+        )
     with atomic_write(target) as handle, open(path, "rb") as src:
         shutil.copyfileobj(src, handle)
+    record_placed(root, source.name, digest, target.relative_to(root).as_posix())
     return target
+
+
+def local_archive(source: Source, archives: Path, mirror: str | None) -> Path | None:
+    """The archive's path if it is already on this machine (archives folder, or a mirror folder)."""
+    if (archives / source.name).is_file():
+        return archives / source.name
+    if mirror:
+        location = source_location(source, mirror)
+        if not location.startswith(("http://", "https://")) and Path(location).is_file():
+            return Path(location)
+    return None
+
+
+def verify_offline(source: Source, root: Path) -> str:
+    """Check the user's extracted folders of `source` by their layout, with no network: every path of
+    `source.layout` must be there (a trailing "/": a non-empty folder). ExistingDataError otherwise."""
+    for rel in source.layout:
+        path = root / rel.rstrip("/")
+        ok = path.is_dir() and any(path.iterdir()) if rel.endswith("/") else path.is_file()
+        if not ok:
+            what = "a non-empty folder" if rel.endswith("/") else "a file"
+            raise ExistingDataError(
+                f"{root / rel.split('/')[0]} is there without {source.name}, and lacks {path} ({what} of the "
+                f"official layout): complete it, or move it away to download and extract {source.name}"
+            )
+    return "verified offline: " + ", ".join(source.tops)
+
+
+def _verify_theirs(path: Path, source: Source) -> str:
+    """Verify a user's own copy of a plain file; a mismatch stops with the file kept."""
+    try:
+        return f"{verify(path, source)} (the user's file)"
+    except ChecksumError as exc:
+        raise ExistingDataError(f"{path}: {exc}; it is not the toolkit's, so it is left as it is") from None
+
+
+def _expected(source: Source) -> str | None:
+    want = expected_digest(source)
+    return f"{want[0]}:{want[1]}" if want else None
 
 
 def download_dataset(
@@ -275,15 +391,32 @@ def download_dataset(
 
     Returns {file name: verified digest}. Re-running with everything verified touches nothing.
     """
-    root = Path(root)
+    root, archives = Path(root), Path(archives)
     done: dict[str, str] = {}
+    offline: set[str] = set()  # folders of the user's, verified without their archive
     for source in sources_for(name):
         source = pin(source, checksums or {})
-        path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+        want = _expected(source)
+        if want is not None and is_extracted(root / source.name, root, want):
+            done[source.name] = want  # done before: no fetch, no network
+            continue
         if source.extract:
-            extract(path, root, digest)
+            ours = read_marker(root, source.name) is not None
+            theirs = [t for t in source.tops if (root / t).exists() and not ours]
+            if theirs and local_archive(source, archives, mirror) is None:
+                done[source.name] = verify_offline(source, root)  # never a download to check them
+                offline.add(source.tops[0])
+                continue
+            path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+            extract(path, root, digest, source.tops)
         else:
-            place_file(path, root, source.place)
+            target = root / source.place / source.name
+            if source.place.split("/")[0] in offline and local_archive(source, archives, mirror) is None:
+                if target.is_file():
+                    done[source.name] = _verify_theirs(target, source)
+                continue  # absent beside a user's folder: the shards stage derives it from the lists
+            path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+            place_file(path, root, source, digest)
         done[source.name] = digest
     return done
 

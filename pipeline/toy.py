@@ -15,7 +15,6 @@ import json
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 import warnings
 import zipfile
@@ -30,8 +29,8 @@ import scipy.sparse
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.archive import publish_tree
-from pipeline.io import sha256_file, write_json
+from pipeline.archive import publish_tree, record_created
+from pipeline.io import remove_stale_temps, sha256_file, temp_dir, write_json
 from pipeline.masks import voc_palette
 from pipeline.sources import COCO_ANN2014, COCO_TRAIN2014, COCO_VAL2014, SBD, SBD_TRAIN_NOVAL, VOC2012
 
@@ -566,10 +565,12 @@ def generate(
         raise ValueError(f"toy: image sides must satisfy 32 <= low <= high, got {sides}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-toy-"))
+    tmp = temp_dir(root, f"toy-{dataset}")
+    owner = f"toy-{dataset}"  # the marker that lets a later run replace these folders (and no others)
     try:
         stats = GENERATORS[dataset](tmp, seed, scale, sides)
-        publish_tree(tmp, root, TOPS[dataset])
+        publish_tree(tmp, root, TOPS[dataset], owner)
+        record_created(root, owner, f"seed={seed},scale={scale}", TOPS[dataset], TOPS[dataset])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
@@ -664,7 +665,8 @@ def build_mirror(mirror: str | Path, dataset: str, seed: int, scale: float) -> d
         ):
             return record
     mirror.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=mirror, prefix=".tmp-toy-"))
+    remove_stale_temps(mirror)  # what a killed run left
+    staging = temp_dir(mirror, f"toy-{dataset}")
     try:
         GENERATORS[dataset](staging, seed, scale)
         record = want | {"archives": package(staging, mirror, dataset)}

@@ -225,7 +225,10 @@ def test_size_only_source_checks_the_size(server, tmp_path: Path) -> None:
     url, served = server
     served.files["val2014.zip"] = b"x" * 100
     source = Source(name="val2014.zip", url="unused", size=99)
-    with pytest.raises(ChecksumError, match=r"val2014\.zip: size mismatch: expected 99 bytes, got 100"):
+    with pytest.raises(ChecksumError, match=r"val2014\.zip: the mirror sends 100 bytes, more than the 99"):
+        fetch(source, tmp_path, url, retries=0, progress=False)  # stopped at the pinned size
+    served.files["val2014.zip"] = b"x" * 98
+    with pytest.raises(ChecksumError, match=r"val2014\.zip: size mismatch: expected 99 bytes, got 98"):
         fetch(source, tmp_path, url, retries=0, progress=False)
 
 
@@ -280,13 +283,17 @@ def test_download_extracts_and_rerun_is_a_noop(server, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps  # nothing rewritten
 
 
-def test_corrupted_archive_on_disk_is_fetched_again(server, tmp_path: Path) -> None:
+def test_corrupted_archive_on_disk_is_kept_and_fetched_again_once_moved(server, tmp_path: Path) -> None:
     url, served = server
     data = voc_tar(5_000)
     served.files[VOC2012.name] = data
     source = md5_source(VOC2012.name, data)
     path, _ = fetch(source, tmp_path, url, progress=False)
-    path.write_bytes(b"garbage")
+    path.write_bytes(b"garbage")  # changed since the toolkit verified it: whose bytes these are is unknown
+    with pytest.raises(ChecksumError, match="so it is kept"):
+        fetch(source, tmp_path, url, progress=False)
+    assert path.read_bytes() == b"garbage"
+    path.unlink()
     path2, _ = fetch(source, tmp_path, url, progress=False)
     assert path2.read_bytes() == data and len(served.requests) == 2
 

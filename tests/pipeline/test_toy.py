@@ -47,7 +47,9 @@ def ids(path: Path) -> list[str]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    """Digests of the generated files (not the `.extracted/` marker, which records their mtimes)."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and ".extracted" not in p.parts)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
 
 
 def test_voc_layout_and_png_format(pascal: Path) -> None:
