@@ -351,6 +351,10 @@ def imagenet_cache_path(backbone: Backbone) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
+class WeightsError(RuntimeError):
+    """A weights file that cannot be loaded into the backbone; the message names the file and why."""
+
+
 def load_weights(backbone: Backbone, spec: str | os.PathLike[str]) -> Backbone:
     """Load backbone weights strictly; returns `backbone`. Called by train/, never by a constructor.
 
@@ -358,7 +362,7 @@ def load_weights(backbone: Backbone, spec: str | os.PathLike[str]) -> Backbone:
     only, never downloaded: FileNotFoundError naming the expected path and its URL if absent), or the
     path of a state_dict file (the backbone's own `state_dict()` or the full torchvision model's).
     Keys of parts the backbone deliberately omits (`unused_prefixes`) are dropped; any other missing or
-    unexpected key is an error.
+    unexpected key, or a file that is not a state_dict, is a WeightsError (one line).
     """
     spec = os.fspath(spec)
     if spec == "none":
@@ -376,7 +380,24 @@ def load_weights(backbone: Backbone, spec: str | os.PathLike[str]) -> Backbone:
         path = spec
         if not os.path.isfile(path):
             raise FileNotFoundError(f"backbone weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or pickled objects weights_only refuses
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WeightsError(
+            f"backbone weights file {path} is not a readable state_dict file ({type(exc).__name__}: {first})"
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsError(
+            f"backbone weights file {path} is not a state_dict (a dict of parameter names to tensors); "
+            "save `model.state_dict()`, not a checkpoint or a whole model"
+        )
     state = {k: v for k, v in state.items() if not k.startswith(backbone.unused_prefixes)}
-    backbone.load_state_dict(state, strict=True)
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        why = " ".join(line.strip() for line in str(exc).splitlines())
+        raise WeightsError(f"backbone weights file {path} does not fit {backbone.name}: {why}") from exc
     return backbone

@@ -17,6 +17,8 @@ the registry-driven tests in tests/fss_model/test_models.py) are metadata read w
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
@@ -24,6 +26,11 @@ from typing import Any, Generic, TypeVar, overload
 import torch.nn as nn
 
 T = TypeVar("T")
+
+# The largest integer a constructor argument may take. The registered methods' widths are at most 2048
+# channels (ResNet layer4), class counts 81 (COCO) and iteration counts single digits; a 200000-wide
+# conv layer would ask for terabytes before failing. Checked before anything is built.
+MAX_INT_ARGUMENT = 4096
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,85 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def build(self, name: str, **kwargs: Any) -> T:
-        return self.entry(name).fn(**kwargs)
+        entry = self.entry(name)
+        check_arguments(f"{self.kind} {name!r}", entry.fn, kwargs)
+        return entry.fn(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def constructor_parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+    """The named parameters `fn` accepts, following `**kwargs` into the class it returns (its return
+    annotation) and on through the base classes each `__init__` forwards to; None if unknowable."""
+    params: dict[str, inspect.Parameter] = {}
+    targets = _inits(fn) if inspect.isclass(fn) else [fn]
+    while targets:
+        target = targets.pop(0)
+        forwards = False
+        for p in inspect.signature(target).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                params.setdefault(p.name, p)
+        if not forwards:
+            return params
+        if not targets:  # a builder function: its kwargs go to the class it returns
+            try:
+                returned = typing.get_type_hints(target).get("return")
+            except (NameError, TypeError):
+                return None
+            if not inspect.isclass(returned) or not issubclass(returned, nn.Module):
+                return None
+            targets = _inits(returned)
+    return None
+
+
+def _inits(cls: type) -> list[Callable[..., Any]]:
+    """The `__init__`s a class's construction may pass through, most derived first (not nn.Module's)."""
+    return [k.__init__ for k in cls.__mro__ if "__init__" in vars(k) and k not in (nn.Module, object)]  # type: ignore[misc]
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _ints(item)]
+    return []
+
+
+def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """ValueError (one line) before building when `kwargs` do not fit `fn`'s constructor: an unknown
+    name, a value whose type differs from the default's, or an integer beyond MAX_INT_ARGUMENT."""
+    params = constructor_parameters(fn)
+    if params is not None:
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            known = ", ".join(sorted(params))
+            raise ValueError(f"{what} has no argument {unknown[0]!r} (its arguments: {known})")
+        for key, value in kwargs.items():
+            default = params[key].default
+            if default is inspect.Parameter.empty or default is None or value is None:
+                continue
+            want = float if isinstance(default, float) else type(default)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+                continue
+            if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
+                got, kind = type(value).__name__, type(default).__name__
+                raise ValueError(f"{what}: argument {key}={value!r} is a {got}, not a {kind}")
+    for key, value in kwargs.items():
+        if any(abs(v) > MAX_INT_ARGUMENT for v in _ints(value)):
+            raise ValueError(
+                f"{what}: argument {key}={value!r} is beyond {MAX_INT_ARGUMENT} "
+                "(fss_model.registry.MAX_INT_ARGUMENT): refused before building"
+            )
 
 
 MODELS: Registry[nn.Module] = Registry("model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,10 +24,11 @@ from fss_model import model_entry
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import write_json
 from train import distributed
-from train.checkpoint import CheckpointError, build_model_from_checkpoint
+from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
+from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
-from train.shard_io import ShardError, join_url
+from train.shard_io import join_url
 from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
@@ -144,12 +146,22 @@ def evaluate_model(
     the single-process result); `episodes` then holds this rank's records only.
     """
     metric = FewShotIoU()
-    for batch, j, _, preds, label in run_episodes(model, batches, device, amp):
+    for index, (batch, j, _, preds, label) in enumerate(run_episodes(model, batches, device, amp)):
         class_ids = [int(c) for c in batch["class_ids"][j]]
         ious = score_episode(metric, preds.cpu(), label.cpu(), class_ids, protocol)
+        if math.isnan(ious[0]):
+            # every episode's query was drawn for its first class: without it the scores would lack the
+            # episode (and an evaluation without any scored class would report NaN)
+            raise ValueError(
+                f"episode {index} (query {batch['query_id'][j]}, classes {class_ids}): the query's label "
+                f"holds no pixel of class {class_ids[0]}, the class it was drawn for; the test shards and "
+                "the episode manifest do not belong together (rebuild the episodes from these shards)"
+            )
         if episodes is not None:
             episodes.append({"query": batch["query_id"][j], "classes": class_ids, "iou": ious})
     distributed.all_reduce_metric(metric)
+    if not metric.count:
+        raise ValueError("no episode was scored: the episode manifest is empty")
     return metric.compute()
 
 
@@ -276,11 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_fold(p, Path(c), Path(m), args.shards, trivial, args.device)
             for c, m in zip(args.checkpoint, args.manifest, strict=True)
         ]
-    except (ConfigError, CheckpointError, ValueError, ShardError) as exc:
-        # a bad test shard stops the run (a test set never shrinks); raised in a DataLoader worker, the
-        # message carries the worker's traceback, whose last line is the error itself
-        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:  # a bad test shard stops the run (a test set never shrinks): one line
+        return report(exc)
     finally:
         main_rank = distributed.is_main()
         distributed.teardown()

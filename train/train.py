@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import AUTO, NUM_CLASSES, ConfigError, Params, load_params
+from pipeline.config import AUTO, NUM_CLASSES, Params, load_params
 from train import distributed
 from train.checkpoint import (
     CheckpointError,
@@ -33,6 +33,7 @@ from train.checkpoint import (
     unwrap,
 )
 from train.device import resolve_device
+from train.errors import USER_ERRORS, report
 
 IGNORE_INDEX = 255
 FOCAL_ALPHA = 0.25  # the release's binary focal loss (alpha weights background, 1 - alpha foreground)
@@ -526,9 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
         )
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, NonFiniteLossError) as exc:  # one line: data, files, params, device, weights
+        return report(exc)
     finally:
         main_rank = distributed.is_main()
         distributed.teardown()

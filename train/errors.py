@@ -1,0 +1,41 @@
+"""Errors a user can fix (data, files, params, devices, weights): `train`, `evaluate` and `infer` print
+them as one line and exit 2; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from PIL import Image
+
+from fss_model.backbones import WeightsError
+from pipeline.config import ConfigError
+from train.checkpoint import CheckpointError
+from train.shard_io import ShardError
+
+# ValueError covers ConfigError, DeviceError and bad model_kwargs; OSError covers missing files, full
+# disks and PIL's unreadable images; DecompressionBombError is PIL's refusal of a huge image.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    CheckpointError,
+    ShardError,
+    WeightsError,
+    ValueError,
+    OSError,
+    Image.DecompressionBombError,
+)
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line. An error raised in a DataLoader worker carries the worker's traceback,
+    whose last line is the error itself."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "  # how a worker's traceback ends
+    return lines[-1].removeprefix(prefix)
+
+
+def report(exc: BaseException) -> int:
+    """Print `exc` as `error: ...` on stderr and return the exit status 2."""
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    return 2
