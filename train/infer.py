@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import html
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -26,12 +27,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
 from pipeline.masks import voc_palette
-from train.checkpoint import CheckpointError, build_model_from_checkpoint
+from pipeline.shard_format import image_size_problem
+from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
+from train.errors import USER_ERRORS, report
 from train.metrics import IGNORE_INDEX, FewShotIoU, score_episode
 
+log = logging.getLogger(__name__)
 WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)
 ALPHA = 0.5
 
@@ -243,18 +247,58 @@ def infer_manifests(
     return write_index(out_dir, sections)
 
 
+def open_user_image(path: Path) -> Image.Image:
+    """A user's image file, refused (ValueError naming it) beyond MAX_IMAGE_PIXELS before decoding."""
+    img = Image.open(path)
+    problem = image_size_problem(*img.size)
+    if problem:
+        img.close()
+        raise ValueError(f"{path}: {problem}")
+    return img
+
+
+def read_user_mask(path: Path, image: Path) -> np.ndarray:
+    """The object of a support mask as a uint8 map (1 object, 0 background) at `image`'s size.
+
+    A cut-out PNG (an alpha channel that is not fully opaque) is read by its alpha: opaque = object.
+    Any other mask: pixels > 0 are the object. A mask whose size differs from its image is resized
+    (nearest) with a warning; a mask without any object pixel is refused (ValueError).
+    """
+    with open_user_image(image) as im:
+        size = im.size
+    with open_user_image(path) as m:
+        alpha = m.mode in ("RGBA", "LA", "PA") or (m.mode == "P" and "transparency" in m.info)
+        a = np.asarray(m.convert("RGBA").getchannel("A")) if alpha else None
+        cutout = a is not None and bool((a < 255).any())
+        obj = (a > 127) if cutout else (np.asarray(m.convert("L")) > 0)
+    if not obj.any():
+        kind = "its alpha channel is fully transparent" if cutout else "all its pixels are 0"
+        raise ValueError(f"mask {path} marks no object ({kind}): give a mask whose object pixels are > 0")
+    mask = obj.astype(np.uint8)
+    if (mask.shape[1], mask.shape[0]) != size:
+        log.warning(
+            "mask %s is %dx%d but its image %s is %dx%d: the mask is resized to the image (nearest)",
+            path, mask.shape[1], mask.shape[0], image, *size,
+        )  # fmt: skip
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return mask
+
+
 def load_user_episode(
     query: Path, supports: list[Path], masks: list[Path], size: int, class_id: int
 ) -> dict[str, Any]:
-    """A 1-way K-shot batch (design.md dict, uint8) from image files; mask pixels > 0 are foreground."""
+    """A 1-way K-shot batch (design.md dict, uint8) from image files (masks: see `read_user_mask`)."""
 
     def image(path: Path) -> torch.Tensor:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+        with open_user_image(path) as im:
+            img = im.convert("RGB").resize((size, size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def mask(path: Path) -> torch.Tensor:
-        m = np.asarray(Image.open(path).convert("L").resize((size, size), Image.NEAREST))
-        return torch.from_numpy((m > 0).astype(np.uint8))
+    def mask(path: Path, image: Path) -> torch.Tensor:
+        m = np.asarray(Image.fromarray(read_user_mask(path, image)).resize((size, size), Image.NEAREST))
+        if not m.any():
+            raise ValueError(f"the object of mask {path} is too small: it vanishes at {size}x{size} px")
+        return torch.from_numpy(m.copy())
 
     q = image(query)
     zero_label = torch.zeros(1, size, size, dtype=torch.uint8)
@@ -263,7 +307,9 @@ def load_user_episode(
         "query_label": zero_label,
         "query_full_label": zero_label.clone(),
         "support_imgs": torch.stack([image(s) for s in supports]).view(1, 1, len(supports), 3, size, size),
-        "support_masks": torch.stack([mask(m) for m in masks]).view(1, 1, len(masks), size, size),
+        "support_masks": torch.stack([mask(m, s) for m, s in zip(masks, supports, strict=True)]).view(
+            1, 1, len(masks), size, size
+        ),
         "class_ids": torch.tensor([[class_id]], dtype=torch.int64),
         "query_id": [query.stem],
         "support_ids": [[s.stem for s in supports]],
@@ -280,6 +326,7 @@ def infer_user_images(
 
     if len(supports) != len(masks) or not supports:
         raise ValueError("give one --mask per --support (and at least one)")
+    device = resolve_device(device)
     model, ckpt = build_model_from_checkpoint(checkpoint)
     model.to(device).eval()
     snapshot = ckpt.get("params") or {}
@@ -291,9 +338,10 @@ def infer_user_images(
         class_id = novel_classes(snapshot.get("dataset", "pascal"), int(snapshot.get("fold", 0)))[0]
     batch = normalize(load_user_episode(query, supports, masks, size, class_id), device)
     out = predict(model, batch, torch.device(device), amp=True)
-    h, w = Image.open(query).size[::-1]
+    with open_user_image(query) as im:
+        raw = np.asarray(im.convert("RGB"))
+    h, w = raw.shape[:2]
     preds = way_predictions(out["way_logits"][0], (h, w))
-    raw = np.asarray(Image.open(query).convert("RGB"))
     panel = Panel(
         iou=math.nan, index=0, query_id=query.stem, class_ids=[class_id], ious=[math.nan],
         query=raw, gt=np.zeros((1, h, w), np.uint8), preds=preds.cpu().numpy().astype(np.uint8),
@@ -340,9 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.checkpoint), [Path(m) for m in args.manifest], args.shards, Path(args.out),
                 args.params, args.episodes, args.worst, args.device,
             )  # fmt: skip
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:  # one line: bad images, files, params, device, checkpoint
+        return report(exc)
     print(f"wrote {index}")
     return 0
 
