@@ -39,6 +39,12 @@ class FullDisk:
 def drop_member(split_dir: Path, shard: str, ext: str) -> str:
     """Rewrite `shard` without the `.ext` member of its last sample and fix the manifest (a writer bug
     whose output still matches its manifest); returns that sample's key. Earlier offsets do not move."""
+    return replace_member(split_dir, shard, ext, None)
+
+
+def replace_member(split_dir: Path, shard: str, ext: str, payload: bytes | None) -> str:
+    """Rewrite `shard` with the `.ext` member of its last sample replaced by `payload` (dropped if None)
+    and fix the manifest to match; returns that sample's key. Earlier offsets do not move."""
     path = split_dir / shard
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
@@ -46,9 +52,29 @@ def drop_member(split_dir: Path, shard: str, ext: str) -> str:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
         for info, data in members:
-            if info.name != f"{key}.{ext}":
-                out.addfile(info, io.BytesIO(data))
+            if info.name == f"{key}.{ext}":
+                if payload is None:
+                    continue
+                info.size, data = len(payload), payload
+            out.addfile(info, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
+    _fix_manifest(split_dir, shard)
+    return key
+
+
+def append_raw(split_dir: Path, shard: str, raw: bytes) -> None:
+    """Append raw tar blocks (a hand-made header and its data) after the last member of `shard`, then
+    the end-of-archive blocks; the manifest is fixed to match (a crafted shard that passes its sha256)."""
+    path = split_dir / shard
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    path.write_bytes(path.read_bytes()[:end] + raw + bytes(1024))
+    _fix_manifest(split_dir, shard)
+
+
+def _fix_manifest(split_dir: Path, shard: str) -> None:
+    path = split_dir / shard
     manifest_path = split_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for entry in manifest["shards"]:
@@ -56,4 +82,44 @@ def drop_member(split_dir: Path, shard: str, ext: str) -> str:
             entry["bytes"] = path.stat().st_size
             entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
-    return key
+
+
+def _octal(value: int, width: int = 12) -> bytes:
+    return f"{value:0{width - 1}o}".encode() + b"\0"
+
+
+def _with_checksum(header: bytearray) -> bytes:
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}".encode() + b"\0 "
+    return bytes(header)
+
+
+def gnu_sparse_member(name: str, realsize: int, stored: int = 512) -> bytes:
+    """A GNU sparse member ('S'): `stored` bytes on disk that read back as `realsize` bytes (a hole first)."""
+    info = tarfile.TarInfo(name)
+    info.size = stored
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[156:157] = b"S"
+    header[386:398], header[398:410] = _octal(realsize - stored), _octal(stored)  # one data extent
+    header[482] = 0  # no extended sparse headers
+    header[483:495] = _octal(realsize)
+    return _with_checksum(header) + bytes(-(-stored // 512) * 512)
+
+
+def pax_size_member(name: str, size: int) -> bytes:
+    """A member whose pax header claims `size` bytes (its ustar header says 0, and no data follows)."""
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {"size": str(size)}
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A tiny JPEG whose frame header claims `width` x `height` (a decompression bomb's header, cheaply)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
