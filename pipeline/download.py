@@ -93,23 +93,24 @@ def verify(path: Path, source: Source) -> str:
     return f"{algorithm}:{actual}"
 
 
-def _cached_verification(path: Path, source: Source) -> str | None:
-    """The digest recorded beside `path` if the file is unchanged since it was verified."""
+def _unchanged_record(path: Path) -> dict | None:
+    """The verification record beside `path` if the file is unchanged since (size and mtime), else None."""
     sidecar = path.with_name(path.name + VERIFIED_SUFFIX)
     try:
         record = json.loads(sidecar.read_text())
         st = path.stat()
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    want = expected_digest(source)
-    wanted = f"{want[0]}:{want[1]}" if want else f"size:{source.size}"
-    if (
-        record.get("digest") == wanted
-        and record.get("size") == st.st_size
-        and record.get("mtime_ns") == st.st_mtime_ns
-    ):
-        return wanted
+    if record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
+        return record
     return None
+
+
+def _cached_verification(path: Path, source: Source) -> str | None:
+    """The digest recorded beside `path` if the file is unchanged since it was verified."""
+    record = _unchanged_record(path)
+    wanted = _expected(source) or f"size:{source.size}"
+    return wanted if record is not None and record.get("digest") == wanted else None
 
 
 def _record_verification(path: Path, digest: str) -> None:
@@ -230,7 +231,7 @@ def fetch(
         try:
             digest = verify(dest, source)
         except ChecksumError as exc:
-            if not _toolkit_copy(dest):
+            if _unchanged_record(dest) is None:  # not a file this toolkit verified, as it was then
                 raise ChecksumError(
                     f"{exc}; {dest} was not downloaded by this toolkit (or has changed since), so it is "
                     "kept: move it away to download the official file"
@@ -304,17 +305,6 @@ def _copy_at_most(src: IO[bytes], dst: IO[bytes], limit: int | None, name: str) 
         if limit is not None and copied > limit:
             raise _too_long(name, limit, f"at least {copied}")
         dst.write(block)
-
-
-def _toolkit_copy(path: Path) -> bool:
-    """True if `path` is a file this toolkit downloaded and verified, unchanged since (per its sidecar)."""
-    sidecar = path.with_name(path.name + VERIFIED_SUFFIX)
-    try:
-        record = json.loads(sidecar.read_text())
-        st = path.stat()
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
 
 
 def place_file(path: Path, root: Path, source: Source, digest: str) -> Path:

@@ -1,12 +1,18 @@
-"""Fault injectors shared by the reliability tests: a disk that fills up, a shard with a member removed."""
+"""Fault injectors shared by the reliability tests: a disk that fills up, damaged or crafted shards,
+decompression-bomb headers, and a local HTTP server."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
+import shutil
 import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -123,3 +129,36 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
+
+
+def copy_shards(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
+    """A copy of the tiny dataset's shards folder (complete.json, train/, test/) to damage."""
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_data["shards"], shards)
+    return shards
+
+
+def fold0_stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> Any:
+    """A small training stream of fold 0 over the split folder `split`."""
+    from train.episodes import read_fold, read_pairs
+    from train.sampler import EpisodeStream
+
+    base, novel = read_fold(str(tiny_data["folds"]), 0)
+    pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
+    opts = {"batch_size": 4, "image_size": 32, "pool_size": 8, "episodes_per_epoch": 40} | kw
+    return EpisodeStream(str(split), pairs, base, novel, **opts)
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on 127.0.0.1 for the duration of the block; yields the base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

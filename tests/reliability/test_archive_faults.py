@@ -7,13 +7,13 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from faults import serve_http
 
 from pipeline import archive as archive_mod
 from pipeline import download
@@ -86,16 +86,8 @@ def recording_server() -> Iterator[tuple[str, list[str], dict[str, bytes]]]:
             self.end_headers()
             self.wfile.write(files[name])
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", asked, files
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with serve_http(Handler) as url:
+        yield url, asked, files
 
 
 # ---------------------------------------------------------------- 1. a user's data is never lost
@@ -248,16 +240,8 @@ def endless_server() -> Iterator[tuple[str, dict[str, int]]]:
                 pass
             self.close_connection = True
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", sent
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with serve_http(Handler) as url:
+        yield url, sent
 
 
 def test_a_download_stops_at_the_pinned_size(tmp_path, endless_server):

@@ -4,13 +4,12 @@ import errno
 import hashlib
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from faults import FullDisk
+from faults import FullDisk, serve_http
 
 from pipeline import download
 from pipeline.download import DownloadError, download_dataset, fetch
@@ -56,16 +55,8 @@ def mirror_url() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(ARCHIVE)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with serve_http(Handler) as url:
+        yield url
 
 
 def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, room: int) -> None:

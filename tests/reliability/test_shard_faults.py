@@ -2,12 +2,11 @@
 
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from faults import FullDisk, drop_member
+from faults import FullDisk, copy_shards, drop_member, fold0_stream
 from raw_fixtures import write_params as raw_params
 from train_helpers import write_params
 
@@ -19,22 +18,10 @@ from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import EvalEpisodes, SampleReader, build_manifest, read_fold, read_pairs
-from train.sampler import EpisodeStream
+from train.episodes import EvalEpisodes, SampleReader, build_manifest
 from train.shard_io import ShardError
 
-
-def _copy(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
-    shards = tmp_path / "shards"
-    shutil.copytree(tiny_data["shards"], shards)
-    return shards
-
-
-def _stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> EpisodeStream:
-    base, novel = read_fold(str(tiny_data["folds"]), 0)
-    pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
-    opts = {"batch_size": 4, "image_size": 32, "pool_size": 8, "episodes_per_epoch": 40} | kw
-    return EpisodeStream(str(split), pairs, base, novel, **opts)
+_copy, _stream = copy_shards, fold0_stream
 
 
 def test_training_skips_a_missing_shard_with_a_warning_and_a_count(tiny_data, tmp_path, caplog):

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import append_raw, gnu_sparse_member, jpeg_claiming, pax_size_member, replace_member
+from faults import (
+    append_raw,
+    copy_shards,
+    fold0_stream,
+    gnu_sparse_member,
+    jpeg_claiming,
+    pax_size_member,
+    replace_member,
+)
 from PIL import Image
 from raw_fixtures import VOC, write_params
 from train_helpers import write_params as train_params
@@ -27,25 +35,14 @@ from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import SampleReader, build_manifest, episodes_digest, read_fold, read_index, read_pairs
-from train.sampler import EpisodeStream
+from train.episodes import SampleReader, build_manifest, episodes_digest, read_index
 from train.shard_io import ShardError
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
 
 
-def _copy(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
-    shards = tmp_path / "shards"
-    shutil.copytree(tiny_data["shards"], shards)
-    return shards
-
-
-def _stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> EpisodeStream:
-    base, novel = read_fold(str(tiny_data["folds"]), 0)
-    pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
-    opts = {"batch_size": 4, "image_size": 32, "pool_size": 8, "episodes_per_epoch": 40} | kw
-    return EpisodeStream(str(split), pairs, base, novel, **opts)
+_copy, _stream = copy_shards, fold0_stream
 
 
 def _last_key(split: Path, shard: str) -> str:
