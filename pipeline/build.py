@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.folds import write_folds
+from pipeline.io import remove_stale_temps
 from pipeline.shards import build_shards
 
 
@@ -29,6 +30,8 @@ def build(
     t0 = time.perf_counter()
     results = build_shards(raw, shards_dir, params, workers, progress)
     t1 = time.perf_counter()
+    for folder in [folds_dir, *folds_dir.glob("fold*/")]:
+        remove_stale_temps(folder)  # list files a killed build left half written
     write_folds(
         shards_dir,
         folds_dir,

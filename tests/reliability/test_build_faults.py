@@ -15,8 +15,7 @@ from raw_fixtures import VOC, make_pascal_raw, write_params
 
 from pipeline import shards as shards_stage
 from pipeline import verify
-from pipeline.config import load_params
-from pipeline.shards import build_shards
+from pipeline.build import build
 from train.shard_io import ShardError, shard_urls
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,33 +75,34 @@ def test_verify_and_the_readers_refuse_a_dataset_without_its_completion_record(t
 
 KILL_BUILD = """
 import os, signal, sys
-import pipeline.shards as shards
+import pipeline.build, pipeline.shards as shards
 real = shards.sample_members
 def sample_members(rec):
     if rec.key == "2007_000002":
         os.kill(os.getpid(), signal.SIGKILL)  # killed mid-shard, its temp files open
     return real(rec)
 shards.sample_members = sample_members
-sys.exit(shards.main(sys.argv[1:]))
+sys.exit(pipeline.build.main(sys.argv[1:]))
 """
 
 
 def test_temp_files_of_a_killed_build_are_removed_by_the_next_run(pascal_raw, tmp_path):
-    out = tmp_path / "data" / "shards"
-    params = write_params(tmp_path)
-    argv = ["--raw", str(pascal_raw), "--out", str(out), "--params", str(params)]
-    run = subprocess.run(
-        [sys.executable, "-c", KILL_BUILD, *argv], cwd=REPO, capture_output=True, timeout=BOUND_S
-    )
-    assert run.returncode == -signal.SIGKILL
-    assert [n for n in _hidden(tmp_path / "data") if n.endswith(".tmp")]  # the kill left temp files
-    users = {tmp_path / "data" / ".notes.tmp": "a user's", tmp_path / "data" / ".shards.old.tmp": "files"}
+    data, params = tmp_path / "data", write_params(tmp_path)
+    args = ["--dataset", "pascal", "--protocol", "denet", "--raw", str(pascal_raw), "--out", str(data)]
+    cmd = [sys.executable, "-c", KILL_BUILD, *args, "--params", str(params)]
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=BOUND_S).returncode == -signal.SIGKILL
+    assert [n for n in _hidden(data) if n.endswith(".tmp")]  # the kill left temp files
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid whose process is gone: what a list file killed while written leaves
+    (data / "folds/pascal/fold0").mkdir(parents=True)
+    (data / f"folds/pascal/fold0/.train.txt.{dead.pid}-abcdefgh.tmp").write_text("half")
+    users = {data / ".notes.tmp": "a user's", data / "shards/.pascal.old.tmp": "files"}
     for path, text in users.items():
         path.write_text(text)
-    build_shards(pascal_raw, out, load_params(params), progress=False)
-    assert _hidden(tmp_path / "data") == [".notes.tmp", ".shards.old.tmp"]  # only the user's hidden files
+    build("pascal", "denet", pascal_raw, data, params, progress=False)
+    assert _hidden(data) == [".notes.tmp", "shards/.pascal.old.tmp"]  # only the user's hidden files
     assert all(path.read_text() == text for path, text in users.items())
-    assert verify.verify_tree(out) == (2, [])
+    assert verify.verify_tree(data / "shards") == (2, [])
 
 
 # ---------------------------------------------------------------- 5. failing builds never hang
