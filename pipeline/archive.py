@@ -54,9 +54,8 @@ class ExistingDataError(ValueError):
 class Member:
     """What the checks keep of one archive member."""
 
-    path: PurePosixPath  # relative, normalised
-    size: int
-    is_file: bool
+    path: PurePosixPath  # relative, normalised, with the archive's own links followed
+    size: int  # bytes it expands to (0 for folders and links)
 
 
 # ---------------------------------------------------------------- member checks
@@ -126,11 +125,9 @@ def check_tar(archive: Path, tar: tarfile.TarFile) -> tuple[list[str], list[Memb
         where = links.resolve(rel.parent, info.name, follow_last=True) / rel.name
         if info.issym():
             target = info.linkname.replace("\\", "/")
-            if target.startswith("/"):
-                raise UnsafeArchiveError(
-                    f"{archive}: symlink {info.name!r} -> {info.linkname!r} points outside"
-                )
             try:
+                if target.startswith("/"):
+                    raise UnsafeArchiveError(target)
                 links.resolve(where.parent / target, info.name, follow_last=True)
             except UnsafeArchiveError:
                 msg = f"{archive}: symlink {info.name!r} -> {info.linkname!r} points outside the target"
@@ -139,7 +136,7 @@ def check_tar(archive: Path, tar: tarfile.TarFile) -> tuple[list[str], list[Memb
             continue
         if info.islnk():
             _check_hardlink(archive, info, links)
-            members.append(Member(where, 0, False))
+            members.append(Member(where, 0))
             continue
         if info.issparse():
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a sparse file")
@@ -148,7 +145,7 @@ def check_tar(archive: Path, tar: tarfile.TarFile) -> tuple[list[str], list[Memb
         if info.isfile():
             # writing a file through a link the archive made would land where the link points
             where = links.resolve(where, info.name, follow_last=True)
-        members.append(Member(where, info.size if info.isfile() else 0, info.isfile()))
+        members.append(Member(where, info.size if info.isfile() else 0))
     _check_total(archive, members)
     return _tops(members, links), members
 
@@ -178,7 +175,7 @@ def check_zip(archive: Path, zf: zipfile.ZipFile) -> tuple[list[str], list[Membe
                 f"({info.compress_size} -> {size} bytes), more than the {MAX_COMPRESSION_RATIO}x a real "
                 "dataset archive does"
             )
-        members.append(Member(rel, size, not info.is_dir()))
+        members.append(Member(rel, size))
     _check_total(archive, members)
     return _tops(members, _Links(archive)), members
 

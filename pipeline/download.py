@@ -379,7 +379,10 @@ def download_dataset(
 ) -> dict[str, str]:
     """Fetch, verify and extract every file of `name` (voc | sbd | coco | pascal) into `root`.
 
-    Returns {file name: verified digest}. Re-running with everything verified touches nothing.
+    Returns {file name: verified digest}. Re-running with everything verified touches nothing and
+    asks no server. Folders already in `root` that the toolkit did not extract are the user's: they
+    are compared with the archive when it is on this machine (`archives` or a mirror folder), else
+    checked offline against the official layout; never downloaded for, replaced or deleted.
     """
     root, archives = Path(root), Path(archives)
     done: dict[str, str] = {}
