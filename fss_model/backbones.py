@@ -14,16 +14,22 @@ API::
 | resnet101   | same as resnet50                                                           | V1       |
 | resnet18    | layer1 64 /4, layer2 128 /8, layer3 256 /8, layer4 512 /8                  | V1       |
 | densenet121 | layer1 256 /4, layer2 512 /8, layer3 1024 /8                               | V1       |
-| vgg16       | pool3 256 /8, pool4 512 /16, pool5 512 /32                                 | V1       |
+| vgg16       | pool3 256 /8, pool4 512 /16, pool5 512 /32 (AMP's release)                 | V1       |
+| vgg16_panet | conv5 512 /8 (PANet's release)                                             | V1       |
+| vgg16_sgone | pool3 256 /8, pool4 512 /8, pool5 512 /8 (SG-One's release)                | V1       |
 | small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params)      | none     |
 
 Sizes: the ResNets, "small" and vgg16's pool3 map 321 px -> 41 x 41 (65 px -> 9 x 9): ResNets use
 torchvision's `replace_stride_with_dilation=[False, True, True]` (BasicBlock ResNet-18 is dilated here by
 hand, which torchvision refuses). densenet121 is the release's variant: transition2's average pool is
 removed so denseblock2 and denseblock3 stay at stride 8; its transition1 pool floors, so 321 px -> 40 x 40
-(65 px -> 8 x 8). vgg16 is the one AMP's release uses: ceil-mode pooling (321 -> 161 -> 81 -> 41 -> 21 ->
-11) and dilated conv4 (1, 1, 2) / conv5 (2, 4, 4) (`amp_dilation=False` gives plain VGG16); FCN-8s's
+(65 px -> 8 x 8). The three VGG16s are torchvision's `features` reshaped as each release does
+(`VGGLayout`): vgg16 is AMP's (ceil-mode 2x2 pooling, 321 -> 161 -> 81 -> 41 -> 21 -> 11, dilated conv4
+(1, 1, 2) / conv5 (2, 4, 4); `amp_dilation=False` gives plain VGG16); vgg16_panet is PANet's encoder
+(3x3/2 pools padded 1, pool4 3x3/1, conv5 dilated 2 with no ReLU after conv5_3, no pool5: 321 -> 41);
+vgg16_sgone is SG-One's (3x3/2 pools, pool4 and pool5 3x3/1, no dilation: 321 -> 41 for all three taps).
 fc6/fc7 are head-owned (torchvision's are Linear layers for 224 px), so no fc7 map is offered here.
+All three load torchvision's ImageNet VGG16 file, as the releases initialise from it.
 
 A backbone holds only the stages up to its deepest `out_layers` entry (no unused ResNet layer4 weights)
 and names its modules exactly as torchvision does, so a torchvision state_dict loads strictly once the
@@ -35,8 +41,10 @@ statistics fixed) even under `model.train()`; the release leaves BN in train mod
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -243,44 +251,100 @@ def densenet121(**kw: Any) -> Backbone:
 
 # ------------------------------------------------------------------------------------------------ VGG
 
-_VGG_POOLS = {"pool3": 16, "pool4": 23, "pool5": 30}  # indices in torchvision's vgg16().features
-_AMP_DILATIONS = {17: 1, 19: 1, 21: 2, 24: 2, 26: 4, 28: 4}  # conv4_x, conv5_x as in AMP's release
+
+@dataclass(frozen=True)
+class VGGLayout:
+    """How a release reshapes torchvision's VGG16 `features` (indices as in `tvm.vgg16().features`).
+
+    taps: output name -> index of the module whose output it is; strides: output name -> stride;
+    pools: index -> MaxPool2d (kernel, stride, padding, ceil_mode) replacing torchvision's 2x2/2 pool;
+    dilations: conv index -> dilation (padding = dilation); no_relu: ReLU indices replaced by Identity.
+    """
+
+    taps: dict[str, int]
+    strides: dict[str, int]
+    pools: dict[int, tuple[int, int, int, bool]]
+    dilations: dict[int, int] = field(default_factory=dict)
+    no_relu: tuple[int, ...] = ()
+
+
+_CEIL_2X2 = (2, 2, 0, True)  # ceil mode: 321 -> 161 -> 81 -> 41 keeps the odd-size alignment of the masks
+_DEEPLAB_3X3 = (3, 2, 1, False)  # DeepLab-v1's VGG pools: 3x3, stride 2, padding 1 (321 -> 161, 65 -> 33)
+_DEEPLAB_3X3_S1 = (3, 1, 1, False)
+# AMP's release (DENet `model/head/amp.py`): ceil-mode pools, dilated conv4 (1, 1, 2) and conv5 (2, 4, 4)
+AMP_LAYOUT = VGGLayout(
+    taps={"pool3": 16, "pool4": 23, "pool5": 30},
+    strides={"pool3": 8, "pool4": 16, "pool5": 32},
+    pools=dict.fromkeys((4, 9, 16, 23, 30), _CEIL_2X2),
+    dilations={17: 1, 19: 1, 21: 2, 24: 2, 26: 4, 28: 4},
+)
+# PANet's encoder (kaixin96/PANet `models/vgg.py`): 3x3 pools, pool4 at stride 1, conv5 dilated 2, no
+# ReLU after conv5_3 and no pool5: one 512-channel map at stride 8
+PANET_LAYOUT = VGGLayout(
+    taps={"conv5": 29},
+    strides={"conv5": 8},
+    pools={4: _DEEPLAB_3X3, 9: _DEEPLAB_3X3, 16: _DEEPLAB_3X3, 23: _DEEPLAB_3X3_S1},
+    dilations={24: 2, 26: 2, 28: 2},
+    no_relu=(29,),
+)
+# SG-One's VGG (xiaomengyc/SG-One `models/vgg/vgg_sg.py`, cfg "D_deeplab"): 3x3 pools, pool4 and pool5 at
+# stride 1, no dilation: pool3, pool4 and pool5 all at stride 8
+SGONE_LAYOUT = VGGLayout(
+    taps={"pool3": 16, "pool4": 23, "pool5": 30},
+    strides={"pool3": 8, "pool4": 8, "pool5": 8},
+    pools={4: _DEEPLAB_3X3, 9: _DEEPLAB_3X3, 16: _DEEPLAB_3X3, 23: _DEEPLAB_3X3_S1, 30: _DEEPLAB_3X3_S1},
+)
+_VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv5": 512}
 
 
 class VGGBackbone(Backbone):
-    """torchvision VGG16 `features` with ceil-mode pooling, exposing pool3/pool4/pool5 (FCN-8s taps)."""
+    """torchvision VGG16 `features` reshaped by a release's `VGGLayout`; modules keep torchvision's names."""
 
-    channels = {"pool3": 256, "pool4": 512, "pool5": 512}  # noqa: RUF012
-    strides = {"pool3": 8, "pool4": 16, "pool5": 32}  # noqa: RUF012
-    default_out = ("pool3", "pool4", "pool5")
     imagenet_weights = tvm.VGG16_Weights.IMAGENET1K_V1
 
     def __init__(
-        self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool, amp_dilation: bool = True
+        self, layout: VGGLayout, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool
     ) -> None:
+        self.channels = {name: _VGG_CHANNELS[name] for name in layout.taps}
+        self.strides = dict(layout.strides)
+        self.default_out = tuple(layout.taps)
         super().__init__(out_layers, frozen, freeze_bn)
         features = tvm.vgg16(weights=None).features
-        for m in features:
-            if isinstance(m, nn.MaxPool2d):
-                m.ceil_mode = True  # 321 -> 161 -> 81 -> 41: keeps the odd-size alignment of the masks
-        if amp_dilation:
-            for i, d in _AMP_DILATIONS.items():
-                conv = features[i]
-                assert isinstance(conv, nn.Conv2d)
-                conv.dilation, conv.padding = (d, d), (d, d)
-        last = max(_VGG_POOLS[n] for n in self.out_layers)
+        for i, (kernel, stride, padding, ceil) in layout.pools.items():
+            features[i] = nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil)
+        for i, d in layout.dilations.items():
+            conv = features[i]
+            assert isinstance(conv, nn.Conv2d)
+            conv.dilation, conv.padding = (d, d), (d, d)
+        for i in layout.no_relu:
+            features[i] = nn.Identity()
+        last = max(layout.taps[n] for n in self.out_layers)
         for i in range(len(features) - 1, last, -1):
-            del features[i]
+            del features[i]  # parameter-free tail (later pools and ReLUs): torchvision's keys stay valid
         self.features = features
-        self.unused_prefixes = ("classifier.",)
-        pool_at = {v: k for k, v in _VGG_POOLS.items()}
-        self._finish([(pool_at.get(i), m) for i, m in enumerate(features)])
+        self.unused_prefixes = ("classifier.", *(f"features.{i}." for i in range(last + 1, 31)))
+        tap_at = {v: k for k, v in layout.taps.items()}
+        self._finish([(tap_at.get(i), m) for i, m in enumerate(features)])
 
 
 @register_backbone
-def vgg16(**kw: Any) -> Backbone:
-    """VGG16 as AMP's release uses it (pool3 256 /8, pool4 512 /16, pool5 512 /32)."""
-    return VGGBackbone(**kw)
+def vgg16(amp_dilation: bool = True, **kw: Any) -> Backbone:
+    """VGG16 as AMP's release uses it (pool3 256 /8, pool4 512 /16, pool5 512 /32); `amp_dilation=False`
+    keeps torchvision's undilated convs."""
+    layout = AMP_LAYOUT if amp_dilation else dataclasses.replace(AMP_LAYOUT, dilations={})
+    return VGGBackbone(layout, **kw)
+
+
+@register_backbone
+def vgg16_panet(**kw: Any) -> Backbone:
+    """VGG16 as PANet's release uses it (conv5 512 /8: pool4 stride 1, dilated conv5, no final ReLU)."""
+    return VGGBackbone(PANET_LAYOUT, **kw)
+
+
+@register_backbone
+def vgg16_sgone(**kw: Any) -> Backbone:
+    """VGG16 as SG-One's release uses it (pool3 256, pool4 512, pool5 512, all at stride 8)."""
+    return VGGBackbone(SGONE_LAYOUT, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- small

@@ -9,9 +9,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from fss_model.layers import masked_average_pool
+from fss_model.layers import upsample
 from fss_model.pairwise import EmbeddingPairModel
 from fss_model.registry import register_model
+
+MASK_EPS = 5e-4  # CANet's release: sum(m * F) / (sum(m) + 0.0005)
+
+
+def bilinear_masked_pool(features: Tensor, mask: Tensor, eps: float = MASK_EPS) -> Tensor:
+    """CANet's masked average pooling: [N, C, h, w], [N, H, W] (1 fg, 0 bg, 255 ignore) -> [N, C].
+
+    The 0/1 foreground indicator is resized bilinearly with align_corners=True to the feature size (soft
+    weights at object borders), then sum(m * F) / (sum(m) + eps), as `model/head/can.py` does.
+    """
+    fg = (mask == 1).to(features.dtype).unsqueeze(1)
+    weights = upsample(fg, features.shape[-2:], align_corners=True)
+    return (features * weights).sum(dim=(2, 3)) / (weights.sum(dim=(2, 3)) + eps)
 
 
 class CANet(EmbeddingPairModel):
@@ -25,9 +38,11 @@ class CANet(EmbeddingPairModel):
     without BN, 1x1 classifier -> (bg, fg) logits, which are the next iteration's history (raw logits,
     as released; zeros before the first). K-shot: every shot is run on its own and the logits are
     averaged (the release's rule, not the paper's attention over shots). N-way: one pair per way,
-    combined by `fss_model.pairwise.combine_ways` (the release's n-way rule). Objective: binary CE.
-    Differences to the release: the support mask is nearest-downsampled with the shared masked average
-    pooling (the release resizes it bilinearly, eps 5e-4).
+    combined by `fss_model.pairwise.combine_ways` (the release's n-way test rule). Objective: binary CE.
+    Masked average pooling as released: the 0/1 support mask resized bilinearly (align_corners=True) to
+    the feature size, sum(m * F) / (sum(m) + 5e-4). Backbone passes: query, then supports, while BN
+    uses batch statistics (the release's two passes). Parity with the release's `model/head/can.py`:
+    tests/golden/test_baseline_golden.py.
 
     Args: those of `fss_model.pairwise.EmbeddingPairModel` (num_classes accepted, unused; backbone,
     frozen, freeze_bn, layers, depth, dropout, aspp_rates), and `refinements`: iterations of the
@@ -54,7 +69,7 @@ class CANet(EmbeddingPairModel):
     def compare_features(self, query: Tensor, supports: Tensor, masks: Tensor) -> Tensor:
         """Dense comparison: [P, C, h, w], [P, shot, C, h, w], [P, shot, H, W] -> [P * shot, C, h, w]."""
         shot = supports.shape[1]
-        vector = masked_average_pool(supports.flatten(0, 1), masks.flatten(0, 1))
+        vector = bilinear_masked_pool(supports.flatten(0, 1), masks.flatten(0, 1))
         query = query.repeat_interleave(shot, dim=0)
         tiled = vector[:, :, None, None].expand_as(query)
         return self.compare(torch.cat([query, tiled], dim=1))
@@ -81,4 +96,4 @@ def canet(**kwargs: Any) -> CANet:
     return CANet(**kwargs)
 
 
-__all__ = ["CANet", "canet"]
+__all__ = ["CANet", "bilinear_masked_pool", "canet"]

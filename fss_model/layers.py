@@ -15,11 +15,15 @@ IGNORE_INDEX = 255
 MAP_EPS = 1e-3  # as released: keeps an empty (fully downsampled-away) mask from dividing by zero
 
 
-def upsample(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize of [N, C, h, w] logits/features to `size` (align_corners=True, as DENet)."""
+def upsample(x: Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True) -> Tensor:
+    """Bilinear resize of [N, C, h, w] logits/features to `size`.
+
+    align_corners=True as DENet's release (and its CANet, PGNet, AMP); PANet and SG-One call
+    `F.interpolate(..., mode="bilinear")` without it, i.e. False.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def foreground_mask(mask: Tensor, size: tuple[int, int] | torch.Size, dtype: torch.dtype) -> Tensor:
@@ -41,6 +45,41 @@ def masked_average_pool(features: Tensor, mask: Tensor, eps: float = MAP_EPS) ->
     """
     fg = foreground_mask(mask, features.shape[-2:], features.dtype)
     return (features * fg).sum(dim=(2, 3)) / (fg.sum(dim=(2, 3)) + eps)
+
+
+def _linear_resize_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """[n_out, n_in] matrix A with A @ x == 1-D linear resize of x (align_corners=False), as F.interpolate."""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(1)  # n_in signals e_j
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False).squeeze(1).T
+
+
+def upsampled_masked_pool(features: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """PANet's and SG-One's masked average pooling: features bilinearly upsampled to the mask's size.
+
+    features [N, C, h, w], mask float [N, H, W] (the pixel weights, e.g. a 0/1 indicator) -> [N, C] =
+    sum_p m(p) * up(F)(p) / (sum_p m(p) + eps), with `up` = `F.interpolate(mode="bilinear")` (align_corners
+    False, as both releases call it). Bilinear resizing is linear and separable, up(F) = A_h F A_w^T, so
+    the sum equals sum_q F(q) * (A_h^T m A_w)(q): computed at feature resolution, never materialising the
+    [N, C, H, W] upsampled map (2 GB for 8 episodes x 5 shots of 512 x 321 x 321 floats).
+    """
+    h, w = features.shape[-2:]
+    big_h, big_w = mask.shape[-2:]
+    mask = mask.to(features.dtype)
+    weights = _linear_resize_matrix(h, big_h, features).T @ mask @ _linear_resize_matrix(w, big_w, features)
+    pooled = torch.einsum("nchw,nhw->nc", features, weights)
+    return pooled / (mask.sum(dim=(1, 2))[:, None] + eps)
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """True when some BatchNorm layer of `module` normalises with the statistics of its current batch.
+
+    Then how images are grouped into backbone passes changes the result: the releases pass queries and
+    supports separately (two BN batches), which `fss_model.pairwise.encode_episode` follows.
+    """
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+        for m in module.modules()
+    )
 
 
 def binary_way_logits(logits_full: Tensor, class_ids: Tensor) -> Tensor:

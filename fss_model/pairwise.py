@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from fss_model.layers import (
     concat_levels,
     safe_cross_entropy,
     upsample,
+    uses_batch_statistics,
 )
 
 
@@ -33,6 +35,23 @@ def split_episode(feats: Tensor, b: int, way: int, shot: int) -> tuple[Tensor, T
     return feats[:b], feats[b:].unflatten(0, (b, way, shot))
 
 
+def encode_episode(
+    encode: Callable[[Tensor], Tensor], query_img: Tensor, support_imgs: Tensor, separate: bool
+) -> tuple[Tensor, Tensor]:
+    """query [B, 3, H, W], supports [B, way, shot, 3, H, W] -> encoded query [B, ...], supports
+    [B, way, shot, ...].
+
+    separate=True: queries, then supports, in two passes, as every release runs them; this matters only
+    while BatchNorm uses batch statistics (`fss_model.layers.uses_batch_statistics`): two BN batches, and
+    the running statistics updated in the release's order. Otherwise one pass over both is the same
+    computation in fewer, larger convolutions.
+    """
+    b, way, shot = support_imgs.shape[:3]
+    if separate:
+        return encode(query_img), encode(support_imgs.flatten(0, 2)).unflatten(0, (b, way, shot))
+    return split_episode(encode(episode_images(query_img, support_imgs)), b, way, shot)
+
+
 def way_ids(b: int, way: int, device: torch.device) -> Tensor:
     """[B, way] rows 1..way: the foreground rows of a [bg, fg_1, ..., fg_way] score map."""
     return torch.arange(1, way + 1, device=device).expand(b, way)
@@ -41,8 +60,9 @@ def way_ids(b: int, way: int, device: torch.device) -> Tensor:
 def combine_ways(pair_logits: Tensor) -> Tensor:
     """Per-pair (bg, fg) logits [B, way, 2, h, w] -> per-way binary logits [B, way, 2, h, w], as released.
 
-    The release's `process_nway`: background = max over the ways' background logits; each way's map is
-    then (max of background and the other ways' foreground, own foreground). Identity for 1-way.
+    The release's `process_nway` (DENet `trainer/utils.py`): background = max over the ways' background
+    logits; each way's map is then (max of background and the other ways' foreground, own foreground).
+    Identity for 1-way.
     """
     b, way = pair_logits.shape[:2]
     background = pair_logits[:, :, 0].amax(dim=1, keepdim=True)
@@ -56,7 +76,9 @@ class PairwiseFewShot(nn.Module):
     Subclasses define `encode(images [N, 3, H, W]) -> [N, C, h, w]` and
     `pair_logits(query [P, C, h, w], supports [P, shot, C, h, w], masks [P, shot, H, W]) -> [P, 2, h, w]`
     over P = B * way (query, way) pairs. N-way: every way is segmented on its own and the pairs are
-    combined by `combine_ways`. Objective: binary cross-entropy of each pair against its way's binary
+    combined by `combine_ways` at the image size, as the release's test combines the pairs' logits
+    after upsampling them (bilinear, align_corners=True) to the label size; at 1-way the way logits stay
+    at the pair logits' size. Objective: binary cross-entropy of each pair against its way's binary
     query label (1-way training as released; for 2-way each pair is its own binary problem).
     """
 
@@ -66,17 +88,25 @@ class PairwiseFewShot(nn.Module):
     def pair_logits(self, query: Tensor, supports: Tensor, masks: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def output_logits(self, logits: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """The pair logits [P, 2, h, w] as the method outputs them; SG-One resizes to the image here."""
+        return logits
+
     def forward(
         self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor, class_ids: Tensor
     ) -> dict[str, Tensor]:
         """Design contract; class_ids are unused (class-agnostic) ->
         {"way_logits": [B, way, 2, h, w], "pair_logits": [B, way, 2, h, w]}."""
-        b, way, shot = support_imgs.shape[:3]
-        query, supports = split_episode(self.encode(episode_images(query_img, support_imgs)), b, way, shot)
+        b, way = support_imgs.shape[:2]
+        query, supports = encode_episode(self.encode, query_img, support_imgs, uses_batch_statistics(self))
         pair = self.pair_logits(
             query.repeat_interleave(way, dim=0), supports.flatten(0, 1), support_masks.flatten(0, 1)
-        ).unflatten(0, (b, way))
-        return {"way_logits": combine_ways(pair), "pair_logits": pair}
+        )
+        pair = self.output_logits(pair, query_img.shape[-2:]).unflatten(0, (b, way))
+        if way == 1:
+            return {"way_logits": pair, "pair_logits": pair}
+        at_image = upsample(pair.flatten(1, 2), query_img.shape[-2:]).unflatten(1, (way, 2))
+        return {"way_logits": combine_ways(at_image), "pair_logits": pair}
 
     def loss(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Binary CE of the upsampled pair logits vs each way's binary query label (255 ignored)."""
@@ -164,6 +194,7 @@ __all__ = [
     "PairwiseFewShot",
     "SegmentationTail",
     "combine_ways",
+    "encode_episode",
     "episode_images",
     "split_episode",
     "way_ids",

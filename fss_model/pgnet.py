@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -14,6 +14,7 @@ from fss_model.pairwise import EmbeddingPairModel
 from fss_model.registry import register_model
 
 SUPPORT_OFFSET = 5e-4  # added to the masked support map as released, so no support pixel is all zeros
+Attention = Literal["release", "fixed"]
 
 
 class GraphAttentionUnit(nn.Module):
@@ -21,14 +22,19 @@ class GraphAttentionUnit(nn.Module):
 
     Attention = softmax over support pixels of theta(support) . phi(query); the attended support values
     g(support) are concatenated with g(query) pooled to the query scale and projected by 1x1 conv + ReLU.
-    `uniform=True` is the release's global unit: equal weights, i.e. the mean of the support values (the
-    release fills 1 / (h*w) per shot, which sums to `shot`; the mean is the evident intent and equal
-    for 1-shot).
+    `uniform=True` is the release's global unit: every support pixel weighs 1 / (h*w), so the values are
+    summed over the shots (K-shot: K times their mean), as released.
+    `attention="release"` reshapes the attended values [P, hq*wq, C] straight to [P, C, hq, wq] without a
+    permute, as the DENet release's `model/common.py` (GAU.forward) does: channels and pixels are
+    scrambled, and DENet's published PGNet numbers come from that computation. "fixed" keeps every
+    pixel's own C values.
     """
 
-    def __init__(self, depth: int, uniform: bool = False) -> None:
+    def __init__(self, depth: int, uniform: bool = False, attention: Attention = "fixed") -> None:
         super().__init__()
-        self.uniform = uniform
+        if attention not in ("release", "fixed"):
+            raise ValueError(f"attention must be 'release' or 'fixed', got {attention!r}")
+        self.uniform, self.attention = uniform, attention
         if not uniform:
             self.theta = nn.Conv2d(depth, depth, 1)
             self.phi = nn.Conv2d(depth, depth, 1)
@@ -37,12 +43,20 @@ class GraphAttentionUnit(nn.Module):
     def attend(self, query: Tensor, supports: Tensor, values: Tensor) -> Tensor:
         """query [P, C, hq, wq], supports/values [P, shot, C, hs, ws] -> attended values [P, C, hq, wq]."""
         p, c, hq, wq = query.shape
+        hs, ws = values.shape[-2:]
         v = values.transpose(1, 2).flatten(2)  # [P, C, shot*hs*ws]
         if self.uniform:
-            return v.mean(dim=2)[:, :, None, None].expand(p, c, hq, wq)
-        keys = self.theta(supports.flatten(0, 1)).unflatten(0, supports.shape[:2]).transpose(1, 2).flatten(2)
-        att = torch.softmax(torch.einsum("pcq,pck->pqk", self.phi(query).flatten(2), keys), dim=-1)
-        return torch.einsum("pqk,pck->pcq", att, v).unflatten(2, (hq, wq))
+            pooled = v.sum(dim=2) / (hs * ws)  # [P, C]
+            attended = pooled[:, None, :].expand(p, hq * wq, c)  # [P, hq*wq, C]
+        else:
+            keys = (
+                self.theta(supports.flatten(0, 1)).unflatten(0, supports.shape[:2]).transpose(1, 2).flatten(2)
+            )
+            att = torch.softmax(torch.einsum("pcq,pck->pqk", self.phi(query).flatten(2), keys), dim=-1)
+            attended = torch.einsum("pqk,pck->pqc", att, v)  # [P, hq*wq, C], the release's bmm(att, Gs)
+        if self.attention == "release":
+            return attended.reshape(p, c, hq, wq)
+        return attended.transpose(1, 2).reshape(p, c, hq, wq)
 
     def forward(self, query: Tensor, supports: Tensor, values: Tensor, query_values: Tensor) -> Tensor:
         attended = self.attend(query, supports, values)
@@ -56,20 +70,29 @@ class PGNet(EmbeddingPairModel):
     Encoder shared with CANet (frozen ResNet-50 layer2 + layer3 -> conv3x3 d2 -> 256). The support map
     is masked (nearest-resized mask) plus 5e-4; g = 1x1 conv + ReLU gives the values of support and query.
     Graph attention units run at query scales 1/4, 1/2 and 1 (adaptive average pooling) plus one global
-    unit with equal weights; their outputs are upsampled and summed, then three residual blocks, ASPP
-    without BN and a 1x1 classifier give (bg, fg) logits. K-shot: attention spans the pixels of every
-    shot (the release's rule). N-way: one pair per way, combined by `combine_ways` (the release's n-way
-    rule). Objective: binary CE. Args: those of `fss_model.pairwise.EmbeddingPairModel` (num_classes
-    accepted, unused) and `scales`: the query downsampling factors of the attention units.
+    unit with equal weights; the coarse outputs are upsampled (bilinear, align_corners=False as released)
+    and summed, then three residual blocks, ASPP without
+    BN and a 1x1 classifier give (bg, fg) logits. K-shot: attention spans the pixels of every shot and
+    the global unit sums over them (the release's rules). N-way: one pair per way, combined by
+    `combine_ways` (the release's n-way test rule). Objective: binary CE. Backbone passes: query, then
+    supports, while BN uses batch statistics (the release's two passes).
+
+    Args: those of `fss_model.pairwise.EmbeddingPairModel` (num_classes accepted, unused), `scales`: the
+    query downsampling factors of the attention units, and `attention`: "fixed" (default, the sound
+    computation) or "release" (the release's reshape without permute, which reproduces DENet's published
+    PGNet numbers; see `GraphAttentionUnit`). Parity with the release:
+    tests/golden/test_baseline_golden.py.
     """
 
-    def __init__(self, scales: tuple[int, ...] = (4, 2, 1), **kwargs: Any) -> None:
+    def __init__(
+        self, scales: tuple[int, ...] = (4, 2, 1), attention: Attention = "fixed", **kwargs: Any
+    ) -> None:
         super().__init__(tail_blocks=3, **kwargs)
         depth = self.depth
-        self.scales = tuple(scales)
+        self.scales, self.attention = tuple(scales), attention
         self.values = nn.Sequential(nn.Conv2d(depth, depth, 1), nn.ReLU(inplace=True))
-        self.units = nn.ModuleList(GraphAttentionUnit(depth) for _ in self.scales)
-        self.global_unit = GraphAttentionUnit(depth, uniform=True)
+        self.units = nn.ModuleList(GraphAttentionUnit(depth, attention=attention) for _ in self.scales)
+        self.global_unit = GraphAttentionUnit(depth, uniform=True, attention=attention)
 
     def pair_logits(self, query: Tensor, supports: Tensor, masks: Tensor) -> Tensor:
         p, shot = supports.shape[:2]
@@ -82,13 +105,13 @@ class PGNet(EmbeddingPairModel):
         for unit, scale in zip(self.units, self.scales, strict=True):
             # max(1, .): tiny maps (CPU tests) keep at least one pixel at the coarsest scale
             scaled = F.adaptive_avg_pool2d(query, (max(1, h // scale), max(1, w // scale)))
-            out = out + upsample(unit(scaled, supports, values, query_values), (h, w))
+            out = out + upsample(unit(scaled, supports, values, query_values), (h, w), align_corners=False)
         return self.tail(out)
 
 
 @register_model("pgnet", tiny_kwargs={"backbone": "small", "depth": 64})
 def pgnet(**kwargs: Any) -> PGNet:
-    """PGNet; kwargs: see `PGNet` and `EmbeddingPairModel` (num_classes, backbone, layers, scales, ...)."""
+    """PGNet; kwargs: see `PGNet` and `EmbeddingPairModel` (num_classes, backbone, scales, attention...)."""
     return PGNet(**kwargs)
 
 

@@ -230,7 +230,7 @@ class PerFileEpisodes(Dataset):
             for k in ids:
                 si, sl = self._load(k, rng)
                 s_imgs.append(si)
-                s_masks.append(binary_mask(sl, c))
+                s_masks.append(binary_mask(sl, c, classes))
         return {
             "query_img": img,
             "query_label": episode_label(full, classes),

@@ -335,7 +335,7 @@ class EvalEpisodes(Dataset):
             for k in keys:
                 si, sl = self._load(k, keep_label_size=False)
                 s_imgs.append(si)
-                s_masks.append(binary_mask(sl, c))
+                s_masks.append(binary_mask(sl, c, ep["classes"]))
         return {
             "query_img": img,
             "query_label": eval_query_label(label, ep["classes"], self.protocol),

@@ -349,7 +349,7 @@ class EpisodeStream(IterableDataset):
         query_lut = episode_label(self._full_lut, episode.class_ids)
         s_imgs, s_masks = [], []
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(_VALUES, c)
+            mask_lut = binary_mask(_VALUES, c, episode.class_ids)
             for k in keys:
                 si, sl = self.transform(*store[k], rng)
                 s_imgs.append(si)
@@ -372,7 +372,7 @@ class EpisodeStream(IterableDataset):
         label, flip = self.transform.label_only(png, rng)
         s_jpgs, s_masks, flips = [], [], [flip]
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(_VALUES, c)
+            mask_lut = binary_mask(_VALUES, c, episode.class_ids)
             for k in keys:
                 sl, sflip = self.transform.label_only(store[k][1], rng)
                 s_jpgs.append(store[k][0])

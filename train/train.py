@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
+import fnmatch
 import itertools
 import json
 import math
@@ -68,8 +70,12 @@ class TrainConfig:
 
     steps: int
     lr: float
+    optimizer: str = "sgd"  # sgd | rmsprop
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = ()  # steps after which the lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    lr_multipliers: tuple[tuple[str, float], ...] = ()  # (parameter-name glob, lr factor), first match wins
     grad_accum: int = 1
     val_every: int = 500
     checkpoint_every: int = 2000
@@ -89,8 +95,12 @@ def train_config_from_params(p: Params) -> TrainConfig:
     return TrainConfig(
         steps=int(t.steps),
         lr=float(t.lr),
-        momentum=t.momentum,
+        optimizer=t.optimizer,
+        momentum=float(t.momentum),
         weight_decay=t.weight_decay,
+        lr_milestones=tuple(t.lr_milestones),
+        lr_gamma=t.lr_gamma,
+        lr_multipliers=tuple(dict(t.lr_multipliers).items()),
         grad_accum=t.grad_accum,
         val_every=int(t.val_every),
         checkpoint_every=int(t.checkpoint_every),
@@ -167,10 +177,52 @@ def binary_focal_loss(way_logits: torch.Tensor, query_label: torch.Tensor) -> to
     return focal(logits, target, FOCAL_ALPHA, FOCAL_GAMMA)
 
 
+def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
+    """The trainable parameters in optimizer groups, each with its lr factor.
+
+    A parameter takes the factor of the first glob in `multipliers` its name matches (`fnmatch`), else 1;
+    groups come in a fixed order (factor 1 first, then the globs' order), so a resumed optimizer state
+    lines up. A glob that matches no trainable parameter is an error: it is a typo or the wrong model.
+    """
+    by_factor: dict[float, list[nn.Parameter]] = {1.0: []}
+    used: set[str] = set()
+    for name, param in unwrap(model).named_parameters():
+        if not param.requires_grad:
+            continue
+        pattern, factor = next(((g, f) for g, f in multipliers if fnmatch.fnmatchcase(name, g)), ("", 1.0))
+        used.add(pattern)
+        by_factor.setdefault(factor, []).append(param)
+    unused = [g for g, _ in multipliers if g not in used]
+    if unused:
+        raise ValueError(f"train.lr_multipliers: {unused} match no trainable parameter of the model")
+    return [{"params": ps, "lr_factor": f} for f, ps in by_factor.items() if ps]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD over the trainable parameters, constant lr (the release's recipe)."""
-    trainable = [q for q in model.parameters() if q.requires_grad]
-    return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """The recipe's optimizer (SGD or RMSprop, as `cfg.optimizer`) over the trainable parameters.
+
+    Every group's lr is cfg.lr times its `cfg.lr_multipliers` factor (SG-One's release: biases x2, its
+    guidance conv x10 / x20); weight decay applies to every group, as in all the releases.
+    """
+    groups = [
+        {"params": g["params"], "lr": cfg.lr * g["lr_factor"]}
+        for g in parameter_groups(model, cfg.lr_multipliers)
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":  # torch's defaults otherwise (alpha 0.99, eps 1e-8), as AMP's release
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer = {cfg.optimizer!r} is not one of sgd | rmsprop")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Step decay: after k optimizer steps every group's lr is its base lr x lr_gamma ** (milestones <= k).
+
+    Stepped once per training step, like PANet's MultiStepLR (lr x0.1 from step 10,001 and 20,001);
+    no milestones = the constant lr of the other releases. Its state is saved in every checkpoint.
+    """
+    milestones, gamma = tuple(cfg.lr_milestones), cfg.lr_gamma
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: gamma ** bisect.bisect_right(milestones, k))
 
 
 # ---------------------------------------------------------------- the loop
@@ -196,11 +248,14 @@ def train_loop(
     validate: Callable[[nn.Module], float] | None = None,
     log: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> TrainState:
     """Run steps `state.step + 1 .. cfg.steps`; `batches` must yield the batches of those steps in order.
 
     `save(state, name)` writes a checkpoint (`LAST` every cfg.checkpoint_every steps and at the end,
-    `BEST` when `validate(model)` improves); `log(step, values)` records metrics.
+    `BEST` when `validate(model)` improves); `log(step, values)` records metrics. `scheduler` (None: the
+    optimizer's lr stays) is stepped after every step, a skipped one included, so the lr is a function of
+    the step reached.
     """
     state = state or TrainState()
     device = torch.device(cfg.device)
@@ -254,6 +309,9 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             state.skipped += 1
             tqdm.write(f"step {state.step + 1}: non-finite loss, step skipped ({state.skipped} so far)")
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used (group 0: factor 1 when present)
+        if scheduler is not None:
+            scheduler.step()
         state.step += 1
         # 6. log, validate, checkpoint
         rate = episodes / max(time.perf_counter() - t0, 1e-9)
@@ -262,7 +320,9 @@ def train_loop(
             bar.set_postfix(loss=f"{terms['loss']:.4f}", eps=f"{rate:.1f}")
         if logged:
             values = {f"train/{k}": v for k, v in terms.items()}
-            values.update({"train/episodes_per_s": rate, "train/skipped_steps": float(state.skipped)})
+            values.update(
+                {"train/episodes_per_s": rate, "train/skipped_steps": float(state.skipped), "train/lr": lr}
+            )
             if skipped_data is not None:
                 values["train/skipped_shards"], values["train/skipped_samples"] = map(float, skipped_data)
             log(state.step, values)
@@ -386,6 +446,7 @@ def run(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
     state = TrainState()
 
     if resume:
@@ -402,8 +463,19 @@ def run(
                 f"checkpoint {last} was written for {ckpt['model_name']} {ckpt['model_kwargs']}, "
                 f"not {p.model} {kwargs}; use another --out"
             )
+        saved_optimizer = (ckpt.get("params") or {}).get("train", {}).get("optimizer", cfg.optimizer)
+        if saved_optimizer != cfg.optimizer:
+            raise CheckpointError(
+                f"checkpoint {last} was trained with train.optimizer={saved_optimizer}, not {cfg.optimizer}; "
+                "use another --out"
+            )
         load_model_state(model, ckpt, last)
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # written before schedules existed (constant lr): the schedule's value at that step
+            scheduler.last_epoch = ckpt["step"] - 1
+            scheduler.step()
         restore_rng(ckpt["rng"])
         extra = ckpt["extra"]
         state = TrainState(step=ckpt["step"], best_miou=extra["best_miou"], skipped=extra["skipped"])
@@ -429,6 +501,7 @@ def run(
                 model=model,
                 step=s.step,
                 optimizer=optimizer,
+                scheduler=scheduler,
                 rng=capture_rng(),
                 params=snapshot,
                 extra={"best_miou": s.best_miou, "skipped": s.skipped},
@@ -443,7 +516,9 @@ def run(
             live.log_metric(k, v)
         live.make_summary()
 
-    state = train_loop(model, optimizer, batches, cfg, normalize, state, save, validate, log, progress)
+    state = train_loop(
+        model, optimizer, batches, cfg, normalize, state, save, validate, log, progress, scheduler
+    )
     if live is not None:
         live.end()
     return state

@@ -87,10 +87,19 @@ class TrainTransform:
         return np.asarray(label, dtype=np.uint8), flip
 
 
-def binary_mask(label: np.ndarray, class_id: int) -> np.ndarray:
-    """1 where `label == class_id`, 255 where ignored, else 0."""
+def binary_mask(label: np.ndarray, class_id: int, episode_classes: Sequence[int] = ()) -> np.ndarray:
+    """A support mask: 1 where `label == class_id`, 255 where ignored, else 0.
+
+    Pixels of the episode's other classes (`episode_classes`, the N-way episode's class ids) are 255 too:
+    neither foreground nor background of this way, PANet's N-way rule (`dataloaders/customized.py`
+    getMask: its background excludes every episode class, its alignment loss ignores them). Methods that
+    use only the foreground (DENet, CANet, PGNet, SG-One) see no difference; at 1-way there is none.
+    """
     mask = (label == class_id).astype(np.uint8)
     mask[label == IGNORE_INDEX] = IGNORE_INDEX
+    for other in episode_classes:
+        if other != class_id:
+            mask[label == other] = IGNORE_INDEX
     return mask
 
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from fss_model import build_model, list_models, model_entry
 from fss_model.amp import ALPHA, AMP
 from fss_model.canet import CANet
-from fss_model.layers import IGNORE_INDEX, masked_average_pool
-from fss_model.pairwise import combine_ways
+from fss_model.layers import IGNORE_INDEX, masked_average_pool, upsampled_masked_pool
+from fss_model.pairwise import combine_ways, encode_episode
 from fss_model.panet import PANet
 from fss_model.pgnet import GraphAttentionUnit, PGNet
 from fss_model.sgone import SGOne
@@ -22,8 +22,8 @@ RELEASE = {
     "canet": {"backbone": "resnet50"},
     "pgnet": {"backbone": "resnet50"},
     "amp": {"backbone": "vgg16"},
-    "panet": {"backbone": "resnet50"},
-    "sgone": {"backbone": "vgg16"},
+    "panet": {"backbone": "vgg16_panet"},
+    "sgone": {"backbone": "vgg16_sgone"},
 }
 
 
@@ -88,6 +88,12 @@ def test_release_layer_choices():
     assert all(c.out_channels == 21 and c.bias is None for c in amp.classifiers)
     assert amp.backbone.frozen and not sgone.backbone.frozen
     assert sgone.guide.in_channels == 512 and len(sgone.sides[0]) == 2 and len(sgone.sides[-1]) == 1
+    assert [sgone.sides[i][0].in_channels for i in range(3)] == [256, 128 + 512, 128 + 512]  # side3/4/5_1
+    assert sgone.classifier[2].padding == (1, 1)  # the exit 1x1 conv as released
+    assert set(sgone.backbone.strides.values()) == {8}  # pool3/4/5 all at stride 8
+    with torch.device("meta"):
+        panet = build_model("panet", **RELEASE["panet"])
+    assert panet.backbone.out_layers == ("conv5",) and panet.backbone.strides["conv5"] == 8
 
 
 @pytest.mark.parametrize("name", ["amp", "panet", "sgone"])
@@ -96,7 +102,9 @@ def test_multi_tap_methods_also_run_on_a_single_tap(name: str):
     model = tiny(name, layers=None).train()
     batch = episode(2, 5)
     out = run(model, batch)
-    assert out["way_logits"].shape == (2, 2, 2, 9, 9)
+    # PANet and SG-One output at the image size (their releases upsample inside), AMP at stride 8
+    size = 9 if name == "amp" else SIZE
+    assert out["way_logits"].shape == (2, 2, 2, size, size)
     assert torch.isfinite(model.loss(out, batch)["loss"])
 
 
@@ -154,11 +162,12 @@ def test_class_agnostic_models_ignore_class_ids_and_shot_order():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_pgnet_global_unit_is_the_mean_of_the_support_values_and_attention_is_a_softmax():
+def test_pgnet_global_unit_sums_the_shots_and_attention_is_a_softmax():
     torch.manual_seed(0)
     query, supports, values = torch.randn(2, 8, 3, 3), torch.randn(2, 2, 8, 4, 4), torch.randn(2, 2, 8, 4, 4)
     uniform = GraphAttentionUnit(8, uniform=True)
-    expected = values.mean(dim=(1, 3, 4))[:, :, None, None].expand(2, 8, 3, 3)
+    # every support pixel weighs 1 / (h*w): over 2 shots, twice their mean (as released)
+    expected = values.mean(dim=(3, 4)).sum(dim=1)[:, :, None, None].expand(2, 8, 3, 3)
     torch.testing.assert_close(uniform.attend(query, supports, values), expected)
     unit = GraphAttentionUnit(8)
     ones = torch.ones_like(values)  # convex weights of all-ones values sum to one everywhere
@@ -167,6 +176,24 @@ def test_pgnet_global_unit_is_the_mean_of_the_support_values_and_attention_is_a_
     assert (
         isinstance(model, PGNet) and model.scales == (4, 2, 1) and len(model.tail.body) == 4
     )  # 3 res + ASPP
+    with pytest.raises(ValueError, match="attention"):
+        build_model("pgnet", backbone="small", attention="scrambled")
+
+
+def test_pgnet_release_attention_is_the_fixed_one_without_the_permute():
+    torch.manual_seed(0)
+    query, supports, values = torch.randn(2, 8, 3, 5), torch.randn(2, 1, 8, 4, 4), torch.randn(2, 1, 8, 4, 4)
+    fixed = GraphAttentionUnit(8, attention="fixed")
+    release = GraphAttentionUnit(8, attention="release")
+    release.load_state_dict(fixed.state_dict())
+    good, scrambled = fixed.attend(query, supports, values), release.attend(query, supports, values)
+    # fixed: pixel q of channel c holds sum_k att[q, k] * v[c, k]; release: the [q, c] buffer read as [c, q]
+    torch.testing.assert_close(scrambled, good.flatten(2).transpose(1, 2).reshape(2, 8, 3, 5))
+    assert not torch.allclose(scrambled, good)
+    # the fixed unit is equivariant to permuting query pixels (each pixel attends on its own)
+    perm = torch.randperm(15)
+    permuted = fixed.attend(query.flatten(2)[..., perm].unflatten(2, (3, 5)), supports, values)
+    torch.testing.assert_close(permuted.flatten(2), good.flatten(2)[..., perm])
 
 
 def test_sgone_guidance_is_a_cosine_in_minus_one_one():
@@ -181,7 +208,8 @@ def test_sgone_guidance_is_a_cosine_in_minus_one_one():
         assert guide.min() >= -1 - 1e-5 and guide.max() <= 1 + 1e-5
         # a query whose guidance features equal the mean support vector gets similarity 1 everywhere
         g = model.guide_channels
-        vec = masked_average_pool(supports[:, :, :g].flatten(0, 1), batch["support_masks"].flatten(0, 2))
+        fg = (batch["support_masks"].flatten(0, 2) == 1).float()
+        vec = upsampled_masked_pool(supports[:, :, :g].flatten(0, 1), fg, 1e-5)
         vec = vec.unflatten(0, (2, 5)).mean(dim=1)
         query = query.clone()
         query[:, :g] = vec[:, :, None, None]
@@ -240,9 +268,27 @@ def test_panet_prototypes_and_scaled_cosine_logits():
     with torch.no_grad():
         out = run(model, batch)
     logits = out["logits"]
-    assert logits.shape == (2, 3, 9, 9) and logits.abs().max() <= 20 + 1e-4
+    assert out["feature_logits"].shape == (2, 3, 9, 9) and logits.shape == (2, 3, SIZE, SIZE)
+    assert out["feature_logits"].abs().max() <= 20 + 1e-4
+    torch.testing.assert_close(
+        logits, F.interpolate(out["feature_logits"], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    )
     torch.testing.assert_close(out["way_logits"][:, 0, 1], logits[:, 1])
     torch.testing.assert_close(out["way_logits"][:, 0, 0], torch.maximum(logits[:, 0], logits[:, 2]))
+
+
+def test_panet_background_excludes_the_episodes_other_classes():
+    # PANet's getMask: a way's support pixels of another episode class (255 in its mask) are neither
+    # its foreground nor background; without them the prototypes are those of the masks' 0/1 pixels only
+    model = tiny("panet").eval()
+    batch = episode(2, 1)
+    masks = batch["support_masks"].clone()
+    masks[:, 0, 0, 40:60, 40:60] = IGNORE_INDEX  # where way 0's support shows way 1's class
+    with torch.no_grad():
+        out = run(model, {**batch, "support_masks": masks})
+        as_background = run(model, {**batch, "support_masks": masks.masked_fill(masks == IGNORE_INDEX, 0)})
+    assert not torch.allclose(out["feature_logits"][:, 0], as_background["feature_logits"][:, 0])
+    torch.testing.assert_close(out["feature_logits"][:, 1:], as_background["feature_logits"][:, 1:])
 
 
 def _aligned_features(fg_vec: torch.Tensor, bg_vec: torch.Tensor, region: slice) -> torch.Tensor:
@@ -270,7 +316,7 @@ def test_panet_alignment_loss_is_in_the_graph_without_gradient_through_the_predi
     model = tiny("panet").train()
     batch = episode(2, 5)
     out = run(model, batch)
-    logits = out["logits"]
+    logits = out["feature_logits"]
     align = model.alignment_loss(logits, out["query_feats"], out["support_feats"], batch["support_masks"])
     grads = torch.autograd.grad(align, [out["query_feats"], out["support_feats"]], retain_graph=True)
     assert all(g.abs().sum() > 0 for g in grads)  # via the query prototypes and the support features
@@ -286,3 +332,76 @@ def test_panet_alignment_loss_is_in_the_graph_without_gradient_through_the_predi
     empty.backward()
     losses = model.loss(run(model, batch), batch)
     torch.testing.assert_close(losses["loss"], losses["ce"] + losses["align"])
+
+
+def test_amp_release_imprinting_drifts_across_batches_and_episode_imprinting_does_not():
+    batch = episode(1, 2)
+    episodic = tiny("amp").eval()
+    released = tiny("amp", imprinting="release").eval()
+    row = released.classifiers[0].weight[0].clone()
+    with torch.no_grad():
+        first = run(released, batch)["logits_full"]
+        assert not torch.equal(released.classifiers[0].weight[0], row)  # written back in eval mode
+        second = run(released, batch)["logits_full"]
+        assert not torch.allclose(first, second)  # the same batch again: the drifted row differs
+        # per episode: the same episode gives the same output, in any batch and any number of times
+        alone = run(episodic, {k: v[:1] for k, v in batch.items()})["logits_full"]
+        both = run(episodic, batch)["logits_full"]
+        torch.testing.assert_close(both[:1], alone)
+        torch.testing.assert_close(run(episodic, batch)["logits_full"], both)
+        # a one-episode batch on a fresh module: the release's chain is that episode's own average
+        fresh = tiny("amp", imprinting="release").eval()
+        torch.testing.assert_close(run(fresh, {k: v[:1] for k, v in batch.items()})["logits_full"], alone)
+    # training forwards never write (the release's training forward does not imprint)
+    trained = tiny("amp", imprinting="release").train()
+    before = trained.classifiers[0].weight.detach().clone()
+    run(trained, batch)
+    assert torch.equal(trained.classifiers[0].weight, before)
+    with pytest.raises(ValueError, match="imprinting"):
+        build_model("amp", backbone="small", imprinting="drift")
+
+
+def test_pairwise_methods_combine_2_way_pairs_at_the_image_size():
+    # the release upsamples each way's logits to the label size, then takes the maxima (process_nway)
+    model = tiny("canet").eval()
+    with torch.no_grad():
+        out = run(model, episode(2, 1))
+    pair = out["pair_logits"]
+    assert pair.shape[-2:] == (9, 9) and out["way_logits"].shape[-2:] == (SIZE, SIZE)
+    up = F.interpolate(pair.flatten(1, 2), size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(out["way_logits"], combine_ways(up.unflatten(1, (2, 2))))
+    with torch.no_grad():
+        one = run(model, episode(1, 1))
+    assert torch.equal(one["way_logits"], one["pair_logits"])  # 1-way: left at the feature size
+
+
+def test_sgone_exit_padding_grows_the_map_by_one_pixel_per_side():
+    model = tiny("sgone").eval()
+    batch = episode(1, 1)
+    with torch.no_grad():
+        query, supports = encode_episode(model.encode, batch["query_img"], batch["support_imgs"], False)
+        logits = model.pair_logits(query, supports[:, 0], batch["support_masks"][:, 0])
+        assert logits.shape[-2:] == (11, 11)  # 9 x 9 features, exit 1x1 conv with padding 1
+        # the border ring sees only zero padding: it is the exit conv's bias
+        bias = model.classifier[2].bias
+        torch.testing.assert_close(logits[:, :, 0, :], bias[None, :, None].expand(2, 2, 11))
+        out = run(model, batch)
+    expected = F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["pair_logits"][:, 0], expected)
+    aligned = tiny("sgone", exit_padding=0).eval()
+    with torch.no_grad():
+        q, s = encode_episode(aligned.encode, batch["query_img"], batch["support_imgs"], False)
+        assert aligned.pair_logits(q, s[:, 0], batch["support_masks"][:, 0]).shape[-2:] == (9, 9)
+
+
+def test_backbone_passes_are_separate_only_while_batchnorm_uses_batch_statistics():
+    calls = []
+    model = build_model("canet", backbone="resnet18", depth=32, freeze_bn=False)
+    model.encoder.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batch = episode(2, 1)
+    with torch.no_grad():
+        run(model.train(), batch)
+        assert calls == [2, 4]  # the queries, then the supports (the release's two BN batches)
+        calls.clear()
+        run(model.eval(), batch)
+        assert calls == [6]  # running statistics: one pass, the same numbers

@@ -147,6 +147,8 @@ DOCUMENTED = {
     "densenet121": ({"layer1": 256, "layer2": 512, "layer3": 1024}, 8),
     "small": ({"layer1": 64, "layer2": 128, "layer3": 128}, 9),
     "vgg16": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
+    "vgg16_panet": ({"conv5": 512}, 9),
+    "vgg16_sgone": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
 }
 STRIDE4 = {"resnet50": 17, "resnet101": 17, "resnet18": 17, "densenet121": 17, "small": 17}
 
@@ -168,7 +170,7 @@ def test_backbone_channels_and_stride_8_size(name: str):
         expect = {4: STRIDE4.get(name), 8: size, 16: 5, 32: 3}[bb.strides[layer]]
         assert tuple(feats[layer].shape[-2:]) == (expect, expect), layer
     # out_channels: the last default out layer (layer3; vgg16's default taps end at pool5)
-    assert build_backbone(name).out_channels == channels["pool5" if name == "vgg16" else "layer3"]
+    assert build_backbone(name).out_channels == list(channels.values())[-1 if name.startswith("vgg") else 2]
 
 
 def test_resnet50_gives_41x41_at_321_px_with_layer3_only():

@@ -86,18 +86,72 @@ def test_int_is_accepted_for_float(tmp_path):
     assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
 
 
-@pytest.mark.parametrize(
-    ("model", "backbone", "frozen"),
-    [
-        ("denet", "resnet50", True),
-        ("sgone", "vgg16", False),
-        ("panet", "resnet50", False),
-        ("amp", "vgg16", True),
-    ],
-)
-def test_official_backbone_follows_the_method_release(model, backbone, frozen):
+# Each method on official data: its release's backbone and recipe (docs/methods.md gives the sources)
+RELEASES = {
+    # model: (backbone, frozen, optimizer, lr, momentum, batch, steps, milestones, multipliers)
+    "denet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
+    "canet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
+    "pgnet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
+    "amp": ("vgg16", True, "rmsprop", 1e-6, 0.0, 8, 150_000, [], {}),
+    "panet": ("vgg16_panet", False, "sgd", 1e-3, 0.9, 1, 30_000, [10_000, 20_000], {}),
+    "sgone": ("vgg16_sgone", False, "sgd", 1e-5, 0.99, 1, 100_000, [],
+              {"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(RELEASES))
+def test_official_backbone_and_recipe_follow_the_method_release(model):
     p = load_params(REPO_PARAMS, {"source": "official", "model": model})
-    assert (p.backbone.name, p.backbone.frozen, p.model_kwargs) == (backbone, frozen, {})
+    t = p.train
+    got = (p.backbone.name, p.backbone.frozen, t.optimizer, t.lr, t.momentum, t.batch_size, t.steps,
+           t.lr_milestones, t.lr_multipliers)  # fmt: skip
+    assert got == RELEASES[model]
+    assert (t.weight_decay, t.lr_gamma, p.backbone.weights) == (5e-4, 0.1, "imagenet")
+    # PGNet reproduces DENet's table with the release's attention; elsewhere the fixed one
+    assert p.model_kwargs == ({"attention": "release"} if model == "pgnet" else {})
+    standard = load_params(REPO_PARAMS, {"source": "official", "model": model, "protocol": "standard"})
+    assert standard.model_kwargs == {} and standard.train.lr == t.lr
+
+
+def test_official_coco_steps_are_200k_for_denet_only():
+    coco = {m: load_params(REPO_PARAMS, {"source": "official", "dataset": "coco", "model": m}).train.steps
+            for m in RELEASES}  # fmt: skip
+    assert coco == {"denet": 200_000, "canet": 150_000, "pgnet": 150_000, "amp": 150_000, "panet": 30_000,
+                    "sgone": 100_000}  # fmt: skip
+
+
+def test_toy_recipe_is_one_cpu_recipe_for_every_method():
+    for model in RELEASES:
+        t = load_params(REPO_PARAMS, {"model": model}).train
+        lr = 0.05 if model in ("canet", "pgnet") else 0.01
+        assert (t.optimizer, t.lr, t.momentum, t.batch_size, t.steps) == ("sgd", lr, 0.9, 8, 600), model
+        assert (t.lr_milestones, t.lr_multipliers) == ([], {}), model
+
+
+def test_recipe_keys_override_the_preset_and_are_checked(tmp_path):
+    p = load_params(REPO_PARAMS, {"source": "official", "model": "panet", "train.batch_size": 4,
+                                  "train.lr_milestones": [5], "train.optimizer": "rmsprop"})  # fmt: skip
+    assert (p.train.batch_size, p.train.lr_milestones, p.train.optimizer, p.train.lr) == (
+        4,
+        [5],
+        "rmsprop",
+        1e-3,
+    )
+    bad = [
+        ({"lr_milestones": [20, 10]}, r"train\.lr_milestones = \[20, 10\] must be increasing"),
+        ({"lr_milestones": [0]}, r"train\.lr_milestones = \[0\] must be increasing steps >= 1"),
+        ({"lr_milestones": "10k"}, r"train\.lr_milestones = '10k' must be a list of steps"),
+        ({"lr_milestones": ["a"]}, r"train\.lr_milestones = \['a'\] has the wrong type"),
+        ({"lr_multipliers": {"*.bias": 0}}, r"train\.lr_multipliers\.\*\.bias = 0\.0 must be > 0"),
+        ({"lr_multipliers": [2]}, r"train\.lr_multipliers = \[2\] has the wrong type"),
+        ({"optimizer": "adam"}, r"train\.optimizer = 'adam' is not one of auto \| sgd \| rmsprop"),
+        ({"batch_size": "eight"}, r"train\.batch_size = 'eight' must be a number"),
+        ({"momentum": -0.5}, r"train\.momentum = -0\.5 must be >= 0"),
+        ({"lr_gamma": 0}, r"train\.lr_gamma = 0\.0 must be > 0"),
+    ]
+    for train, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            load_params(write(tmp_path, {"train": train}))
 
 
 def test_toy_model_kwargs_preset_and_override():

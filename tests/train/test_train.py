@@ -45,7 +45,10 @@ def test_focal_is_computed_on_logged_steps_only(tiny_data, tmp_path, monkeypatch
 
 
 def test_resume_after_a_crash_is_bit_identical(tiny_data, tmp_path, monkeypatch):
-    _run(tiny_data, tmp_path / "full")
+    # a step schedule that drops the lr between the checkpoint (step 2) and the end (step 4), per-group
+    # lr factors and momentum: the optimizer and schedule state must come back with the weights
+    p = tiny_params(train__lr_milestones=[3], train__lr_multipliers={"*.bias": 2.0})
+    _run(tiny_data, tmp_path / "full", p, live_dir=tmp_path / "live_full")
     # a run that dies during step 4, after the step-2 checkpoint
     real = tr.train_batches
 
@@ -57,22 +60,31 @@ def test_resume_after_a_crash_is_bit_identical(tiny_data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(tr, "train_batches", dying)
     with pytest.raises(RuntimeError, match="killed"):
-        _run(tiny_data, tmp_path / "resumed", live_dir=tmp_path / "live")
+        _run(tiny_data, tmp_path / "resumed", p, live_dir=tmp_path / "live")
     assert load_checkpoint(tmp_path / "resumed" / tr.LAST)["step"] == 2
     monkeypatch.setattr(tr, "train_batches", real)
     torch.manual_seed(1234)  # whatever the process did in between does not matter
     with pytest.raises(CheckpointError, match="--resume"):
-        _run(tiny_data, tmp_path / "resumed")  # never silently overwrites a run
-    state = _run(tiny_data, tmp_path / "resumed", resume=True, live_dir=tmp_path / "live")
+        _run(tiny_data, tmp_path / "resumed", p)  # never silently overwrites a run
+    state = _run(tiny_data, tmp_path / "resumed", p, resume=True, live_dir=tmp_path / "live")
     assert state.step == 4
     rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().split()[2:]
     assert [r.split("\t")[0] for r in rows[::2]] == ["1", "2", "3", "4"]  # step 3 logged once
+    for live in ("live_full", "live"):  # the lr each step used: x0.1 after the milestone at step 3
+        rows = (tmp_path / live / "plots/metrics/train/lr.tsv").read_text().split()[2:]
+        assert [float(v) for v in rows[1::2]] == pytest.approx([0.01, 0.01, 0.01, 0.001])
     a = load_checkpoint(tmp_path / "full" / tr.LAST)
     b = load_checkpoint(tmp_path / "resumed" / tr.LAST)
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["extra"] == b["extra"]
+    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["last_epoch"] == 4
+    assert [g["lr"] for g in b["optimizer"]["param_groups"]] == pytest.approx([0.001, 0.002])
+    # a resumed run needs the optimizer it was trained with (its state would not fit another)
+    other = tiny_params(train__steps=6, train__optimizer="rmsprop", train__momentum=0.0)
+    with pytest.raises(CheckpointError, match=r"train\.optimizer=sgd, not rmsprop"):
+        _run(tiny_data, tmp_path / "resumed", other, resume=True)
 
 
 def test_corrupt_checkpoint_is_an_error_not_a_restart(tiny_data, tmp_path, capsys):
@@ -143,3 +155,37 @@ def test_grad_accumulation_and_focal_helper():
     assert cfg.grad_accum == 2 and cfg.lr == pytest.approx(0.01)
     assert tr.model_kwargs_from_params(p) == {"num_classes": 21, "backbone": "small", "frozen": False,
                                               "freeze_bn": True, "depth": 128}  # fmt: skip
+
+
+def test_optimizer_groups_and_step_schedule_follow_the_recipe():
+    model = torch.nn.ModuleDict({name: torch.nn.Conv2d(2, 2, 1) for name in ("guide", "body", "frozen")})
+    model["frozen"].requires_grad_(False)
+    # SG-One's release: weights x1, biases x2, its guidance conv's weight x10 and bias x20
+    multipliers = (("guide.weight", 10.0), ("guide.bias", 20.0), ("*.bias", 2.0))
+    cfg = tr.TrainConfig(steps=10, lr=1e-5, momentum=0.99, lr_multipliers=multipliers, lr_milestones=(2, 4))
+    opt = tr.build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.SGD)
+    groups = {tuple(id(q) for q in g["params"]): g["lr"] for g in opt.param_groups}
+    assert groups == pytest.approx({
+        (id(model["body"].weight),): 1e-5, (id(model["guide"].weight),): 1e-4,
+        (id(model["guide"].bias),): 2e-4, (id(model["body"].bias),): 2e-5,
+    })  # fmt: skip
+    assert all(g["momentum"] == 0.99 and g["weight_decay"] == 5e-4 for g in opt.param_groups)
+    sched = tr.build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(6):  # PANet-style: x0.1 after the milestones (MultiStepLR stepped once per step)
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-5, 1e-5, 1e-6, 1e-6, 1e-7, 1e-7])
+    reference = torch.optim.lr_scheduler.MultiStepLR(torch.optim.SGD([torch.zeros(1)], lr=1e-5), [2, 4])
+    ref_lrs = []
+    for _ in range(6):
+        ref_lrs.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    assert lrs == pytest.approx(ref_lrs)
+    rms = tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1e-6, optimizer="rmsprop", momentum=0.0))
+    assert isinstance(rms, torch.optim.RMSprop) and rms.param_groups[0]["alpha"] == 0.99
+    with pytest.raises(ValueError, match=r"\['head\.\*'\] match no trainable parameter"):
+        tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1.0, lr_multipliers=(("head.*", 10.0),)))

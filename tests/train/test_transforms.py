@@ -68,6 +68,9 @@ def test_palette_label_keeps_indices():
 def test_masks_and_episode_labels():
     label = np.array([[0, 3, 5], [255, 3, 9]], np.uint8)
     assert binary_mask(label, 3).tolist() == [[0, 1, 0], [255, 1, 0]]
+    # PANet's N-way rule: the episode's other classes are neither foreground nor background of a way
+    assert binary_mask(label, 3, [3, 5]).tolist() == [[0, 1, 255], [255, 1, 0]]
+    assert binary_mask(label, 3, [3]).tolist() == binary_mask(label, 3).tolist()
     assert episode_label(label, [5, 3]).tolist() == [[0, 2, 1], [255, 2, 0]]
 
 
