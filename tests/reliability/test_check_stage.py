@@ -4,23 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_helpers import write_params
 
 from pipeline import check
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _params(tmp_path: Path, **changes: object) -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = raw
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[last] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -28,19 +16,19 @@ def _params(tmp_path: Path, **changes: object) -> Path:
     [
         ({"fold": 9}, "fold = 9 is out of range: use 0, 1, 2 or 3"),
         ({"foo": 1}, "unknown key 'foo'"),
-        ({"train__stepz": 3}, "unknown key 'train.stepz'"),
+        ({"train.stepz": 3}, "unknown key 'train.stepz'"),
         ({"model": "denett"}, "model: unknown model 'denett'; known: amp, canet, denet"),
         (
             {"model_kwargs": {"deep": 3}},
             "model denet cannot be built from these params: DENet.__init__() got an",
         ),
-        ({"backbone__name": "resnet5"}, "unknown backbone 'resnet5'"),
-        ({"evaluate__seeds": [0, 0]}, "evaluate.seeds = [0, 0] must list distinct test-draw seeds"),
+        ({"backbone.name": "resnet5"}, "unknown backbone 'resnet5'"),
+        ({"evaluate.seeds": [0, 0]}, "evaluate.seeds = [0, 0] must list distinct test-draw seeds"),
     ],
 )
 def test_a_mistake_is_one_line_and_no_marker(tmp_path, capsys, changes, message):
     marker = tmp_path / "params.checked"
-    assert check.main(["--params", str(_params(tmp_path, **changes)), "--out", str(marker)]) == 2
+    assert check.main(["--params", str(write_params(tmp_path, **changes)), "--out", str(marker)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not marker.exists()
@@ -50,7 +38,9 @@ def test_valid_params_write_the_same_marker_whatever_they_say(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert check.main(["--params", str(REPO / "params.yaml"), "--out", str(first)]) == 0
     assert (
-        check.main(["--params", str(_params(tmp_path, fold=2, way=2, model="panet")), "--out", str(second)])
+        check.main(
+            ["--params", str(write_params(tmp_path, fold=2, way=2, model="panet")), "--out", str(second)]
+        )
         == 0
     )
     assert first.read_text() == second.read_text() == check.MARKER
