@@ -3,7 +3,8 @@
 Reads evaluation details (`details.json`, design.md) from the workspace (every one under
 `--results`: the DVC `evaluate` stage's and those of `python -m train.evaluate` run by hand) and,
 with `--experiments`, from every DVC experiment: `dvc exp show --json` lists them with their params
-and metrics, and each experiment's committed details file is read with `git show`. Rows: each model
+and metrics, and each experiment's files are read at its commit (DVC's file system: details.json
+from the DVC cache, the training curves from git). Rows: each model
 (with the params that differ between the experiments shown) and the trivial predictors (the floor);
 columns: 1w1s, 1w5s, 2w1s, 2w5s. A cell is "mIoU ± std [95% CI] / FB-IoU": the mean over folds of
 the mean over test seeds, the std over seeds, and the bootstrap interval over episodes
@@ -126,10 +127,19 @@ def dvc_exp_show(all_commits: bool = False) -> list[dict[str, Any]]:
     return json.loads(done.stdout or "[]")
 
 
-def git_show(rev: str, path: str) -> str | None:
-    """A file's text at a commit, or None when it is not there."""
-    done = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return done.stdout if done.returncode == 0 else None
+def reader_at(rev: str) -> Any:
+    """`read(path) -> text or None` for the files of commit `rev`, git-tracked or DVC-tracked."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(".", rev=rev)
+
+    def read(path: str) -> str | None:
+        try:
+            return fs.read_text(path)
+        except (OSError, ValueError):  # not in that commit, or not in the local DVC cache
+            return None
+
+    return read
 
 
 def experiment_records(shown: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -154,12 +164,11 @@ def experiment_evaluations(shown: list[dict[str, Any]]) -> list[Evaluation]:
         metrics = (data.get("metrics") or {}).get(f"{results}/{EVALUATE_DIR}/metrics.json") or {}
         if "data" not in metrics:  # not evaluated in this commit (or an older layout)
             continue
-        text = git_show(rev, f"{results}/{EVALUATE_DIR}/{DETAILS}")
+        read = reader_at(rev)
+        text = read(f"{results}/{EVALUATE_DIR}/{DETAILS}")
         if text is None:
             continue
-        curves = read_curves(
-            lambda rel, rev=rev, results=results: git_show(rev, f"{results}/{TRAIN_DIR}/{rel}")
-        )
+        curves = read_curves(lambda rel, read=read, results=results: read(f"{results}/{TRAIN_DIR}/{rel}"))
         found.append(Evaluation(json.loads(text), name, flatten(params), curves))
     return found
 

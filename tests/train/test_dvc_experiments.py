@@ -98,6 +98,9 @@ def test_temp_run_with_more_test_seeds_reevaluates_without_training(project):
     assert "Running stage 'train'" not in done.stdout  # the run cache holds the trained model
     assert "Running stage 'evaluate'" in done.stdout
     assert (repo / "params.yaml").read_text() == params  # --temp leaves the workspace alone
+    # the same cell again: every stage but the params check comes from the run cache
+    again = _run(repo, DVC, "exp", "run", "--temp", "-S", "fold=0", "-S", "evaluate.seeds=[0,1]")
+    assert "Stage 'evaluate' is cached" in again.stdout and "Running stage 'evaluate'" not in again.stdout
     shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
     exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
     metrics = exps["seeds"]["metrics"][METRICS]["data"]

@@ -1,6 +1,6 @@
 """The results tables: rows = models and the trivial floor, columns = the four settings; cells averaged
 over folds and test seeds with a bootstrap interval; per-class tables; from the workspace and from
-DVC experiments (`dvc exp show --json` + `git show`)."""
+DVC experiments (`dvc exp show --json`, each one's files read at its commit)."""
 
 import json
 import os
@@ -139,6 +139,7 @@ def test_experiments_table_from_dvc_exp_show_and_their_commits(tmp_path, monkeyp
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
     p = tiny_params()
     base = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     shown = [
