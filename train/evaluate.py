@@ -34,7 +34,7 @@ from train.checkpoint import CheckpointError, build_model_from_checkpoint
 from train.device import resolve_device
 from train.metrics import FewShotIoU, score_episode
 from train.shard_io import ShardError, join_url
-from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, seed_spread
+from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
@@ -272,9 +272,8 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         cell: dict[str, Any] = {}
         for key in ("miou", "fb_iou"):
             per_fold = [{s: run["scores"][name][key] for s, run in seeds.items()} for seeds in folds.values()]
-            std, _ = seed_spread(per_fold)
-            cell[key] = round(float(np.mean([np.mean(list(f.values())) for f in per_fold])), 4)
-            cell[f"{key}_std"] = round(std, 4)
+            mean, std = mean_and_std(per_fold)
+            cell[key], cell[f"{key}_std"] = round(mean, 4), round(std, 4)
         summary[name] = cell
     low, high = bootstrap_miou([[run["episode_sums"] for run in seeds.values()] for seeds in folds.values()])
     summary["model"]["miou_ci95"] = [round(low, 4), round(high, 4)]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from train.stats import EpisodeSums, bootstrap_miou, seed_spread
+from train.stats import EpisodeSums, bootstrap_miou, mean_and_std
 
 SETTINGS = [(1, 1), (1, 5), (2, 1), (2, 5)]
 TRIVIAL_PREFIX = "trivial: "
@@ -130,13 +130,15 @@ def dvc_exp_show(all_commits: bool = False) -> list[dict[str, Any]]:
 def reader_at(rev: str) -> Any:
     """`read(path) -> text or None` for the files of commit `rev`, git-tracked or DVC-tracked."""
     from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
 
-    fs = DVCFileSystem(".", rev=rev)
+    opened: list[DVCFileSystem] = []  # one file system per commit, opened at the first read
 
     def read(path: str) -> str | None:
         try:
-            return fs.read_text(path)
-        except (OSError, ValueError):  # not in that commit, or not in the local DVC cache
+            opened[:] = opened or [DVCFileSystem(".", rev=rev)]
+            return opened[0].read_text(path)
+        except (OSError, ValueError, DvcException):  # not in that commit, not in the DVC cache, no repo
             return None
 
     return read
@@ -227,8 +229,7 @@ def cell(folds: dict[int, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"folds": len(folds), "seeds": len({s for f in folds.values() for s in f})}
     for key in ("miou", "fb_iou"):
         per_fold = [{s: r["scores"][key] for s, r in seeds.items()} for seeds in folds.values()]
-        out[key] = float(np.mean([np.mean(list(f.values())) for f in per_fold]))
-        out[f"{key}_std"], _ = seed_spread(per_fold)
+        out[key], out[f"{key}_std"] = mean_and_std(per_fold)
     sums = [[r["episode_sums"] for r in seeds.values()] for seeds in folds.values()]
     if all(s is not None for runs in sums for s in runs):
         out["miou_ci95"] = bootstrap_miou(sums)

@@ -92,19 +92,16 @@ def scores(run: EpisodeSums) -> dict[str, Any]:
     }
 
 
-def cell_statistic(folds: Sequence[Sequence[float]]) -> float:
-    """Mean over folds of the mean over that fold's seeds."""
-    return float(np.mean([np.mean(seeds) for seeds in folds]))
+def mean_and_std(folds: Sequence[dict[int, float]]) -> tuple[float, float]:
+    """(mean over folds of the mean over that fold's seeds, std over seeds) of {seed: value} per fold.
 
-
-def seed_spread(folds: Sequence[dict[int, float]]) -> tuple[float, int]:
-    """(std over seeds, number of seeds) of the per-seed mean over the folds that have the seed.
-
-    Sample standard deviation (ddof 1); 0.0 for a single seed.
+    The std is the sample standard deviation (ddof 1) of the per-seed means over the folds that have
+    the seed; 0.0 for a single seed.
     """
+    mean = float(np.mean([np.mean(list(fold.values())) for fold in folds]))
     seeds = sorted({s for fold in folds for s in fold})
     per_seed = [np.mean([fold[s] for fold in folds if s in fold]) for s in seeds]
-    return (float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0), len(per_seed)
+    return mean, (float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0)
 
 
 def bootstrap_miou(

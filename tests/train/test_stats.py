@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from train.metrics import FewShotIoU
-from train.stats import EpisodeSums, bootstrap_miou, scores, seed_spread
+from train.stats import EpisodeSums, bootstrap_miou, mean_and_std, scores
 
 
 def _random_evaluation(rng: np.random.Generator, episodes: int, classes=(1, 2, 3, 4, 5), way: int = 2):
@@ -59,7 +59,10 @@ def test_a_cell_of_folds_and_seeds_averages_them():
     assert bootstrap_miou([[a, b]]) == pytest.approx((40.0, 40.0))  # two seeds of one fold
 
 
-def test_seed_spread_is_the_sample_std_of_per_seed_fold_means():
-    std, n = seed_spread([{0: 50.0, 1: 54.0}, {0: 40.0, 1: 42.0}])
-    assert n == 2 and std == pytest.approx(np.std([45.0, 48.0], ddof=1))
-    assert seed_spread([{0: 50.0}]) == (0.0, 1)
+def test_mean_over_folds_and_sample_std_of_per_seed_fold_means():
+    mean, std = mean_and_std([{0: 50.0, 1: 54.0}, {0: 40.0, 1: 42.0}])
+    assert mean == pytest.approx(46.5) and std == pytest.approx(np.std([45.0, 48.0], ddof=1))
+    assert mean_and_std([{0: 50.0}]) == (50.0, 0.0)
+    # a fold with fewer seeds: its own mean counts once, the std uses the folds that have each seed
+    mean, std = mean_and_std([{0: 50.0, 1: 54.0}, {0: 40.0}])
+    assert mean == pytest.approx((52.0 + 40.0) / 2) and std == pytest.approx(np.std([45.0, 54.0], ddof=1))
