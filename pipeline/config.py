@@ -120,6 +120,8 @@ class Train:
 class Evaluate:
     batch_size: int = 8
     trivial: bool = True  # also score the trivial predictors (all fg, all bg, support mask) as the floor
+    # test-episode draws: each seed is its own manifest, scored by the same checkpoint (no retraining)
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -138,7 +140,7 @@ class Params:
     shot: int = 1
     model: str = "denet"
     model_kwargs: dict[str, Any] | str = AUTO  # extra constructor kwargs of `model`, e.g. {depth: 128}
-    seed: int = 0
+    seed: int = 0  # training: init, sampling, validation draw (test draws: evaluate.seeds)
     paths: Paths = field(default_factory=Paths)
     download: Download = field(default_factory=Download)
     toy: Toy = field(default_factory=Toy)
@@ -250,7 +252,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return {k: _check_type(v, value_hint, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"params: {key} = {value!r} must be a list")
+            raise ConfigError(f"params: {key} = {value!r} must be a list, e.g. [0, 1, 2]")
         (item_hint,) = typing.get_args(hint)
         return [_check_type(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is type(None):
@@ -367,6 +369,11 @@ def _check_combinations(p: Params) -> None:
         if value < least:
             raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
     _check_recipe(p.train)
+    seeds = p.evaluate.seeds
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(
+            f"params: evaluate.seeds = {seeds} must list distinct test-draw seeds >= 0, e.g. [0] or [0, 1, 2]"
+        )
     if p.sampler.pool_size < p.train.shot + 1:
         # a class pool never gets ready and the sampler would read shards for ever
         raise ConfigError(

@@ -89,6 +89,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]  # type: ignore[return-value]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's `obj` (pickled), in rank order; `[obj]` in a single process."""
+    if rank_world()[1] == 1:
+        return [obj]
+    box: list[T | None] = [None] * rank_world()[1]
+    dist.all_gather_object(box, obj)
+    return box  # type: ignore[return-value]
+
+
 def all_true(flag: bool) -> bool:
     """True when `flag` holds on every rank (e.g. every rank's loss is finite)."""
     if rank_world()[1] == 1:

@@ -1,8 +1,9 @@
 """Episode helpers: pair lists, test-episode manifests (DVC stage), eval episodes fetched by key, normalize.
 
-Stage: `python -m train.episodes --shards DIR --folds DIR --out FILE` reads `fold<i>.json`,
+Stage: `python -m train.episodes --shards DIR --folds DIR --out DIR` reads `fold<i>.json`,
 `fold<i>/test.txt` and the test split's index.tsv and writes the fixed test episodes of
-(params.fold, params.way, params.shot) as design.md's manifest.
+(params.fold, params.way, params.shot) as design.md's manifests, one `seed<k>.json` per test seed
+in params `evaluate.seeds` (the training `seed` does not draw test episodes).
 
 Fetch by key: evaluation reads each sample with one ranged read: index.tsv gives the shard and the
 byte offset of the sample's first tar header; the read ends at the next indexed sample of that
@@ -236,6 +237,22 @@ def build_manifest(
     }
 
 
+def manifest_dir(episodes: str | Path, source: str, dataset: str, protocol: str, fold: int, way: int,
+                 shot: int) -> Path:  # fmt: skip
+    """The folder of one setting's manifests (the DVC `episodes` stage's output): `seed<k>.json` inside."""
+    return Path(episodes, source, dataset, protocol, f"fold{fold}_{way}way_{shot}shot")
+
+
+def manifest_file(folder: str | Path, seed: int) -> Path:
+    return Path(folder, f"seed{seed}.json")
+
+
+def manifest_files(folder: str | Path) -> list[Path]:
+    """The `seed<k>.json` manifests of a setting's folder, by seed."""
+    found = [f for f in Path(folder).glob("seed*.json") if f.stem[4:].isdigit()]
+    return sorted(found, key=lambda f: int(f.stem[4:]))
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """A manifest, checked against its own digest (a hand-edited manifest is refused)."""
     manifest = json.loads(Path(path).read_text())
@@ -407,27 +424,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", required=True, help="dataset shard folder holding train/ and test/")
     parser.add_argument("--folds", required=True, help="folder with fold<i>.json and fold<i>/test.txt")
-    parser.add_argument("--out", required=True, help="manifest JSON to write")
+    parser.add_argument("--out", required=True, help="folder to write seed<k>.json into")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
         p = load_params(args.params)
-        manifest = build_manifest(
-            args.shards,
-            args.folds,
-            p.dataset,
-            p.fold,
-            p.way,
-            p.shot,
-            p.protocol,
-            p.seed,
-            int(p.sampler.test_episodes),
-        )
+        manifests = {
+            seed: build_manifest(
+                args.shards,
+                args.folds,
+                p.dataset,
+                p.fold,
+                p.way,
+                p.shot,
+                p.protocol,
+                seed,
+                int(p.sampler.test_episodes),
+            )
+            for seed in p.evaluate.seeds
+        }
     except (ValueError, ShardError) as exc:  # ConfigError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_json(args.out, manifest)
-    print(f"{args.out}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+    for seed, manifest in manifests.items():
+        path = manifest_file(args.out, seed)
+        write_json(path, manifest)
+        print(f"{path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
     return 0
 
 

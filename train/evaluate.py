@@ -1,8 +1,14 @@
 """Evaluation on fixed test episodes: `python -m train.evaluate` (the DVC `evaluate` stage).
 
-Reads checkpoints and test-episode manifests, scores the model and the trivial predictors with the
-same code on the same episodes, prints a table and writes a DVC metrics JSON: per fold the manifest
-hash, per-class IoU, mIoU and FB-IoU (notes section 3) for each predictor, and the mean over folds.
+Scores a checkpoint and the trivial predictors with the same code on the same manifests, one
+manifest per test seed (params `evaluate.seeds`), and writes three files into `--out`
+(design.md, "Evaluation files"): `metrics.json` (short: mIoU, FB-IoU, mean +/- std over seeds,
+95% bootstrap interval over episodes, each seed's score and manifest hash), `per_class.json` (IoU per
+class name) and `details.json` (everything, per-episode sums included, what `train.report` reads).
+
+`python -m train.evaluate --checkpoint X.pt` alone is enough: the dataset, protocol, fold and model
+come from the checkpoint, the rest (way, shot, seeds, paths) from params.yaml, flags override, and
+missing manifests are drawn from the shards and fold lists first.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fss_model import model_entry
+from pipeline.classes import class_names
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import write_json
 from train import distributed
@@ -29,11 +36,16 @@ from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
 from train.shard_io import join_url
+from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
 Batch = dict[str, Any]
 VAL_SEED_OFFSET = 1  # the validation draw uses seed + 1: a different draw from the test episodes
+# what a checkpoint says about the run that trained it, which params.yaml must not contradict
+TRAINED_ON = ("source", "dataset", "protocol", "fold")
+METRICS_FILE, PER_CLASS_FILE, DETAILS_FILE = "metrics.json", "per_class.json", "details.json"
+STANDALONE = "standalone"  # <paths.results>/standalone/...: evaluations run by hand, outside DVC
 
 
 def episode_batches(
@@ -67,8 +79,9 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
     """Episodes that pick the best checkpoint during training.
 
     Default: a separate draw (seed + 1) of novel-class episodes whose queries avoid the queries of the
-    test draw of the training setting; when that leaves too few images (small data sets, where the
-    test draw uses every image), the draw falls back to the same images, still other episodes.
+    test draw with the training seed (not `evaluate.seeds`: adding a test seed must not retrain the
+    model); when that leaves too few images (small data sets, where the test draw uses every image),
+    the draw falls back to the same images, still other episodes.
     `train.select_on_test`: the test draw itself (what the release does).
     """
     from train import episodes as ep
@@ -138,31 +151,44 @@ def evaluate_model(
     protocol: str,
     device: str | torch.device,
     amp: bool = True,
-    episodes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """FewShotIoU over all episodes; `episodes`, when given, receives one record per episode.
+    """FewShotIoU over all episodes, plus `episode_sums` (an EpisodeSums) for the bootstrap.
 
-    Under torchrun the sums of every rank's episodes are all-reduced first (integer counts: exactly
-    the single-process result); `episodes` then holds this rank's records only.
+    Under torchrun the sums of every rank's episodes are all-reduced (integer counts: exactly the
+    single-process result) and the per-episode records gathered in rank order, which is manifest
+    order (each rank holds a contiguous run of the manifest).
     """
     metric = FewShotIoU()
-    for index, (batch, j, _, preds, label) in enumerate(run_episodes(model, batches, device, amp)):
+    records: list[tuple[int, ...]] = []
+    count = 0
+    for batch, j, _, preds, label in run_episodes(model, batches, device, amp):
         class_ids = [int(c) for c in batch["class_ids"][j]]
-        ious = score_episode(metric, preds.cpu(), label.cpu(), class_ids, protocol)
+        one = FewShotIoU()  # this episode alone, then added to the total
+        ious = score_episode(one, preds.cpu(), label.cpu(), class_ids, protocol)
         if math.isnan(ious[0]):
             # every episode's query was drawn for its first class: without it the scores would lack the
             # episode (and an evaluation without any scored class would report NaN)
             raise ValueError(
-                f"episode {index} (query {batch['query_id'][j]}, classes {class_ids}): the query's label "
+                f"episode {count} (query {batch['query_id'][j]}, classes {class_ids}): the query's label "
                 f"holds no pixel of class {class_ids[0]}, the class it was drawn for; the test shards and "
                 "the episode manifest do not belong together (rebuild the episodes from these shards)"
             )
-        if episodes is not None:
-            episodes.append({"query": batch["query_id"][j], "classes": class_ids, "iou": ious})
+        metric.merge(one)
+        records += [
+            (count, c, one.inter_fg[c], one.union_fg[c], one.inter_bg[c], one.union_bg[c])
+            for c in sorted(one.count)
+        ]
+        count += 1
     distributed.all_reduce_metric(metric)
     if not metric.count:
         raise ValueError("no episode was scored: the episode manifest is empty")
-    return metric.compute()
+    result = metric.compute()
+    offset, merged = 0, []
+    for n, part in distributed.all_gather_object((count, records)):
+        merged += [(e + offset, *rest) for e, *rest in part]
+        offset += n
+    result["episode_sums"] = EpisodeSums.from_records(offset, merged)
+    return result
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +207,7 @@ def evaluate_fold(
     trivial: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Score one fold's checkpoint and (optionally) the trivial predictors on one manifest."""
+    """Score one checkpoint and (optionally) the trivial predictors on one manifest (one fold, one seed)."""
     from train.episodes import read_manifest
 
     manifest = read_manifest(manifest_path)
@@ -194,6 +220,12 @@ def evaluate_fold(
     # under torchrun: joins the process group and takes GPU LOCAL_RANK
     dev = distributed.setup(resolve_device(device or p.train.device)).device
     model, ckpt = build_model_from_checkpoint(checkpoint, map_location="cpu")
+    trained_fold = (ckpt.get("params") or {}).get("fold")
+    if trained_fold is not None and trained_fold != manifest["fold"]:
+        raise ConfigError(
+            f"manifest {manifest_path} is fold {manifest['fold']}, but {checkpoint} was trained on fold "
+            f"{trained_fold} (its test classes would be classes it trained on)"
+        )
     ways = model_entry(ckpt["model_name"]).ways
     if manifest["way"] not in ways:
         raise ConfigError(
@@ -203,14 +235,16 @@ def evaluate_fold(
     predictors: dict[str, nn.Module] = {"model": model}
     if trivial:
         predictors.update({name: cls() for name, cls in TRIVIAL.items()})
-    scores = {}
+    scores, sums = {}, None
     for name, predictor in predictors.items():
         result = evaluate_model(predictor, episode_batches(p, shards, manifest), p.protocol, dev, p.train.amp)
         scores[name] = _summary(result)
+        sums = result["episode_sums"] if name == "model" else sums
     return {
         "fold": manifest["fold"],
         "way": manifest["way"],
         "shot": manifest["shot"],
+        "seed": manifest["seed"],
         "episodes": len(manifest["episodes"]),
         "manifest": str(manifest_path),
         "manifest_sha256": manifest["sha256_of_episodes"],
@@ -218,75 +252,234 @@ def evaluate_fold(
         "checkpoint_step": ckpt["step"],
         "model_name": ckpt["model_name"],
         "scores": scores,
+        "episode_sums": sums,
     }
 
 
-def summarize(p: Params, folds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The metrics file: settings, protocol, each fold, and the mean over the folds present."""
-    names = list(folds[0]["scores"])
-    mean = {
-        name: {
-            key: round(float(np.mean([f["scores"][name][key] for f in folds])), 4)
-            for key in ("miou", "fb_iou")
-        }
-        for name in names
-    }
+def _per_class(dataset: str, folds: dict[int, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The model's IoU per class and fold: mean over the test seeds, std over them, class names."""
+    names = class_names(dataset)
+    rows = []
+    for fold, seeds in sorted(folds.items()):
+        per_seed = [run["scores"]["model"]["per_class"] for run in seeds.values()]
+        for c in sorted({int(c) for scores in per_seed for c in scores}):
+            values = [scores[str(c)] for scores in per_seed if str(c) in scores]
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            rows.append({"fold": fold, "class_id": c, "class": names.get(c, f"class {c}"),
+                         "iou": round(float(np.mean(values)), 4), "iou_std": round(std, 4)})  # fmt: skip
+    return rows
+
+
+def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """details.json: the settings, every (fold, seed) evaluation, and the cell over them (design.md).
+
+    Each predictor's cell is the mean over folds of the mean over seeds, with the std over seeds;
+    the model's also carries the 95% bootstrap interval over episodes (`train.stats`).
+    """
+    folds: dict[int, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        folds.setdefault(int(run["fold"]), {})[int(run["seed"])] = run
+    summary: dict[str, dict[str, Any]] = {}
+    for name in runs[0]["scores"]:
+        cell: dict[str, Any] = {}
+        for key in ("miou", "fb_iou"):
+            per_fold = [{s: run["scores"][name][key] for s, run in seeds.items()} for seeds in folds.values()]
+            mean, std = mean_and_std(per_fold)
+            cell[key], cell[f"{key}_std"] = round(mean, 4), round(std, 4)
+        summary[name] = cell
+    low, high = bootstrap_miou([[run["episode_sums"] for run in seeds.values()] for seeds in folds.values()])
+    summary["model"]["miou_ci95"] = [round(low, 4), round(high, 4)]
     return {
         "source": p.source,
         "dataset": p.dataset,
         "protocol": p.protocol,
         "eval_resolution": "resized" if p.protocol == "denet" else "original",
         "void": "background" if p.protocol == "denet" else "ignored",
-        "way": folds[0]["way"],
-        "shot": folds[0]["shot"],
-        "model": p.model,
-        "folds": {f"fold{f['fold']}": f for f in folds},
-        "mean": mean,
+        "way": runs[0]["way"],
+        "shot": runs[0]["shot"],
+        "model": runs[0]["model_name"],
+        "seeds": sorted({int(run["seed"]) for run in runs}),
         "num_folds": len(folds),
+        "summary": summary,
+        "per_class": _per_class(p.dataset, folds),
+        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL},
+        "folds": {
+            f"fold{fold}": {
+                "fold": fold,
+                "checkpoint": next(iter(seeds.values()))["checkpoint"],
+                "checkpoint_step": next(iter(seeds.values()))["checkpoint_step"],
+                "seeds": {
+                    str(seed): {
+                        **{k: run[k] for k in ("manifest", "manifest_sha256", "episodes", "scores")},
+                        "episode_sums": run["episode_sums"].to_json(),
+                    }
+                    for seed, run in sorted(seeds.items())
+                },
+            }
+            for fold, seeds in sorted(folds.items())
+        },
     }
 
 
-def format_table(summary: dict[str, Any]) -> str:
-    """Plain-text table: one row per predictor, mIoU / FB-IoU per fold and the mean."""
-    folds = summary["folds"]
-    head = ["predictor", *[f"{k} mIoU/FB" for k in folds], "mean mIoU/FB"]
+def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: the model's cell and, per (fold,) seed, its score and manifest hash (16 hex digits)."""
+    cell = details["summary"]["model"]
+    out: dict[str, Any] = {
+        "miou": cell["miou"],
+        "fb_iou": cell["fb_iou"],
+        "miou_std": cell["miou_std"],
+        "miou_ci95_low": cell["miou_ci95"][0],
+        "miou_ci95_high": cell["miou_ci95"][1],
+    }
+    for fold_key, fold in details["folds"].items():
+        for seed, run in fold["seeds"].items():
+            key = f"{fold_key}_seed{seed}" if details["num_folds"] > 1 else f"seed{seed}"
+            model = run["scores"]["model"]
+            out[key] = {
+                "miou": model["miou"],
+                "fb_iou": model["fb_iou"],
+                "manifest": run["manifest_sha256"][:16],
+            }
+    return out
+
+
+def write_outputs(out: Path, details: dict[str, Any]) -> None:
+    """metrics.json, per_class.json and details.json into `out`, each written atomically."""
+    write_json(out / METRICS_FILE, short_metrics(details))
+    write_json(out / PER_CLASS_FILE, {"per_class": details["per_class"]})
+    write_json(out / DETAILS_FILE, details)
+
+
+def cell_text(cell: dict[str, Any]) -> str:
+    """`mIoU ± std [95% CI] / FB-IoU` (the interval only where the cell has one)."""
+    ci = cell.get("miou_ci95")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    return f"{cell['miou']:.2f} ± {cell['miou_std']:.2f}{interval} / {cell['fb_iou']:.2f}"
+
+
+def format_table(details: dict[str, Any]) -> str:
+    """Plain-text table: one row per predictor, mIoU / FB-IoU per (fold, seed) and the cell."""
+    runs = [(k, s, run) for k, f in details["folds"].items() for s, run in f["seeds"].items()]
+    head = ["predictor", *[f"{k} seed{s} mIoU/FB" for k, s, _ in runs], "mIoU ± std [95% CI] / FB"]
     lines = [
-        f"{summary['dataset']} {summary['way']}-way {summary['shot']}-shot, protocol {summary['protocol']} "
-        f"(eval at {summary['eval_resolution']} size, void {summary['void']})",
+        f"{details['model']} on {details['dataset']} {details['way']}-way {details['shot']}-shot, protocol "
+        f"{details['protocol']} (eval at {details['eval_resolution']} size, void {details['void']})",
         *(
-            f"  {k}: manifest sha256 {f['manifest_sha256'][:16]}, {f['episodes']} episodes"
-            for k, f in folds.items()
+            f"  {k} seed{s}: manifest sha256 {r['manifest_sha256'][:16]}, {r['episodes']} episodes"
+            for k, s, r in runs
         ),
         " | ".join(head),
     ]
-    for name, mean in summary["mean"].items():
-        cells = [f"{f['scores'][name]['miou']:.2f}/{f['scores'][name]['fb_iou']:.2f}" for f in folds.values()]
-        lines.append(" | ".join([name, *cells, f"{mean['miou']:.2f}/{mean['fb_iou']:.2f}"]))
-    first = next(iter(folds.values()))
-    per_class = first["scores"]["model"]["per_class"]
-    lines.append("per-class IoU (model, " + next(iter(folds)) + "): "
-                 + ", ".join(f"{c}: {v:.1f}" for c, v in per_class.items()))  # fmt: skip
+    for name, cell in details["summary"].items():
+        cells = [f"{r['scores'][name]['miou']:.2f}/{r['scores'][name]['fb_iou']:.2f}" for _, _, r in runs]
+        lines.append(" | ".join([name, *cells, cell_text(cell)]))
+    lines.append("per-class IoU (model): " + ", ".join(f"{row['class']} {row['iou']:.1f}"
+                                                       for row in details["per_class"]))  # fmt: skip
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the command line: what to evaluate
+
+
+def resolve_params(path: str | Path, ckpt: dict[str, Any], flags: dict[str, Any]) -> Params:
+    """params.yaml, then what the checkpoint was trained on (source, dataset, protocol, fold, model),
+    then the command line's flags (way, shot, seeds)."""
+    trained = ckpt.get("params") or {}
+    overrides: dict[str, Any] = {k: trained[k] for k in TRAINED_ON if k in trained}
+    overrides["model"] = ckpt["model_name"]
+    overrides.update(flags)
+    return load_params(path, overrides)
+
+
+def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -> None:
+    """Draw a missing manifest exactly as the `episodes` stage would, from the shards and fold lists."""
+    from train.episodes import build_manifest
+
+    if not (folds / f"fold{p.fold}.json").exists():
+        raise ConfigError(
+            f"{folds}: no fold lists to draw test episodes from; run `dvc repro folds` (or `dvc pull "
+            "shards folds`), or pass --manifest"
+        )
+    if distributed.launched():  # ranks would race to write it; one plain run draws it first
+        raise ConfigError(f"{path} is missing: draw it first (the same command without torchrun)")
+    manifest = build_manifest(
+        shards, str(folds), p.dataset, p.fold, p.way, p.shot, p.protocol, seed, int(p.sampler.test_episodes)
+    )
+    write_json(path, manifest)
+    print(f"drew {path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+
+
+def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> list[Path]:
+    """`given` (a manifest, or a folder of seed<k>.json) or the setting's manifests for `evaluate.seeds`
+    under paths.episodes, drawn first where missing."""
+    from train.episodes import manifest_dir, manifest_file, manifest_files
+
+    if given is not None:
+        path = Path(given)
+        files = manifest_files(path) if path.is_dir() else [path] if path.exists() else []
+        if not files:
+            raise ConfigError(f"{path}: no manifest there (a seed<k>.json file or a folder of them)")
+        return files
+    folder = manifest_dir(p.paths.episodes, p.source, p.dataset, p.protocol, p.fold, p.way, p.shot)
+    for seed in p.evaluate.seeds:
+        if not manifest_file(folder, seed).exists():
+            _draw_manifest(p, shards, folds, seed, manifest_file(folder, seed))
+    return [manifest_file(folder, seed) for seed in p.evaluate.seeds]
+
+
+def _plan(args: argparse.Namespace) -> tuple[list[tuple[Params, Path, list[Path], str]], Path]:
+    """(params, checkpoint, manifests, shards) per checkpoint, and the output folder."""
+    from train.checkpoint import load_checkpoint
+
+    if args.manifest and len(args.manifest) != len(args.checkpoint):
+        raise ConfigError("give one --manifest per --checkpoint (same fold order), or none")
+    flags = {k: v for k, v in (("way", args.way), ("shot", args.shot), ("evaluate.seeds", args.seeds)) if v}
+    plans = []
+    for i, checkpoint in enumerate(map(Path, args.checkpoint)):
+        p = resolve_params(args.params, load_checkpoint(checkpoint), flags)
+        shards = shards_location(p, args.shards or Path(p.paths.shards, p.source, p.dataset, p.protocol))
+        folds = Path(args.folds or Path(p.paths.folds, p.source, p.dataset, p.protocol))
+        manifests = manifests_for(p, args.manifest[i] if args.manifest else None, shards, folds)
+        plans.append((p, checkpoint, manifests, shards))
+    first = plans[0][0]
+    if len({(q.source, q.dataset, q.protocol, q.model) for q, *_ in plans}) > 1:
+        raise ConfigError(
+            "the checkpoints come from different datasets, protocols or models: evaluate each alone"
+        )
+    fold_names = "-".join(str(q.fold) for q, *_ in plans)
+    out = Path(args.out) if args.out else Path(
+        first.paths.results, STANDALONE, first.source, first.dataset, first.protocol, first.model,
+        f"fold{fold_names}_{first.way}way_{first.shot}shot",
+    )  # fmt: skip
+    return plans, out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", required=True, help="the shards stage's output (holds test/)")
     parser.add_argument("--checkpoint", nargs="+", required=True, help="one checkpoint per fold")
-    parser.add_argument("--manifest", nargs="+", required=True, help="one test-episode manifest per fold")
-    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--manifest", nargs="+", default=None,
+                        help="per checkpoint: a manifest or a folder of seed<k>.json (default: the "
+                        "setting's manifests under paths.episodes, drawn when missing)")  # fmt: skip
+    parser.add_argument("--shards", default=None, help="the shards folder (default: from params paths)")
+    parser.add_argument(
+        "--folds", default=None, help="fold lists, to draw missing manifests (default: params)"
+    )
+    parser.add_argument("--out", default=None,
+                        help=f"folder for {METRICS_FILE}, {PER_CLASS_FILE}, {DETAILS_FILE} "
+                        f"(default: <paths.results>/{STANDALONE}/...)")  # fmt: skip
+    parser.add_argument("--way", type=int, default=None, help="default: params way")
+    parser.add_argument("--shot", type=int, default=None, help="default: params shot")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: params evaluate.seeds")
     parser.add_argument("--device", default=None, help="default: params train.device")
     parser.add_argument("--no-trivial", action="store_true", help="skip the trivial predictors")
     args = parser.parse_args(argv)
-    if len(args.checkpoint) != len(args.manifest):
-        parser.error("give one --manifest per --checkpoint (same fold order)")
     try:
-        p = load_params(args.params)
-        trivial = p.evaluate.trivial and not args.no_trivial
-        folds = [
-            evaluate_fold(p, Path(c), Path(m), args.shards, trivial, args.device)
-            for c, m in zip(args.checkpoint, args.manifest, strict=True)
+        plans, out = _plan(args)
+        runs = [
+            evaluate_fold(p, ckpt, m, shards, p.evaluate.trivial and not args.no_trivial, args.device)
+            for p, ckpt, manifests, shards in plans
+            for m in manifests
         ]
     except USER_ERRORS as exc:  # a bad test shard stops the run (a test set never shrinks): one line
         return report(exc)
@@ -295,18 +488,18 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown()
     if not main_rank:  # every rank scored its share; rank 0 holds the summed result and writes it
         return 0
-    summary = summarize(p, folds)
-    write_json(args.out, summary)
-    print(format_table(summary))
-    print(f"wrote {args.out}")
+    details = summarize(plans[0][0], runs)
+    write_outputs(out, details)
+    print(format_table(details))
+    print(f"wrote {out / METRICS_FILE}, {PER_CLASS_FILE}, {DETAILS_FILE}")
     return 0
 
 
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Read a metrics file written by `main` (used by the report)."""
+def load_details(path: str | Path) -> dict[str, Any]:
+    """Read a details.json written by `main` (what the report reads)."""
     data = json.loads(Path(path).read_text())
-    if "mean" not in data or "folds" not in data:
-        raise ValueError(f"{path} is not an evaluate metrics file")
+    if "summary" not in data or "folds" not in data:
+        raise ValueError(f"{path} is not an evaluate details file")
     return data
 
 

@@ -249,13 +249,15 @@ def train_loop(
     log: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    lines_every: int = 0,
 ) -> TrainState:
     """Run steps `state.step + 1 .. cfg.steps`; `batches` must yield the batches of those steps in order.
 
     `save(state, name)` writes a checkpoint (`LAST` every cfg.checkpoint_every steps and at the end,
     `BEST` when `validate(model)` improves); `log(step, values)` records metrics. `scheduler` (None: the
     optimizer's lr stays) is stepped after every step, a skipped one included, so the lr is a function of
-    the step reached.
+    the step reached. Progress: a tqdm bar (`progress`), or with `lines_every` > 0 one plain stderr line
+    every that many steps and per validation (what `dvc repro` and queued runs show in their logs).
     """
     state = state or TrainState()
     device = torch.device(cfg.device)
@@ -318,6 +320,13 @@ def train_loop(
         bar.update(1)
         if finite:
             bar.set_postfix(loss=f"{terms['loss']:.4f}", eps=f"{rate:.1f}")
+        if lines_every and (state.step % lines_every == 0 or state.step == cfg.steps):
+            loss = f"{terms['loss']:.4f}" if finite else "skipped"
+            print(
+                f"step {state.step}/{cfg.steps}: loss {loss}, {rate:.1f} episodes/s",
+                file=sys.stderr,
+                flush=True,
+            )
         if logged:
             values = {f"train/{k}": v for k, v in terms.items()}
             values.update(
@@ -329,6 +338,13 @@ def train_loop(
         if validate is not None and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
             score = validate(model)
             model.train()
+            if lines_every:
+                best = max(score, state.best_miou)
+                print(
+                    f"step {state.step}: validation mIoU {score:.2f} (best {best:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if log is not None:
                 log(state.step, {"val/miou": score})
             if score > state.best_miou:
@@ -419,6 +435,7 @@ def run(
     live_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    lines_every: int = 0,
 ) -> TrainState:
     """Train the model described by `p` into `out_dir` (LAST, BEST); dvclive metrics into `live_dir`.
 
@@ -516,12 +533,30 @@ def run(
             live.log_metric(k, v)
         live.make_summary()
 
+    lines_every = lines_every if info.is_main else 0
     state = train_loop(
-        model, optimizer, batches, cfg, normalize, state, save, validate, log, progress, scheduler
+        model,
+        optimizer,
+        batches,
+        cfg,
+        normalize,
+        state,
+        save,
+        validate,
+        log,
+        progress,
+        scheduler,
+        lines_every,
     )
     if live is not None:
         live.end()
     return state
+
+
+def lines_interval(p: Params) -> int:
+    """Steps between progress lines: about 20 per run, a multiple of train.log_every."""
+    every = int(p.train.steps) // 20 // p.train.log_every * p.train.log_every
+    return max(p.train.log_every, every)
 
 
 def _read_last(last: Path, resume: bool) -> dict[str, Any] | str | None:
@@ -588,8 +623,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", default=None, help="dvclive folder (metrics.json, plots)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if present")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--progress", choices=("bar", "lines", "none"), default=None,
+                        help="a tqdm bar, a plain stderr line every --progress-every steps, or nothing "
+                        "(default: bar on a terminal, else lines)")  # fmt: skip
+    parser.add_argument("--progress-every", type=int, default=0,
+                        help="steps between progress lines (default: about 20 lines per run)")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="the same as --progress none")
     args = parser.parse_args(argv)
+    mode = "none" if args.no_progress else args.progress or ("bar" if sys.stderr.isatty() else "lines")
     try:
         overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
         p = load_params(args.params, overrides)
@@ -600,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out),
             Path(args.live) if args.live else None,
             resume=args.resume,
-            progress=not args.no_progress,
+            progress=mode == "bar",
+            lines_every=(args.progress_every or lines_interval(p)) if mode == "lines" else 0,
         )
     except (*USER_ERRORS, NonFiniteLossError) as exc:  # one line: data, files, params, device, weights
         return report(exc)

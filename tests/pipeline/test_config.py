@@ -183,3 +183,21 @@ def test_resolve_never_mutates_its_input():
         if dataclasses.is_dataclass(getattr(raw, f.name)):
             assert getattr(raw, f.name) is not getattr(resolved, f.name), f.name
     assert raw.sampler.image_size == "auto" and raw.backbone.name == "auto"
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        (3, r"evaluate\.seeds = 3 must be a list"),
+        (["a"], r"evaluate\.seeds\[0\] = 'a' has the wrong type"),
+        ([], r"evaluate\.seeds = \[\] must list distinct test-draw seeds"),
+        ([1, 1], r"must list distinct"),
+        ([-1], r"must list distinct test-draw seeds >= 0"),
+    ],
+)
+def test_test_seeds_are_a_list_of_distinct_seeds(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_PARAMS, {"evaluate.seeds": seeds})
+    p = load_params(REPO_PARAMS, {"evaluate.seeds": [2, 0, 1], "seed": 5})
+    assert p.evaluate.seeds == [2, 0, 1] and p.seed == 5
+    assert load_params(REPO_PARAMS).evaluate.seeds == [0]

@@ -99,7 +99,7 @@ def eval_files(tiny_data, tmp_path) -> dict[str, Path]:
 
 EVAL_CASES = {
     "device": (["--device", "cuda:99"], "ckpt", "manifest", ("train.device: cuda:99 is not available",)),
-    "missing manifest": ([], "ckpt", "nothing", ("No such file", "nothing.json")),
+    "missing manifest": ([], "ckpt", "nothing", ("no manifest there", "nothing.json")),
     "absurd checkpoint": ([], "huge", "manifest", ("depth=200000 is beyond 4096",)),
 }
 

@@ -115,12 +115,12 @@ def test_evaluate_cli_stops_naming_a_missing_shard_and_the_key(tiny_data, tmp_pa
     shard = reader.locations[first].shard
     (shards / "test" / shard).unlink()
     argv = ["--params", str(params), "--shards", str(shards), "--checkpoint", str(tmp_path / "c.pt"),
-            "--manifest", str(tmp_path / "m.json"), "--out", str(tmp_path / "r.json"),
+            "--manifest", str(tmp_path / "m.json"), "--out", str(tmp_path / "r"),
             "--no-trivial"]  # fmt: skip
     assert ev.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{shards / 'test' / shard}: cannot read sample {first}" in err
-    assert not (tmp_path / "r.json").exists()  # no metrics from a partial test set
+    assert not (tmp_path / "r").exists()  # no metrics from a partial test set
 
 
 def test_disk_full_mid_shard_write_publishes_nothing_complete(pascal_raw, tmp_path, monkeypatch, capsys):

@@ -111,11 +111,12 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
     write_json(manifest, build_manifest(shards, folds, "pascal", 0, 1, 1, "denet", 0, 14))
     args = [*data, "--checkpoint", str(out / "best.pt"), "--manifest", str(manifest)]
-    _torchrun("-m", "train.evaluate", *args, "--out", str(tmp_path / "ddp.json"), cwd=tmp_path)
-    assert ev.main([*args, "--out", str(tmp_path / "single.json")]) == 0
-    single = json.loads((tmp_path / "single.json").read_text())
-    assert json.loads((tmp_path / "ddp.json").read_text()) == single
-    assert single["folds"]["fold0"]["episodes"] == 14 and len(single["folds"]["fold0"]["scores"]) == 4
+    _torchrun("-m", "train.evaluate", *args, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    assert ev.main([*args, "--out", str(tmp_path / "single")]) == 0
+    single = json.loads((tmp_path / "single" / "details.json").read_text())
+    assert json.loads((tmp_path / "ddp" / "details.json").read_text()) == single  # per-episode sums included
+    run = single["folds"]["fold0"]["seeds"]["0"]
+    assert run["episodes"] == 14 and len(run["scores"]) == 4 and run["episode_sums"]["episodes"] == 14
 
 
 def test_torchrun_resume_is_bit_identical(tiny_data, tmp_path):

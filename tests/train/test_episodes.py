@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from train_helpers import write_params
 
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
@@ -18,6 +19,7 @@ from train.episodes import (
     collate_eval,
     draw_test_episodes,
     main,
+    manifest_files,
     normalize,
     read_fold,
     read_index,
@@ -76,10 +78,28 @@ def test_too_few_images_is_an_error():
 
 
 def test_stage_main_writes_the_manifest(tiny_data, tmp_path):
-    out = tmp_path / "ep" / "fold0_1way_1shot.json"
+    out = tmp_path / "ep" / "fold0_1way_1shot"
     main(["--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]), "--out", str(out)])
-    m = read_manifest(out)
+    m = read_manifest(out / "seed0.json")
     assert m["protocol"] == "denet" and len(m["episodes"]) == 300  # toy preset of sampler.test_episodes
+    assert m["seed"] == 0 and manifest_files(out) == [out / "seed0.json"]
+
+
+def test_stage_main_draws_one_manifest_per_test_seed_not_the_training_seed(tiny_data, tmp_path):
+    params = write_params(tmp_path, **{"evaluate.seeds": [3, 1], "seed": 7})
+    out = tmp_path / "ep"
+    argv = ["--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]), "--out", str(out)]
+    assert main([*argv, "--params", str(params)]) == 0
+    assert manifest_files(out) == [out / "seed1.json", out / "seed3.json"]
+    drawn = {s: read_manifest(out / f"seed{s}.json") for s in (1, 3)}
+    assert [drawn[s]["seed"] for s in (1, 3)] == [1, 3]
+    assert drawn[1]["episodes"] != drawn[3]["episodes"]
+    # the same test seed draws the same episodes whatever the training seed
+    (tmp_path / "b").mkdir()
+    other = write_params(tmp_path / "b", **{"evaluate.seeds": [1], "seed": 0})
+    assert main([*argv[:-1], str(tmp_path / "b" / "ep"), "--params", str(other)]) == 0
+    again = read_manifest(tmp_path / "b" / "ep" / "seed1.json")
+    assert again["sha256_of_episodes"] == drawn[1]["sha256_of_episodes"]
 
 
 def _samples(split_url):

@@ -1,34 +1,34 @@
-"""The grid script: one `dvc exp run -S ...` per (model, setting), in order, then the report."""
+"""The grid: one `dvc exp run --temp -S ...` per (model, setting), cells experiments hold are skipped,
+params.yaml is never edited, then the report over the experiments."""
 
+import json
 import os
 import stat
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fss_model.registry import MODELS, Entry
 from train import experiments
 
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 FAKE_DVC = """#!{python}
-import json, os, shutil, sys
-from pathlib import Path
+import json, os, sys
+args = sys.argv[1:]
 with open(os.environ["FAKE_DVC_LOG"], "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-rc = int(os.environ.get("FAKE_DVC_RC", "0"))
-if rc == 0:  # like dvc exp run: the previous experiment's outputs go, this one's metrics file appears
-    s = dict(a.split("=", 1) for a in sys.argv[4::2])
-    shutil.rmtree("results/toy", ignore_errors=True)
-    out = Path("results/toy", s.get("dataset", "pascal"), "denet", s["model"])
-    out.mkdir(parents=True)
-    (out / f"fold{{s['fold']}}_{{s['way']}}way_{{s['shot']}}shot.json").write_text(json.dumps(s))
-sys.exit(rc)
+    f.write(json.dumps(args) + "\\n")
+if args[:2] == ["exp", "show"]:
+    print(os.environ.get("FAKE_DVC_SHOW", "[]"))
+    sys.exit(0)
+sys.exit(int(os.environ.get("FAKE_DVC_RC", "0")))
 """
 
 
 @pytest.fixture
 def fake_dvc(tmp_path, monkeypatch):
-    """A `dvc` first on PATH that records its argv; cwd = an empty project (no results yet)."""
+    """A `dvc` first on PATH that records its argv; cwd = a project holding the repo's params.yaml."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     dvc = bin_dir / "dvc"
@@ -39,41 +39,48 @@ def fake_dvc(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DVC_LOG", str(log))
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    (project / "params.yaml").write_text(REPO_PARAMS.read_text())
     monkeypatch.chdir(project)
     # the report runs as `python -m train.report` from the project: let it import this checkout
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     return log
 
 
-def _calls(log: Path) -> list[list[str]]:
-    import json
+def _calls(log: Path, kind: str = "run") -> list[list[str]]:
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [c for c in calls if c[1] == kind]
 
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-
-def test_grid_runs_dvc_exp_run_per_model_and_setting_then_the_report(fake_dvc, capsys):
+def test_grid_runs_one_temp_experiment_per_model_and_setting(fake_dvc, capsys):
+    before = Path("params.yaml").read_text()
     rc = experiments.main(["--models", "denet", "canet", "--settings", "1w1s", "2w5s", "--fold", "2"])
     assert rc == 0
+    temp = ["exp", "run", "--temp"]
     assert _calls(fake_dvc) == [
-        ["exp", "run", "-S", "model=denet", "-S", "fold=2", "-S", "way=1", "-S", "shot=1"],
-        ["exp", "run", "-S", "model=denet", "-S", "fold=2", "-S", "way=2", "-S", "shot=5"],
-        ["exp", "run", "-S", "model=canet", "-S", "fold=2", "-S", "way=1", "-S", "shot=1"],
-        ["exp", "run", "-S", "model=canet", "-S", "fold=2", "-S", "way=2", "-S", "shot=5"],
+        [*temp, "-S", "model=denet", "-S", "fold=2", "-S", "way=1", "-S", "shot=1"],
+        [*temp, "-S", "model=denet", "-S", "fold=2", "-S", "way=2", "-S", "shot=5"],
+        [*temp, "-S", "model=canet", "-S", "fold=2", "-S", "way=1", "-S", "shot=1"],
+        [*temp, "-S", "model=canet", "-S", "fold=2", "-S", "way=2", "-S", "shot=5"],
     ]
-    # every cell's metrics file survives the next run as a copy under results/grid/
-    kept = sorted(str(p.relative_to("results/grid")) for p in Path("results/grid").rglob("*.json"))
-    assert kept == [
-        "toy/pascal/denet/canet/fold2_1way_1shot.json",
-        "toy/pascal/denet/canet/fold2_2way_5shot.json",
-        "toy/pascal/denet/denet/fold2_1way_1shot.json",
-        "toy/pascal/denet/denet/fold2_2way_5shot.json",
-    ]
-    assert list(Path("results/toy").rglob("*.json")) == [
-        Path("results/toy/pascal/denet/canet/fold2_2way_5shot.json")
-    ]
-    # the report ran over results/ and wrote its table (the fake files are not evaluate summaries)
-    assert Path("results/table.md").exists()
+    assert Path("params.yaml").read_text() == before  # --temp: the workspace is left alone
+    # dvc exp show: once to find the cells already held, once more for the report
+    assert len(_calls(fake_dvc, "show")) == 2
+    assert Path("results/experiments/table.md").exists()
+
+
+def test_cells_an_experiment_holds_are_skipped_unless_rerun(fake_dvc, monkeypatch, capsys):
+    params = yaml.safe_load(REPO_PARAMS.read_text())
+    held = {**params, "model": "denet", "fold": 0, "way": 1, "shot": 5}
+    data = {"rev": "a" * 40, "params": {"params.yaml": {"data": held}},
+            "metrics": {"results/evaluate/metrics.json": {"data": {"miou": 1.0}}}}  # fmt: skip
+    exp = {"name": "e", "revs": [{"rev": "a" * 40, "name": "e", "data": data}]}
+    show = [{"rev": "b" * 40, "name": "main", "data": None, "experiments": [exp]}]
+    monkeypatch.setenv("FAKE_DVC_SHOW", json.dumps(show))
+    assert experiments.main(["--models", "denet", "--settings", "1w1s", "1w5s"]) == 0
+    assert [c[-1] for c in _calls(fake_dvc)] == ["shot=1"]
+    assert "have denet 1w5s fold 0" in capsys.readouterr().out
+    assert experiments.main(["--models", "denet", "--settings", "1w1s", "1w5s", "--rerun"]) == 0
+    assert [c[-1] for c in _calls(fake_dvc)] == ["shot=1", "shot=1", "shot=5"]
 
 
 def test_extra_sets_are_passed_on_and_unsupported_ways_skipped(fake_dvc, capsys, monkeypatch):
@@ -81,11 +88,17 @@ def test_extra_sets_are_passed_on_and_unsupported_ways_skipped(fake_dvc, capsys,
     rc = experiments.main(["--models", "oneway", "--settings", "2w1s", "1w5s", "--set", "dataset=coco"])
     assert rc == 0
     assert _calls(fake_dvc) == [
-        ["exp", "run", "-S", "model=oneway", "-S", "fold=0", "-S", "way=1", "-S", "shot=5",
+        ["exp", "run", "--temp", "-S", "model=oneway", "-S", "fold=0", "-S", "way=1", "-S", "shot=5",
          "-S", "dataset=coco"],
     ]  # fmt: skip
-    assert Path("results/grid/toy/coco/denet/oneway/fold0_1way_5shot.json").exists()
     assert "skip oneway 2w1s" in capsys.readouterr().out
+
+
+def test_queue_queues_the_cells_and_says_how_to_start_them(fake_dvc, capsys):
+    assert experiments.main(["--models", "denet", "--settings", "1w1s", "--queue"]) == 0
+    assert _calls(fake_dvc) == [["exp", "run", "--queue", "-S", "model=denet", "-S", "fold=0", "-S", "way=1",
+                                 "-S", "shot=1"]]  # fmt: skip
+    assert "dvc queue start" in capsys.readouterr().out
 
 
 def test_default_is_every_model_times_four_settings_and_dry_run_runs_nothing(fake_dvc, capsys):
@@ -95,7 +108,7 @@ def test_default_is_every_model_times_four_settings_and_dry_run_runs_nothing(fak
     from fss_model import list_models
 
     assert len(lines) == 4 * len(list_models())
-    assert lines[0] == "$ dvc exp run -S model=amp -S fold=0 -S way=1 -S shot=1"
+    assert lines[0] == "$ dvc exp run --temp -S model=amp -S fold=0 -S way=1 -S shot=1"
 
 
 def test_a_failed_run_is_reported_and_the_grid_goes_on(fake_dvc, monkeypatch, capsys):
@@ -105,9 +118,14 @@ def test_a_failed_run_is_reported_and_the_grid_goes_on(fake_dvc, monkeypatch, ca
     assert "failed: denet 1w1s, denet 1w5s" in capsys.readouterr().err
 
 
-def test_bad_setting_or_model_stops_before_any_run(fake_dvc):
+def test_bad_setting_model_or_params_stops_before_any_run(fake_dvc, capsys):
     with pytest.raises(SystemExit):
         experiments.main(["--settings", "1x1"])
     with pytest.raises(SystemExit):
         experiments.main(["--models", "nonet"])
+    capsys.readouterr()
+    Path("params.yaml").write_text(REPO_PARAMS.read_text() + "fodl: 2\n")
+    assert experiments.main(["--models", "denet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key 'fodl'" in err
     assert not fake_dvc.exists()

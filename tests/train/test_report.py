@@ -1,51 +1,83 @@
-"""The results table: rows = models and the trivial floor, columns = the four settings, fold means."""
+"""The results tables: rows = models and the trivial floor, columns = the four settings; cells averaged
+over folds and test seeds with a bootstrap interval; per-class tables; from the workspace and from
+DVC experiments (`dvc exp show --json`, each one's files read at its commit)."""
 
-from train_helpers import tiny_params
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from train_helpers import tiny_params, write_params
 
 from pipeline.io import write_json
 from train import evaluate as ev
 from train import report
+from train.stats import EpisodeSums
 
 
-def _fold(fold: int, way: int, shot: int, model_miou: float) -> dict:
-    def score(miou: float, fb: float) -> dict:
-        return {"miou": miou, "fb_iou": fb, "per_class": {"1": miou}}
+def _run(fold: int, way: int, shot: int, miou: float, seed: int = 0, episodes: int = 10) -> dict:
+    """An evaluate_fold result whose model scores IoU `miou` on class 5*fold+1 in every episode."""
+    c = 5 * fold + 1
+    sums = EpisodeSums.from_records(episodes, [(e, c, int(miou), 100, 60, 100) for e in range(episodes)])
 
-    return {"fold": fold, "way": way, "shot": shot, "episodes": 10, "manifest": "m.json",
-            "manifest_sha256": f"{fold}{way}{shot}" + "a" * 61, "checkpoint": "c.pt", "checkpoint_step": 5,
-            "model_name": "denet",
-            "scores": {"model": score(model_miou, 60.0), "all_foreground": score(8.0, 20.0),
+    def score(m: float, fb: float) -> dict:
+        return {"miou": m, "fb_iou": fb, "per_class": {str(c): m}}
+
+    return {"fold": fold, "way": way, "shot": shot, "seed": seed, "episodes": episodes, "manifest": "m.json",
+            "manifest_sha256": f"{fold}{way}{shot}{seed}" + "a" * 60, "checkpoint": "c.pt",
+            "checkpoint_step": 5, "model_name": "denet", "episode_sums": sums,
+            "scores": {"model": score(miou, 60.0), "all_foreground": score(8.0, 20.0),
                        "all_background": score(0.0, 40.0), "support_mask": score(5.0, 45.0)}}  # fmt: skip
 
 
-def test_table_rows_columns_and_fold_means(tmp_path, capsys):
+def _rows(out: str) -> dict[str, str]:
+    lines = [line for line in out.split("\n\n")[2].splitlines() if line.startswith("|")]
+    return {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+
+
+def test_workspace_table_fold_means_seeds_and_intervals(tmp_path, capsys):
     p = tiny_params()
-    base = tmp_path / "results" / "toy" / "pascal" / "denet" / "denet"
-    write_json(base / "fold0_1way_1shot.json", ev.summarize(p, [_fold(0, 1, 1, 50.0)]))
-    write_json(base / "fold1_1way_1shot.json", ev.summarize(p, [_fold(1, 1, 1, 40.0)]))
-    write_json(base / "fold0_2way_5shot.json", ev.summarize(p, [_fold(0, 2, 5, 30.0)]))
-    write_json(base / "dvclive" / "metrics.json", {"train": {"loss": 1.0}})  # not an evaluate file
-    assert report.main(["--results", str(tmp_path / "results"), "--print"]) == 0
+    results = tmp_path / "results"
+    runs = [
+        _run(0, 1, 1, 50.0),
+        _run(1, 1, 1, 40.0),
+        _run(0, 1, 1, 54.0, seed=1),
+        _run(1, 1, 1, 46.0, seed=1),
+    ]
+    ev.write_outputs(results / "evaluate", ev.summarize(p, runs))  # the DVC stage's files
+    write_json(results / "standalone" / "x" / "details.json", ev.summarize(p, [_run(0, 2, 5, 30.0)]))
+    write_json(results / "train" / "metrics.json", {"train": {"loss": 1.0}})  # not an evaluation
+    assert report.main(["--results", str(results), "--print"]) == 0
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[0] == "| predictor | 1w1s | 1w5s | 2w1s | 2w5s |"
-    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    header = [line for line in out.splitlines() if line.startswith("| predictor")]
+    assert header == ["| predictor | 1w1s | 1w5s | 2w1s | 2w5s |"]
+    rows = _rows(out)
     assert list(rows) == [
         "denet",
+        "denet (standalone)",
         "trivial: all_background",
         "trivial: all_foreground",
         "trivial: support_mask",
     ]
-    assert "| 45.00 / 60.00 (2 folds) | - | - | 30.00 / 60.00 (1 fold) |" in rows["denet"]
-    assert "8.00 / 20.00 (2 folds)" in rows["trivial: all_foreground"]
-    assert "protocol denet" in out and "011aaaaaaaaa" in out
-    assert (tmp_path / "results" / "table.md").read_text() == out
-    assert (tmp_path / "results" / "table.png").stat().st_size > 1000
+    # mean over folds of the mean over seeds: (52 + 43) / 2; std over seeds of the fold means 45 and 50;
+    # every episode scores the same, so the interval is the point
+    assert "| 47.50 ± 3.54 [47.50, 47.50] / 60.00 | - | - | - |" in rows["denet"]
+    assert rows["denet (standalone)"].endswith("| - | - | - | 30.00 ± 0.00 [30.00, 30.00] / 60.00 |")
+    assert "| 8.00 ± 0.00 / 20.00 |" in rows["trivial: all_foreground"]
+    assert "folds 0, 1; test seeds 0, 1" in out and "0110aaaaaaaa" in out
+    # per-class IoU under class names: fold 0 holds out aeroplane (1), fold 1 bus (6)
+    assert "| 0 | aeroplane | 52.00 |" in out and "| 1 | bus | 43.00 |" in out
+    assert (results / "report" / "table.md").read_text() == out
+    for name in ("table.png", "per_class.png", "curves.png"):
+        assert (results / "report" / name).stat().st_size > 1000
 
 
 def test_empty_results_say_so(tmp_path, capsys):
     assert report.main(["--results", str(tmp_path), "--print"]) == 0
-    assert "No evaluate metrics files" in capsys.readouterr().out
+    assert "No evaluation details found" in capsys.readouterr().out
 
 
 def test_unsupported_way_is_na_and_missing_setting_is_dash(tmp_path, capsys, monkeypatch):
@@ -54,12 +86,108 @@ def test_unsupported_way_is_na_and_missing_setting_is_dash(tmp_path, capsys, mon
     # a 1-way-only model (every registered model supports both ways today)
     monkeypatch.setitem(MODELS._entries, "oneway", Entry("oneway", lambda **kw: None, ways=(1,)))
     p = tiny_params()
-    base = tmp_path / "toy" / "pascal" / "denet"
     for model in ("oneway", "denet"):
-        summary = ev.summarize(p, [_fold(0, 1, 1, 20.0)])
-        write_json(base / model / "fold0_1way_1shot.json", {**summary, "model": model})
+        details = ev.summarize(p, [{**_run(0, 1, 1, 20.0), "model_name": model}])
+        write_json(tmp_path / model / "details.json", details)
     assert report.main(["--results", str(tmp_path), "--print"]) == 0
-    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
-    assert rows["oneway"] == "| oneway | 20.00 / 60.00 (1 fold) | - | n/a | n/a |"
-    assert rows["denet"] == "| denet | 20.00 / 60.00 (1 fold) | - | - | - |"  # not run: "-"
-    assert rows["trivial: all_foreground"].endswith("| - | - | - |")
+    rows = _rows(capsys.readouterr().out)
+    assert rows["oneway (standalone)"].endswith("| - | n/a | n/a |")
+    assert rows["denet (standalone)"].endswith("| - | - | - |")  # not run: "-"
+
+
+def test_a_params_mistake_is_one_line(tmp_path, capsys):
+    params = write_params(tmp_path, **{"train.stepz": 3})
+    assert report.main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key 'train.stepz'" in err
+
+
+FAKE_DVC = """#!{python}
+import sys
+assert sys.argv[1:4] == ["exp", "show", "--json"], sys.argv
+print(open({shown!r}).read())
+"""
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def _commit(repo: Path, details: dict, steps: int, loss: list[float]) -> str:
+    ev.write_outputs(repo / "results" / "evaluate", details)
+    live = repo / "results" / "train" / "plots" / "metrics"
+    (live / "train").mkdir(parents=True, exist_ok=True)
+    (live / "train" / "loss.tsv").write_text(
+        "step\tloss\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(loss))
+    )
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"steps {steps}")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def _exp(name: str, rev: str, params: dict, metrics: dict) -> dict:
+    data = {"rev": rev, "timestamp": "2026-01-01T00:00:00", "params": {"params.yaml": {"data": params}},
+            "metrics": {"results/evaluate/metrics.json": {"data": metrics}}}  # fmt: skip
+    return {"name": name, "executor": None, "revs": [{"rev": rev, "name": name, "data": data, "error": None}]}
+
+
+def test_experiments_table_from_dvc_exp_show_and_their_commits(tmp_path, monkeypatch, capsys):
+    """Each experiment's details come from its own commit; rows name the params that differ."""
+    import yaml
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
+    p = tiny_params()
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    shown = [
+        {"rev": "workspace", "name": None, "data": {"rev": "workspace"}, "error": None, "experiments": None}
+    ]
+    exps = []
+    for steps, way, miou in ((20, 1, 30.0), (20, 2, 20.0), (600, 1, 50.0)):
+        details = ev.summarize(p, [_run(0, way, 1, miou)])
+        rev = _commit(repo, details, steps, [1.0, 0.5 if steps == 20 else 0.2])
+        params = {**base, "way": way, "train": {**base["train"], "steps": steps}}
+        exps.append(_exp(f"exp-{steps}-{way}", rev, params, ev.short_metrics(details)))
+    exps.append(_exp("not-evaluated", rev, base, {}) | {"revs": [{"rev": rev, "name": "x", "data": {}}]})
+    shown.append({"rev": "f" * 40, "name": "main", "data": None, "error": None, "experiments": exps})
+    (tmp_path / "shown.json").write_text(json.dumps(shown))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dvc = bin_dir / "dvc"
+    dvc.write_text(FAKE_DVC.format(python=sys.executable, shown=str(tmp_path / "shown.json")))
+    dvc.chmod(dvc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(repo)
+    (repo / "results" / "evaluate" / "details.json").unlink()  # the workspace holds no evaluation now
+    assert report.main(["--results", "results", "--params", "nothing.yaml", "--experiments", "--print"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["denet (train.steps=20)"] == (
+        "| denet (train.steps=20) | 30.00 ± 0.00 [30.00, 30.00] / 60.00 | - | "
+        "20.00 ± 0.00 [20.00, 20.00] / 60.00 | - |"
+    )
+    assert rows["denet (train.steps=600)"].startswith("| denet (train.steps=600) | 50.00 ± 0.00")
+    out = repo / "results" / "experiments"
+    assert {f.name for f in out.iterdir()} == {"table.md", "table.png", "per_class.png", "curves.png"}
+    table = report.collect(report.experiment_evaluations(shown))
+    assert table.curves["denet (train.steps=600)"]["train/loss"] == [(1.0, 1.0), (2.0, 0.2)]
+
+
+def test_experiments_without_dvc_is_one_line(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dvc = bin_dir / "dvc"
+    fail = "import sys\nprint('ERROR: not a dvc repository', file=sys.stderr)\nsys.exit(1)\n"
+    dvc.write_text(f"#!{sys.executable}\n{fail}")
+    dvc.chmod(dvc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert report.main(["--results", str(tmp_path), "--experiments"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a dvc repository" in err
+
+
+@pytest.mark.parametrize("shown", [[], [{"rev": "workspace", "data": {}, "experiments": None}]])
+def test_no_experiments_is_an_empty_list(shown):
+    assert report.experiment_evaluations(shown) == []

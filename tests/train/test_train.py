@@ -32,6 +32,22 @@ def test_short_cpu_run_lowers_loss_and_logs_dvclive(tiny_data, tmp_path):
     assert (tmp_path / "m" / tr.BEST).exists()
 
 
+def test_cli_prints_progress_lines_with_loss_and_rate(tiny_data, tmp_path, capsys):
+    """What `dvc repro` shows: a plain stderr line every N steps (and the last), one per validation."""
+    params = write_params(tmp_path, **{"train.steps": 5, "train.val_every": 4, "train.checkpoint_every": 5})
+    argv = ["--params", str(params), "--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]),
+            "--out", str(tmp_path / "m"), "--progress", "lines", "--progress-every", "2"]  # fmt: skip
+    assert tr.main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/5", "step 4/5", "step 4", "step 5/5", "step 5"]
+    assert all(" episodes/s" in line and "loss " in line for line in lines if "/5" in line)
+    assert "validation mIoU" in lines[2] and "(best" in lines[2]
+    assert "it/s" not in err  # no tqdm bar
+    p = tiny_params(train__steps=600)
+    assert tr.lines_interval(p) == 30 and tr.lines_interval(tiny_params(train__steps=20)) == 1
+
+
 def test_focal_is_computed_on_logged_steps_only(tiny_data, tmp_path, monkeypatch):
     calls = []
     real = tr.binary_focal_loss

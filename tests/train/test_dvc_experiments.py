@@ -1,0 +1,111 @@
+"""The real DVC flow on tiny toy data: `dvc repro`, `dvc exp run`, a failing run, `dvc exp show --json`.
+
+The repo's dvc.yaml and code are copied into a fresh git + DVC repo with tiny params (toy data at a
+fifth of its size, 65 px, 2 training steps, 8 test episodes), so each stage runs for real.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DVC = str(Path(sys.executable).parent / "dvc")
+TINY = {
+    "toy": {"scale": 0.2},
+    "sampler": {"image_size": 65, "workers": 0, "pool_size": 16, "test_episodes": 8, "val_episodes": 4},
+    "train": {"steps": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1},
+    "evaluate": {"batch_size": 4},
+}
+CHECKPOINT = "models/experiment/best.pt"
+METRICS = "results/evaluate/metrics.json"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}\n{done.stderr}"
+    return done
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A git + DVC repo holding this checkout's pipeline, tiny params, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("dvc") / "repo"
+    repo.mkdir()
+    for name in ("pipeline", "train", "fss_model"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(repo, "git", "init", "-q")
+    _run(repo, DVC, "init", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline")
+    _run(repo, DVC, "repro")
+    return repo
+
+
+def test_failed_run_keeps_the_workspace_and_experiments_keep_their_metrics(project):
+    repo = project
+    assert (repo / CHECKPOINT).exists() and (repo / METRICS).exists()
+    # metrics are git files (not ignored), checkpoints are not
+    ignored = _run(repo, "git", "check-ignore", CHECKPOINT, METRICS, ok=False).stdout.split()
+    assert ignored == [CHECKPOINT]
+
+    _run(repo, DVC, "exp", "run", "-n", "two-way", "-S", "way=2")
+    before = {p: _digest(repo / p) for p in (CHECKPOINT, METRICS, "results/evaluate/details.json")}
+    failed = _run(repo, DVC, "exp", "run", "-S", "fold=9", ok=False)
+    assert failed.returncode != 0
+    assert "fold = 9 is out of range: use 0, 1, 2 or 3" in failed.stdout + failed.stderr
+    assert "Running stage 'episodes'" not in failed.stdout  # stopped by the check stage, first
+    assert {p: _digest(repo / p) for p in before} == before  # nothing of the workspace was removed
+
+    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
+    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    metrics = exps["two-way"]["metrics"][METRICS]["data"]
+    assert metrics["miou"] == json.loads((repo / METRICS).read_text())["miou"]
+    assert set(metrics) >= {"miou", "fb_iou", "miou_std", "miou_ci95_low", "miou_ci95_high", "seed0"}
+    assert exps["two-way"]["params"]["params.yaml"]["data"]["way"] == 2
+
+
+def test_temp_run_with_more_test_seeds_reevaluates_without_training(project):
+    repo = project
+    params = (repo / "params.yaml").read_text()
+    done = _run(
+        repo, DVC, "exp", "run", "--temp", "-n", "seeds", "-S", "fold=0", "-S", "evaluate.seeds=[0,1]"
+    )
+    assert "Running stage 'train'" not in done.stdout  # the run cache holds the trained model
+    assert "Running stage 'evaluate'" in done.stdout
+    assert (repo / "params.yaml").read_text() == params  # --temp leaves the workspace alone
+    # the same cell again: every stage but the params check comes from the run cache
+    again = _run(repo, DVC, "exp", "run", "--temp", "-S", "fold=0", "-S", "evaluate.seeds=[0,1]")
+    assert "Stage 'evaluate' is cached" in again.stdout and "Running stage 'evaluate'" not in again.stdout
+    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
+    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    metrics = exps["seeds"]["metrics"][METRICS]["data"]
+    assert {"seed0", "seed1"} <= set(metrics) and metrics["seed0"]["manifest"] != metrics["seed1"]["manifest"]
+    # the report over experiments reads each one's details from its commit
+    _run(repo, sys.executable, "-m", "train.report", "--results", "results", "--experiments", "--print")
+    table = (repo / "results" / "experiments" / "table.md").read_text()
+    assert "test seeds 0, 1" in table and "| 0 | aeroplane |" in table
