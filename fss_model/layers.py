@@ -6,6 +6,8 @@ ignore pixels never count as foreground. Feature maps are [N, C, h, w].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,6 +45,24 @@ def masked_average_pool(features: Tensor, mask: Tensor, eps: float = MAP_EPS) ->
     return (features * fg).sum(dim=(2, 3)) / (fg.sum(dim=(2, 3)) + eps)
 
 
+def encode_episode(
+    encode: Callable[[Tensor], Tensor], query_img: Tensor, support_imgs: Tensor, joint: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Features of an episode batch: query [B, ...] and supports [B, way, shot, ...].
+
+    `joint=False` (the DENet release, model/head/denet.py:56-73): supports first, then the query, in
+    separate calls of `encode`, so BatchNorm layers in train mode normalise each group by its own batch
+    statistics and update their running statistics twice. `joint=True`: one call over queries and
+    supports together (fewer, larger convolutions; BN statistics mix query and support images).
+    """
+    b, way, shot = support_imgs.shape[:3]
+    if joint:
+        feats = encode(torch.cat([query_img, support_imgs.flatten(0, 2)], dim=0))
+        return feats[:b], feats[b:].unflatten(0, (b, way, shot))
+    supports = encode(support_imgs.flatten(0, 2))
+    return encode(query_img), supports.unflatten(0, (b, way, shot))
+
+
 def binary_way_logits(logits_full: Tensor, class_ids: Tensor) -> Tensor:
     """Per-way binary logits from multi-class logits, DENet's rule.
 
@@ -74,6 +94,17 @@ def safe_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNOR
     total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     count = (target != ignore_index).sum().clamp(min=1)
     return total / count
+
+
+def episode_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pixel cross-entropy averaged per episode (over its valid pixels), then over the batch.
+
+    The DENet release's loss (trainer/utils.py:270-277): every episode weighs the same whatever its
+    number of valid pixels. An episode whose pixels are all ignored adds 0 (the release: NaN).
+    """
+    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    valid = (target != ignore_index).flatten(1).sum(dim=1).clamp(min=1)
+    return (ce.flatten(1).sum(dim=1) / valid).mean()
 
 
 def binary_focal_loss(
