@@ -111,7 +111,7 @@ def episodes_digest(episodes: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def test_pools(
+def episode_pools(
     pairs: dict[str, list[int]], novel: Sequence[int], protocol: str, way: int
 ) -> dict[int, list[str]]:
     """Images that may be the query or a support of each novel class, sorted (docs/protocol.md).
@@ -145,12 +145,27 @@ def query_allowed(query_novel: set[int], episode: Sequence[int], protocol: str) 
     return query_novel <= set(episode)
 
 
-def novel_in_image(image_classes: dict[int, int], novel: set[int]) -> set[int]:
-    """Novel classes with at least one pixel at the presence size (index.tsv presence_px > 0)."""
-    return {c for c, px in image_classes.items() if c in novel and px > 0}
+def novel_in_images(
+    pairs: dict[str, list[int]], image_classes: dict[str, dict[int, int]], novel: Sequence[int]
+) -> dict[str, set[int]]:
+    """Per test.txt image: the novel classes with at least one pixel at the presence size (index.tsv
+    presence_px > 0; its own test.txt classes at least): what `query_allowed` checks."""
+    novel_set = set(novel)
+    return {
+        k: {c for c, px in image_classes.get(k, {}).items() if c in novel_set and px > 0}
+        | {c for c in cs if c in novel_set}
+        for k, cs in pairs.items()
+    }
 
 
-def test_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray:
+def episode_queries(
+    pools: dict[int, list[str]], novel_of: dict[str, set[int]], classes: Sequence[int], protocol: str
+) -> list[str]:
+    """The images that may be the query of an episode of `classes` (first class's pool, `query_allowed`)."""
+    return [k for k in pools[classes[0]] if query_allowed(novel_of[k], classes, protocol)]
+
+
+def eval_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray:
     """bool [count, images_per_episode]: which test images are mirrored (the denet protocol).
 
     The release's test() seeds Python's `random` with 0 (trainers.py fix_randomness) and each episode
@@ -179,19 +194,14 @@ def draw_test_episodes(
     The first class of episode e is the e-th of a seeded round-robin over the novel classes with
     at least shot + 1 images (so classes get counts within one of each other; a class with 2..shot
     images is a ConfigError telling to lower `shot`, one with a single image is left out); the other ways are
-    drawn uniformly from the rest. Query and supports of a class come from its `test_pools` pool; the
+    drawn uniformly from the rest. Query and supports of a class come from its `episode_pools` pool; the
     query is a pool image of the first class that passes `query_allowed` (novel classes by index.tsv's
     presence_px > 0); supports of each class are `shot` distinct pool images, never the query (the
     release may draw the query as a support of the other way of a 2-way episode: not here).
     """
     rng = np.random.default_rng([seed, way, shot])
-    novel_set = set(novel)
-    by_class = test_pools(pairs, novel, protocol, way)
-    # novel classes of each candidate image: any pixel at the presence size, the pair's own classes at least
-    novel_of = {
-        k: novel_in_image(image_classes.get(k, {}), novel_set) | {c for c in cs if c in novel_set}
-        for k, cs in pairs.items()
-    }
+    by_class = episode_pools(pairs, novel, protocol, way)
+    novel_of = novel_in_images(pairs, image_classes, novel)
     # a class with 2..shot images could be tested at a lower shot: dropping it would silently change
     # the benchmark's class set, so the user lowers `shot` instead (one image: no episode at any shot)
     short = {c: len(by_class[c]) for c in sorted(by_class) if 2 <= len(by_class[c]) < shot + 1}
@@ -219,7 +229,7 @@ def draw_test_episodes(
         first = order[0]
         rest = [c for c in usable if c != first]
         classes = [first] + [rest[int(i)] for i in rng.choice(len(rest), size=way - 1, replace=False)]
-        queries = [k for k in by_class[first] if query_allowed(novel_of[k], classes, protocol)]
+        queries = episode_queries(by_class, novel_of, classes, protocol)
         if not queries:
             continue
         query = queries[int(rng.integers(len(queries)))]
@@ -403,7 +413,7 @@ class EvalEpisodes(Dataset):
     standard: query labels at the original size, void kept as 255 (ignored); `collate_eval` pads
     them to the batch's largest size with 255 and `query_size` gives each (h, w) to crop to.
     `query_full_label` holds the raw dataset ids (novel classes kept) at the query label's size.
-    `flip`: mirror images with their labels as `test_flips` says (the denet protocol); `first` is the
+    `flip`: mirror images with their labels as `eval_flips` says (the denet protocol); `first` is the
     position of this manifest's first episode in the full manifest (a torchrun rank's slice), so that
     every episode keeps its flips however the episodes are split.
     """
@@ -424,7 +434,7 @@ class EvalEpisodes(Dataset):
         self.image_size, self.protocol, self.reduced = image_size, protocol, reduced
         per_episode = self.way * self.shot + 1
         self.flips = (
-            test_flips(first + len(self.episodes), per_episode)[first:]
+            eval_flips(first + len(self.episodes), per_episode)[first:]
             if flip
             else np.zeros((len(self.episodes), per_episode), dtype=bool)
         )

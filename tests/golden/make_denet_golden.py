@@ -177,6 +177,22 @@ def two_way_query_pools(ds: Any) -> dict[str, list[str]]:
     return out
 
 
+def presence_counts(rel: Any, dataset: str, ds: Any) -> dict[str, dict[str, int]]:
+    """Class pixels of every test mask as the release's threshold sees them: read through the dataset's
+    own __getitem__ and transforms (SquareScale to img_size), counted as its Counter does (voc_sbd.py:332)."""
+    getitem = (
+        rel.voc_sbd.VOCSBDSegmentation5.__getitem__ if dataset == "pascal" else rel.coco.COCO1480.__getitem__
+    )
+    out = {}
+    for index in range(len(ds.images)):
+        _, mask = getitem(ds, index)
+        values, counts = np.unique(np.asarray(mask), return_counts=True)
+        out[stem(ds.images[index])] = {
+            str(v): int(n) for v, n in zip(values, counts, strict=True) if 0 < v < 255
+        }
+    return out
+
+
 def no_episodes(self: Any) -> list:
     """Stands in for construct_support_query while pools are read: the release's draw loops for ever
     when a class has fewer than shot + 1 images or no valid 2-way query (it never happens on the real
@@ -218,6 +234,8 @@ def release_pools(rel: Any, dataset: str, root: Path) -> dict[str, Any]:
             }
             if dataset == "pascal":  # COCO's 380 ordered pairs per fold follow from the two lists above
                 out[f"fold{fold}"]["test_2way_query"] = two_way_query_pools(test2)
+            if fold == 0:
+                out["test_presence_px"] = presence_counts(rel, dataset, test1)
             counts = (len(train.item_class), len(test1.item_class), len(test2.item_class))
             print(f"{dataset} fold {fold}: %d train pairs, %d 1-way and %d 2-way test pairs" % counts)
     return out
@@ -442,12 +460,9 @@ def release_losses(rel: Any, logits_full: torch.Tensor, logits_binary: torch.Ten
 
 
 def dump_json(path: Path, doc: dict[str, Any]) -> None:
-    """Indented JSON with every list of image ids on one line (diffable, and a third of the size)."""
+    """Indented JSON with every flat list (image ids, class ids, flips) on one line: diffable and small."""
     text = json.dumps(doc, indent=1, sort_keys=True)
-    text = re.sub(r"\[\s+(\"[^\]]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)
-    text = re.sub(
-        r"\[\s+((true|false)[^\]]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text
-    )
+    text = re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)
     path.write_text(text + "\n")
 
 
@@ -485,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     what = (
         "per fold: the release's training pairs (base class >= threshold), 1-way test pool "
         "(item_class.pair), 2-way test pool (unlimited_item_class.pair), 2-way query pool per ordered "
-        "class pair (PASCAL), and the images holding any pixel of each novel class (whole_item_class.pair)"
+        "class pair (PASCAL), and the images holding any pixel of each novel class (whole_item_class.pair); "
+        "test_presence_px: class pixels of every test mask at image_size, as the release counts them"
     )
     doc = {"header": header(what, command, fingerprints), **pools}
     dump_json(args.out / G.GOLDEN["pools"].name, doc)
