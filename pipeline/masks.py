@@ -14,7 +14,7 @@ Protocol facts cited from ../shared/fss-notes.md section 2 ("Data protocols"):
   `coco_crowd="ignore"` (standard) then makes every crowd region 255, over any instance, because a
   crowd box holds unlabelled objects of its class that must count neither as foreground nor as
   background; `"background"` (denet) leaves crowd regions unpainted, as the release does
-  (dataset/coco.py:382-400, `iscrowd=False`).
+  (dataset/coco.py:386-389, `iscrowd=False`).
 Each label map also gets its class areas at `presence_size` (nearest resize to a square, the size the
 DENet release checks presence at: dataset/voc_sbd.py:353-359 reads masks through its SquareScale).
 """
@@ -148,12 +148,15 @@ def pascal_samples(raw: str | Path, protocol: str, pascal_masks: str = "voc") ->
             png = raw / VOC_DIR / "SegmentationClass" / f"{key}.png"
             voc_jpg = raw / VOC_DIR / "JPEGImages" / f"{key}.jpg"
             sbd_jpg = raw / SBD_DIR / "img" / f"{key}.jpg"
-            from_voc = key in voc_lists[split] if pascal_masks == "list" else png.is_file()
+            if pascal_masks == "list":  # JPEG and mask from the dataset whose list names the image
+                from_voc = key in voc_lists[split]
+                jpg = voc_jpg if from_voc else sbd_jpg
+            else:
+                from_voc = png.is_file()
+                jpg = voc_jpg if voc_jpg.is_file() else sbd_jpg
             if from_voc:
-                jpg = voc_jpg if voc_jpg.is_file() or pascal_masks == "list" else sbd_jpg
                 samples.append(Sample(key, split, str(jpg), str(png), "png"))
             else:
-                jpg = sbd_jpg if pascal_masks == "list" or not voc_jpg.is_file() else voc_jpg
                 mat = raw / SBD_DIR / "cls" / f"{key}.mat"
                 samples.append(Sample(key, split, str(jpg), str(mat), "mat"))
         out[split] = samples

@@ -437,7 +437,7 @@ def release_forward(rel: Any) -> dict[str, np.ndarray]:
 
 
 def release_losses(rel: Any, logits_full: torch.Tensor, logits_binary: torch.Tensor, inputs: dict) -> dict:
-    """The release's DENet loss terms on a train-mode output (trainers.py:949-967: bilinear upsampling to
+    """The release's DENet loss terms on a train-mode output (trainers.py:954-967: bilinear upsampling to
     the label size, then DENet_loss_wrapper(loss_denet) with per-class weights of 1 = lambda 1.0)."""
     full = torch.from_numpy(inputs["query_full_label"]).long()
     cls = torch.from_numpy(inputs["class_ids"][:, 0])
