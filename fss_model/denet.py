@@ -21,6 +21,8 @@ from fss_model.layers import (
     binary_focal_loss,
     binary_targets,
     binary_way_logits,
+    encode_episode,
+    episode_cross_entropy,
     foreground_mask,
     masked_average_pool,
     safe_cross_entropy,
@@ -84,7 +86,11 @@ class DENet(nn.Module):
             the neck, whose input width follows the backbone.
         frozen: backbone parameters get no gradient (the release freezes its ImageNet ResNet-50).
         freeze_bn: backbone BN statistics fixed (eval mode under model.train()); the release leaves
-            them in train mode.
+            them in train mode (False).
+        joint_pass: one backbone + neck pass over queries and supports together (faster); the release
+            runs supports, then the query, separately (False): with BN in train mode the two differ.
+        ce_average: "episode" (the release: CE averaged per episode, then over the batch) or "pixel"
+            (one mean over every valid pixel of the batch).
         depth: neck / prototype / W width (256 as released; narrower for the CPU toy).
         dropout: rate of every dropout (neck, ASPP, attention gate, W).
         aspp_rates: atrous rates of the ASPP 3x3 branches.
@@ -102,9 +108,14 @@ class DENet(nn.Module):
         aspp_rates: tuple[int, ...] = (6, 12, 18),
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        joint_pass: bool = False,
+        ce_average: str = "episode",
     ) -> None:
         super().__init__()
+        if ce_average not in ("episode", "pixel"):
+            raise ValueError(f"ce_average {ce_average!r} is not episode | pixel")
         self.num_classes = num_classes
+        self.joint_pass, self.ce_average = joint_pass, ce_average
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.backbone = build_backbone(backbone, frozen=frozen, freeze_bn=freeze_bn, out_layers=("layer3",))
         self.neck = DENetNeck(self.backbone.channels["layer3"], depth, dropout, tuple(aspp_rates))
@@ -143,10 +154,10 @@ class DENet(nn.Module):
         {"way_logits": [B, way, 2, h, w], "logits_full": [B, C, h, w], "weights": [B, C, depth]}.
         """
         b, way, shot = support_imgs.shape[:3]
-        # one backbone/neck pass over queries and supports together: fewer, larger convolutions
-        feats = self.embed(torch.cat([query_img, support_imgs.flatten(0, 2)], dim=0))
-        query_feats, support_feats = feats[:b], feats[b:]
-        protos = self.prototypes(support_feats, support_masks.flatten(0, 2))
+        query_feats, support_feats = encode_episode(
+            self.embed, query_img, support_imgs, separate=not self.joint_pass, supports_first=True
+        )
+        protos = self.prototypes(support_feats.flatten(0, 2), support_masks.flatten(0, 2))
         protos = protos.view(b, way, shot, -1).mean(dim=2)  # K-shot: mean of the per-shot prototypes
         weights = self.episode_weights(protos, class_ids)
         logits_full = torch.einsum("bchw,bkc->bkhw", query_feats, weights.to(query_feats.dtype))
@@ -157,10 +168,16 @@ class DENet(nn.Module):
         }
 
     def loss(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """CE of upsampled logits_full vs query_full_label (back-propagated); binary focal (logged only)."""
+        """CE of upsampled logits_full vs query_full_label (back-propagated, averaged as `ce_average`);
+        binary focal loss of the way logits vs query_label (logged only), as released."""
         full_label: Tensor = batch["query_full_label"]
         size = full_label.shape[-2:]
-        ce = safe_cross_entropy(upsample(out["logits_full"].float(), size), full_label)
+        logits = upsample(out["logits_full"].float(), size)
+        ce = (
+            episode_cross_entropy(logits, full_label)
+            if self.ce_average == "episode"
+            else safe_cross_entropy(logits, full_label)
+        )
         with torch.no_grad():
             way_logits = out["way_logits"].detach().float()
             way = way_logits.shape[1]

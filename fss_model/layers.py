@@ -6,6 +6,8 @@ ignore pixels never count as foreground. Feature maps are [N, C, h, w].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -74,12 +76,50 @@ def uses_batch_statistics(module: nn.Module) -> bool:
     """True when some BatchNorm layer of `module` normalises with the statistics of its current batch.
 
     Then how images are grouped into backbone passes changes the result: the releases pass queries and
-    supports separately (two BN batches), which `fss_model.pairwise.encode_episode` follows.
+    supports separately (two BN batches), which `encode_episode` follows.
     """
     return any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
         for m in module.modules()
     )
+
+
+def episode_images(query_img: Tensor, support_imgs: Tensor) -> Tensor:
+    """[B, 3, H, W] queries and [B, way, shot, 3, H, W] supports -> one [B + B*way*shot, 3, H, W] batch.
+
+    One backbone pass over queries and supports together: fewer, larger convolutions.
+    """
+    return torch.cat([query_img, support_imgs.flatten(0, 2)], dim=0)
+
+
+def split_episode(feats: Tensor, b: int, way: int, shot: int) -> tuple[Tensor, Tensor]:
+    """Features of an `episode_images` batch -> query [B, ...] and supports [B, way, shot, ...]."""
+    return feats[:b], feats[b:].unflatten(0, (b, way, shot))
+
+
+def encode_episode(
+    encode: Callable[[Tensor], Tensor],
+    query_img: Tensor,
+    support_imgs: Tensor,
+    separate: bool,
+    supports_first: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """query [B, 3, H, W], supports [B, way, shot, 3, H, W] -> encoded query [B, ...], supports
+    [B, way, shot, ...].
+
+    separate=True: queries and supports in two passes, as the releases run them; this matters only while
+    BatchNorm uses batch statistics (`uses_batch_statistics`): two BN batches, and the running statistics
+    updated in the release's order (`supports_first`: DENet's model/head/denet.py:56-73 encodes the
+    supports, then the query; PANet and SG-One the query first). separate=False: one pass over both, the
+    same computation in fewer, larger convolutions when BN statistics are fixed.
+    """
+    b, way, shot = support_imgs.shape[:3]
+    if not separate:
+        return split_episode(encode(episode_images(query_img, support_imgs)), b, way, shot)
+    if supports_first:
+        supports = encode(support_imgs.flatten(0, 2))
+        return encode(query_img), supports.unflatten(0, (b, way, shot))
+    return encode(query_img), encode(support_imgs.flatten(0, 2)).unflatten(0, (b, way, shot))
 
 
 def binary_way_logits(logits_full: Tensor, class_ids: Tensor) -> Tensor:
@@ -113,6 +153,17 @@ def safe_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNOR
     total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     count = (target != ignore_index).sum().clamp(min=1)
     return total / count
+
+
+def episode_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pixel cross-entropy averaged per episode (over its valid pixels), then over the batch.
+
+    The DENet release's loss (trainer/utils.py:270-277): every episode weighs the same whatever its
+    number of valid pixels. An episode whose pixels are all ignored adds 0 (the release: NaN).
+    """
+    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    valid = (target != ignore_index).flatten(1).sum(dim=1).clamp(min=1)
+    return (ce.flatten(1).sum(dim=1) / valid).mean()
 
 
 def binary_focal_loss(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,40 +15,13 @@ from fss_model.layers import (
     binary_targets,
     binary_way_logits,
     concat_levels,
+    encode_episode,
+    episode_images,
     safe_cross_entropy,
+    split_episode,
     upsample,
     uses_batch_statistics,
 )
-
-
-def episode_images(query_img: Tensor, support_imgs: Tensor) -> Tensor:
-    """[B, 3, H, W] queries and [B, way, shot, 3, H, W] supports -> one [B + B*way*shot, 3, H, W] batch.
-
-    One backbone pass over queries and supports together: fewer, larger convolutions.
-    """
-    return torch.cat([query_img, support_imgs.flatten(0, 2)], dim=0)
-
-
-def split_episode(feats: Tensor, b: int, way: int, shot: int) -> tuple[Tensor, Tensor]:
-    """Features of an `episode_images` batch -> query [B, ...] and supports [B, way, shot, ...]."""
-    return feats[:b], feats[b:].unflatten(0, (b, way, shot))
-
-
-def encode_episode(
-    encode: Callable[[Tensor], Tensor], query_img: Tensor, support_imgs: Tensor, separate: bool
-) -> tuple[Tensor, Tensor]:
-    """query [B, 3, H, W], supports [B, way, shot, 3, H, W] -> encoded query [B, ...], supports
-    [B, way, shot, ...].
-
-    separate=True: queries, then supports, in two passes, as every release runs them; this matters only
-    while BatchNorm uses batch statistics (`fss_model.layers.uses_batch_statistics`): two BN batches, and
-    the running statistics updated in the release's order. Otherwise one pass over both is the same
-    computation in fewer, larger convolutions.
-    """
-    b, way, shot = support_imgs.shape[:3]
-    if separate:
-        return encode(query_img), encode(support_imgs.flatten(0, 2)).unflatten(0, (b, way, shot))
-    return split_episode(encode(episode_images(query_img, support_imgs)), b, way, shot)
 
 
 def way_ids(b: int, way: int, device: torch.device) -> Tensor:

@@ -63,6 +63,15 @@ class Data:
     shard_max_samples: int | str = AUTO
     min_shards: int | str = AUTO
     drop_novel_images: bool = False  # BAM option: drop training images showing any novel-class pixel
+    # presence checks on the label map resized (nearest) to this square size; null = original size.
+    # auto: denet = sampler.image_size (the release checks the resized mask), standard = null
+    presence_size: int | str | None = AUTO
+    # PASCAL mask per image: list = from the image set's own list (VOC list first, then SBD's .mat, as
+    # the release does) | voc = VOC's PNG wherever one exists. auto: denet list, standard voc
+    pascal_masks: Literal["auto", "list", "voc"] = AUTO
+    # COCO crowd regions: background (not painted, as the release) | ignore (255). auto: denet
+    # background, standard ignore
+    coco_crowd: Literal["auto", "background", "ignore"] = AUTO
 
 
 @dataclass
@@ -84,7 +93,9 @@ class Backbone:
     name: str | None = AUTO
     weights: str = AUTO  # imagenet | none | path to a state_dict file
     frozen: bool | str = AUTO  # the release freezes the ImageNet backbone; a random-init one must train
-    freeze_bn: bool = True  # the release leaves BN in train mode; frozen statistics are the saner default
+    # BN statistics fixed (eval mode) under model.train(); auto: denet false (the release: BN in train
+    # mode, support and query in separate batches), standard true (HSNet/PFENet freeze them)
+    freeze_bn: bool | str = AUTO
 
 
 @dataclass
@@ -113,6 +124,14 @@ class Train:
     device: str = AUTO  # auto = cuda if available else cpu, resolved by train.device.resolve_device
     nan_policy: Literal["stop", "skip"] = "stop"
     select_on_test: bool = False  # the release picks the best checkpoint on test classes
+    # void (255) pixels of training labels: background (the release) | ignore. auto: denet background,
+    # standard ignore
+    void: Literal["auto", "background", "ignore"] = AUTO
+    # training episodes: stream (drawn from bounded per-class pools while shards stream) | manifest (a
+    # fixed set drawn once, episodes_per_class per base class, reshuffled every epoch, read by key from
+    # the shards: the release's recipe). auto: see _BY_PROTOCOL
+    episodes: Literal["auto", "stream", "manifest"] = AUTO
+    episodes_per_class: int = 1000  # manifest size per base class (the release: 1000)
     log_every: int = 10  # steps between dvclive/metric records
 
 
@@ -122,6 +141,9 @@ class Evaluate:
     trivial: bool = True  # also score the trivial predictors (all fg, all bg, support mask) as the floor
     # test-episode draws: each seed is its own manifest, scored by the same checkpoint (no retraining)
     seeds: list[int] = field(default_factory=lambda: [0])
+    # flip each test image (and its label) with p = 0.5, drawn from random.Random(0) in episode order,
+    # supports before the query (the release's test()); auto: denet true, standard false
+    flip: bool | str = AUTO
 
 
 @dataclass
@@ -169,6 +191,12 @@ _BY_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
     # HSNet/PFENet at >= 2 * 32 * 32 pixels.
     ("data", "min_fraction"): {"denet": None, "standard": 0.0},
     ("data", "min_pixels"): {"denet": 0, "standard": 2 * 32 * 32},
+    ("data", "pascal_masks"): {"denet": "list", "standard": "voc"},
+    ("data", "coco_crowd"): {"denet": "background", "standard": "ignore"},
+    ("backbone", "freeze_bn"): {"denet": False, "standard": True},
+    ("train", "void"): {"denet": "background", "standard": "ignore"},
+    ("train", "episodes"): {"denet": "manifest", "standard": "stream"},
+    ("evaluate", "flip"): {"denet": True, "standard": False},
 }
 # Backbone of each method as its release trains it, for backbone.* = auto on official data: DENet's
 # re-implementations freeze a ResNet-50 (AMP: its VGG16); PANet and SG-One fine-tune their own VGG16s.
@@ -320,6 +348,8 @@ def resolve(params: Params) -> Params:
             p.model_kwargs = dict(_RELEASE_MODEL_KWARGS.get(p.model, {})) if p.protocol == "denet" else {}
     if p.data.min_fraction is None:
         p.data.min_fraction = _DENET_MIN_FRACTION[p.dataset]
+    if p.data.presence_size == AUTO:
+        p.data.presence_size = int(p.sampler.image_size) if p.protocol == "denet" else None
     _check_combinations(p)
     return p
 
@@ -328,7 +358,7 @@ def resolve(params: Params) -> Params:
 _AT_LEAST = {
     **dict.fromkeys(("train.batch_size", "train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
     **dict.fromkeys(("sampler.image_size", "sampler.test_episodes", "sampler.val_episodes"), 1),
-    **dict.fromkeys(("data.shard_max_samples", "data.min_shards"), 1),
+    **dict.fromkeys(("data.shard_max_samples", "data.min_shards", "train.episodes_per_class"), 1),
     **dict.fromkeys(("sampler.workers", "data.workers", "download.retries"), 0),
     **dict.fromkeys(("infer.episodes", "infer.worst"), 0),
 }
@@ -374,6 +404,8 @@ def _check_combinations(p: Params) -> None:
         raise ConfigError(
             f"params: evaluate.seeds = {seeds} must list distinct test-draw seeds >= 0, e.g. [0] or [0, 1, 2]"
         )
+    if p.data.presence_size is not None and int(p.data.presence_size) < 1:
+        raise ConfigError(f"params: data.presence_size = {p.data.presence_size} must be >= 1 or null")
     if p.sampler.pool_size < p.train.shot + 1:
         # a class pool never gets ready and the sampler would read shards for ever
         raise ConfigError(

@@ -9,10 +9,12 @@ per-fold (image, class) pair lists (notes section 2, "Two presets"):
 - train: base-class pairs that pass the presence rule, from the train split; an image with no base
   class left gives no pair, so it is dropped (denet); with `drop_novel_images` (BAM's option for
   the standard preset) an image showing any pixel of a novel class is dropped too;
-- test: novel-class pairs that pass the presence rule, from the test split; under `denet` only
-  images where exactly one novel class of the fold passes the presence rule (the release's 1-way
-  query rule, lizhaoliu-Lec/DENet dataset/voc_sbd.py `item_with_class`), under `standard` any.
-The novel -> 255 / background rule of training masks is `training_label` below, applied by the sampler.
+- test: every novel-class pair that passes the presence rule, from the test split (the DENet
+  release's 2-way pool, `unlimited_item_class.pair`); the per-way query and support rules of each
+  protocol are applied when episodes are drawn (`train.episodes.episode_pools`).
+The presence rule reads index.tsv's presence columns (class pixels at `data.presence_size`).
+The void / novel rules of training masks are `training_label` and `binary_label` below, applied by
+the sampler.
 """
 
 from __future__ import annotations
@@ -52,19 +54,48 @@ def fold_classes(dataset: str, fold: int, coco_split: str = "interleaved") -> tu
     return base, novel
 
 
-def training_label(label: np.ndarray, novel: list[int], protocol: str) -> np.ndarray:
-    """The label a training query shows: novel classes become 255 (denet) or background (standard)."""
-    fill = {"denet": IGNORE_INDEX, "standard": 0}[protocol]
+VOIDS = ("background", "ignore")
+
+
+def _void(label: np.ndarray, void: str) -> np.ndarray:
+    if void not in VOIDS:
+        raise ValueError(f"void rule {void!r} is not background | ignore")
     out = label.copy()
+    if void == "background":
+        out[label == IGNORE_INDEX] = 0
+    return out
+
+
+def training_label(label: np.ndarray, novel: list[int], protocol: str, void: str = "ignore") -> np.ndarray:
+    """The full label a training query shows (the multi-class loss's target).
+
+    void (255, VOC's border band; COCO crowd under coco_crowd=ignore): background with
+    `void="background"` (the DENet release maps 255 to 0 before anything else, voc_sbd.py:207-211),
+    else kept as 255; then novel classes become 255 (denet, voc_sbd.py:212-217) or background (standard).
+    """
+    fill = {"denet": IGNORE_INDEX, "standard": 0}[protocol]
+    out = _void(label, void)
     out[np.isin(label, novel)] = fill
+    return out
+
+
+def binary_label(label: np.ndarray, novel: list[int], void: str = "ignore") -> np.ndarray:
+    """The label that a training episode's binary masks (query and supports) are cut from.
+
+    Novel classes are background: the release's binary masks are `mask == class` of its fold mask
+    (voc_sbd.py:511-514, 537-540), so a novel object counts as background there, as under the
+    standard protocol; void follows `void` as in `training_label`.
+    """
+    out = _void(label, void)
+    out[np.isin(label, novel)] = 0
     return out
 
 
 # ---------------------------------------------------------------- pair lists
 
 
-def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[int, float]]]]:
-    """(image id, {class id: (area_px, fraction)}) per image of an `index.tsv`, streamed.
+def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[int, int]]]]:
+    """(image id, {class id: (presence_px, presence_total)}) per image of an `index.tsv`, streamed.
 
     The shard writer emits an image's rows together, so memory stays flat for any dataset size.
     """
@@ -74,7 +105,8 @@ def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[i
         rows = (line.rstrip("\n").split("\t") for line in handle)
         for image_id, group in itertools.groupby(rows, key=lambda r: r[col["image_id"]]):
             classes = {
-                int(r[col["class_id"]]): (int(r[col["area_px"]]), float(r[col["fraction"]])) for r in group
+                int(r[col["class_id"]]): (int(r[col["presence_px"]]), int(r[col["presence_total"]]))
+                for r in group
             }
             yield image_id, classes
 
@@ -84,13 +116,14 @@ def pair_name(image_id: str, class_id: int) -> str:
     return f"{image_id}__{class_id:02d}"
 
 
-def _present(stats: tuple[int, float], min_fraction: float, min_pixels: int) -> bool:
-    area, fraction = stats
-    return area >= min_pixels and fraction >= min_fraction
+def _present(stats: tuple[int, int], min_fraction: float, min_pixels: int) -> bool:
+    """pixels >= min_pixels and pixels / total >= min_fraction, the float division the release makes."""
+    area, total = stats
+    return area >= min_pixels and area / total >= min_fraction
 
 
 def train_classes(
-    classes: dict[int, tuple[int, float]],
+    classes: dict[int, tuple[int, int]],
     novel: list[int],
     min_fraction: float,
     min_pixels: int,
@@ -103,17 +136,10 @@ def train_classes(
 
 
 def query_classes(
-    classes: dict[int, tuple[int, float]],
-    novel: list[int],
-    protocol: str,
-    min_fraction: float,
-    min_pixels: int,
+    classes: dict[int, tuple[int, int]], novel: list[int], min_fraction: float, min_pixels: int
 ) -> list[int]:
-    """Novel classes for which one test image is an eligible query under `protocol`."""
-    present = [c for c in sorted(classes) if c in novel and _present(classes[c], min_fraction, min_pixels)]
-    if protocol == "denet" and len(present) != 1:
-        return []
-    return present
+    """Novel classes of one test image that pass the presence rule (its test.txt pairs)."""
+    return [c for c in sorted(classes) if c in novel and _present(classes[c], min_fraction, min_pixels)]
 
 
 def write_folds(
@@ -140,7 +166,7 @@ def write_folds(
                 pairs["train"][f].append(pair_name(image_id, c))
     for image_id, classes in iter_index_images(shards_dir / "test" / "index.tsv"):
         for f, (_, novel) in enumerate(folds):
-            for c in query_classes(classes, novel, protocol, min_fraction, min_pixels):
+            for c in query_classes(classes, novel, min_fraction, min_pixels):
                 pairs["test"][f].append(pair_name(image_id, c))
     counts = {}
     for f, (base, novel) in enumerate(folds):

@@ -3,14 +3,20 @@
 Protocol facts cited from ../shared/fss-notes.md section 2 ("Data protocols"):
 - class ids: VOC 1..20, COCO's 80 category ids renumbered 1..80 in sorted order, 0 background,
   255 void/ignore;
-- PASCAL masks come from VOC2012's PNG where one exists, else from SBD's `cls/<id>.mat`
-  (struct `GTcls`, field `Segmentation`);
+- PASCAL masks: `pascal_masks="voc"` (standard) takes VOC2012's PNG where one exists, else SBD's
+  `cls/<id>.mat` (struct `GTcls`, field `Segmentation`); `"list"` (denet) takes each image from the
+  split's own lists, VOC's first, as the DENet release does (dataset/voc_sbd.py:101-102, 129-148): an
+  SBD-val image with a VOC2012 *train* PNG is a test image read from SBD's `.mat` and `img/`;
 - image sets per preset: `denet` trains on VOC2012 train + SBD train_noval and tests on VOC2012
   val + SBD val; `standard` trains on VOC train + SBD (train + val) - VOC val ("aug") and tests on
   VOC2012 val;
 - COCO: non-crowd instances are painted in annotation order (later over earlier, as DENet does);
-  then every crowd region becomes 255 (ignore), over any instance, because a crowd box holds
-  unlabelled objects of its class that must count neither as foreground nor as background.
+  `coco_crowd="ignore"` (standard) then makes every crowd region 255, over any instance, because a
+  crowd box holds unlabelled objects of its class that must count neither as foreground nor as
+  background; `"background"` (denet) leaves crowd regions unpainted, as the release does
+  (dataset/coco.py:386-389, `iscrowd=False`).
+Each label map also gets its class areas at `presence_size` (nearest resize to a square, the size the
+DENet release checks presence at: dataset/voc_sbd.py:353-359 reads masks through its SquareScale).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class Labeled:
     areas: dict[int, int]  # class id -> pixels, every class with area > 0
     bboxes: dict[int, tuple[int, int, int, int]]  # class id -> (x0, y0, x1, y1), x1/y1 exclusive
     ignore_px: int
+    presence_areas: dict[int, int]  # class id -> pixels of the map at the presence size (0: resized away)
+    presence_total: int  # pixels of the map at the presence size
 
     def meta(self) -> dict[str, Any]:
         """The sample's `.json` member (docs/design.md)."""
@@ -123,17 +131,31 @@ def pascal_image_sets(raw: str | Path, protocol: str) -> dict[str, list[str]]:
     return {"train": sorted(train), "test": sorted(test)}
 
 
-def pascal_samples(raw: str | Path, protocol: str) -> dict[str, list[Sample]]:
-    """Samples per split; the mask is VOC's PNG where one exists, else SBD's `.mat`."""
+def pascal_samples(raw: str | Path, protocol: str, pascal_masks: str = "voc") -> dict[str, list[Sample]]:
+    """Samples per split; the mask source follows `pascal_masks` (module docstring): "voc" = VOC's PNG
+    where one exists, else SBD's `.mat`; "list" = VOC's PNG and JPEG for ids on the split's VOC list,
+    SBD's `.mat` and `img/` JPEG for the others."""
     raw = Path(raw)
+    if pascal_masks not in ("voc", "list"):
+        raise ValueError(f"pascal_masks {pascal_masks!r} is not voc | list")
+    voc_lists = {
+        "train": set(_read_ids(raw / VOC_DIR / "ImageSets/Segmentation/train.txt")),
+        "test": set(_read_ids(raw / VOC_DIR / "ImageSets/Segmentation/val.txt")),
+    }
     out: dict[str, list[Sample]] = {}
     for split, ids in pascal_image_sets(raw, protocol).items():
         samples = []
         for key in ids:
             png = raw / VOC_DIR / "SegmentationClass" / f"{key}.png"
             voc_jpg = raw / VOC_DIR / "JPEGImages" / f"{key}.jpg"
-            jpg = voc_jpg if voc_jpg.is_file() else raw / SBD_DIR / "img" / f"{key}.jpg"
-            if png.is_file():
+            sbd_jpg = raw / SBD_DIR / "img" / f"{key}.jpg"
+            if pascal_masks == "list":  # JPEG and mask from the dataset whose list names the image
+                from_voc = key in voc_lists[split]
+                jpg = voc_jpg if from_voc else sbd_jpg
+            else:
+                from_voc = png.is_file()
+                jpg = voc_jpg if voc_jpg.is_file() else sbd_jpg
+            if from_voc:
                 samples.append(Sample(key, split, str(jpg), str(png), "png"))
             else:
                 mat = raw / SBD_DIR / "cls" / f"{key}.mat"
@@ -287,12 +309,17 @@ def sbd_label(path: str | Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def coco_label(anns: tuple[tuple[int, int, Any], ...], height: int, width: int) -> np.ndarray:
-    """Paint non-crowd instances in annotation order (later over earlier), then crowd regions as 255."""
+def coco_label(
+    anns: tuple[tuple[int, int, Any], ...], height: int, width: int, crowd: str = "ignore"
+) -> np.ndarray:
+    """Paint non-crowd instances in annotation order (later over earlier), then crowd regions as 255
+    (`crowd="ignore"`) or not at all (`crowd="background"`, the DENet release)."""
     from pycocotools import mask as mask_utils
 
+    if crowd not in ("ignore", "background"):
+        raise ValueError(f"coco crowd rule {crowd!r} is not ignore | background")
     label = np.zeros((height, width), dtype=np.uint8)
-    for crowd_pass in (0, 1):
+    for crowd_pass in (0, 1) if crowd == "ignore" else (0,):
         for cid, iscrowd, seg in anns:
             if bool(iscrowd) != bool(crowd_pass):
                 continue
@@ -353,7 +380,17 @@ def encode_png(label: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_label(sample: Sample, num_classes: int) -> np.ndarray:
+def presence_stats(label: np.ndarray, size: int | None) -> tuple[dict[int, int], int]:
+    """Per-class pixels of `label` resized (PIL nearest) to size x size, and that map's pixel count;
+    at the original size when `size` is None. Nearest resizing picks source pixels, so these counts
+    do not depend on any later per-value relabelling (void or novel -> 0 / 255)."""
+    if size is not None and label.shape != (size, size):
+        label = np.asarray(Image.fromarray(label, mode="L").resize((size, size), Image.NEAREST))
+    counts = np.bincount(label.ravel(), minlength=256)
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1}, int(label.size)
+
+
+def make_label(sample: Sample, num_classes: int, coco_crowd: str = "ignore") -> np.ndarray:
     """The label map of `sample`, from the source its kind names."""
     if sample.kind == "png":
         return voc_label(sample.mask)
@@ -362,16 +399,18 @@ def make_label(sample: Sample, num_classes: int) -> np.ndarray:
     if sample.kind == "coco":
         _check_size(f"{sample.mask} (image {sample.key})", sample.width, sample.height)  # before painting
         try:
-            return coco_label(sample.anns, sample.height, sample.width)
+            return coco_label(sample.anns, sample.height, sample.width, coco_crowd)
         except Exception as exc:
             raise DataError(f"{sample.mask}: bad segmentation for image {sample.key} ({exc})") from None
     raise ValueError(f"unknown sample kind {sample.kind!r}")
 
 
-def process(sample: Sample, num_classes: int) -> Labeled:
+def process(
+    sample: Sample, num_classes: int, presence_size: int | None = None, coco_crowd: str = "ignore"
+) -> Labeled:
     """Read, check and label one image; raises DataError naming the file on any problem."""
     jpeg, height, width = read_jpeg(sample.image)
-    label = make_label(sample, num_classes)
+    label = make_label(sample, num_classes, coco_crowd)
     if label.shape != (height, width):
         raise DataError(
             f"{sample.mask}: mask size {label.shape[1]}x{label.shape[0]} differs from image "
@@ -379,13 +418,27 @@ def process(sample: Sample, num_classes: int) -> Labeled:
         )
     validate_label(label, num_classes, sample.mask)
     areas, bboxes, ignore_px = label_stats(label)
-    return Labeled(sample.key, sample.split, jpeg, encode_png(label), height, width, areas, bboxes, ignore_px)
+    presence, total = presence_stats(label, presence_size)
+    presence = {c: presence.get(c, 0) for c in areas}
+    return Labeled(
+        sample.key,
+        sample.split,
+        jpeg,
+        encode_png(label),
+        height,
+        width,
+        areas,
+        bboxes,
+        ignore_px,
+        presence,
+        total,
+    )
 
 
-def process_or_error(args: tuple[Sample, int]) -> Labeled | tuple[Sample, str]:
+def process_or_error(args: tuple[Sample, int, int | None, str]) -> Labeled | tuple[Sample, str]:
     """Pool entry point: the result, or (sample, message) so the parent decides to stop or skip."""
-    sample, num_classes = args
+    sample, num_classes, presence_size, coco_crowd = args
     try:
-        return process(sample, num_classes)
+        return process(sample, num_classes, presence_size, coco_crowd)
     except DataError as exc:
         return sample, str(exc)

@@ -37,7 +37,7 @@ from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pas
 from pipeline.shard_format import COMPLETE, check_member, completion_record, member_limit
 
 INDEX_COLUMNS = [
-    *("image_id", "split", "class_id", "area_px", "fraction"),
+    *("image_id", "split", "class_id", "area_px", "fraction", "presence_px", "presence_total"),
     *("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
     *("ignore_px", "height", "width", "shard", "offset"),
 ]
@@ -84,7 +84,7 @@ def sample_members(rec: Labeled) -> list[tuple[str, bytes]]:
     return [(f"{rec.key}.jpg", rec.jpeg), (f"{rec.key}.json", meta), (f"{rec.key}.label.png", rec.png)]
 
 
-def _label_chunk(args: list[tuple[Sample, int]]) -> list[Labeled | tuple[Sample, str]]:
+def _label_chunk(args: list[tuple[Sample, int, int | None, str]]) -> list[Labeled | tuple[Sample, str]]:
     return [process_or_error(a) for a in args]
 
 
@@ -109,14 +109,14 @@ def labelling_pool(workers: int) -> Iterator[Executor | None]:
 
 
 def _labelled(
-    samples: list[Sample], num_classes: int, pool: Executor | None
+    samples: list[Sample], num_classes: int, pool: Executor | None, presence_size: int | None, coco_crowd: str
 ) -> Iterator[Labeled | tuple[Sample, str]]:
     """Labelled samples in input order; in `pool` when given.
 
     Tasks are submitted in a sliding window, so at most `_WINDOW` labelled images are ever held,
     whatever the dataset size; the pool's owner shuts it down (`labelling_pool`), never this generator.
     """
-    args = [(s, num_classes) for s in samples]
+    args = [(s, num_classes, presence_size, coco_crowd) for s in samples]
     if pool is None:
         yield from map(process_or_error, args)
         return
@@ -142,8 +142,13 @@ def write_split(
     workers: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    presence_size: int | None = None,
+    coco_crowd: str = "ignore",
 ) -> SplitResult:
-    """Write `<split>-NNNNNN.tar` shards, `index.tsv` and (last) `manifest.json` into `out_dir`."""
+    """Write `<split>-NNNNNN.tar` shards, `index.tsv` and (last) `manifest.json` into `out_dir`.
+
+    `presence_size`: the index's presence columns count class pixels of the label resized to that
+    square size (None: the original size); `coco_crowd`: masks.coco_label's crowd rule."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
@@ -160,7 +165,7 @@ def write_split(
     total = 0
     with (
         labelling_pool(workers) as pool,
-        contextlib.closing(_labelled(samples, num_classes, pool)) as results,
+        contextlib.closing(_labelled(samples, num_classes, pool, presence_size, coco_crowd)) as results,
         atomic_write(out_dir / "index.tsv", "w") as index,
         bar,
     ):
@@ -201,6 +206,7 @@ def write_split(
         "dataset": dataset,
         "split": split,
         "protocol": protocol,
+        "presence_size": presence_size,
         "num_samples": total,
         "shards": shards,
     }
@@ -212,17 +218,30 @@ def _write_index_rows(index: Any, rec: Labeled, shard: str, offset: int) -> None
     pixels = rec.height * rec.width
     for cid, area in sorted(rec.areas.items()):
         x0, y0, x1, y1 = rec.bboxes[cid]
-        row = (rec.key, rec.split, cid, area, f"{area / pixels:.6f}", x0, y0, x1, y1)
-        row += (rec.ignore_px, rec.height, rec.width, shard, offset)
+        row = (
+            rec.key,
+            rec.split,
+            cid,
+            area,
+            f"{area / pixels:.6f}",
+            rec.presence_areas[cid],
+            rec.presence_total,
+        )
+        row += (x0, y0, x1, y1, rec.ignore_px, rec.height, rec.width, shard, offset)
         index.write("\t".join(map(str, row)) + "\n")
 
 
 def dataset_samples(
-    dataset: str, raw: str | Path, protocol: str, skip_bad: bool, bad: list[dict[str, str]]
+    dataset: str,
+    raw: str | Path,
+    protocol: str,
+    skip_bad: bool,
+    bad: list[dict[str, str]],
+    pascal_masks: str = "voc",
 ) -> dict[str, list[Sample]]:
     """Samples per split for `dataset` (image sets by `protocol`, notes section 2)."""
     if dataset == "pascal":
-        return pascal_samples(raw, protocol)
+        return pascal_samples(raw, protocol, pascal_masks)
     if dataset == "coco":
         return coco_samples(raw, skip_bad, bad)
     raise ValueError(f"dataset {dataset!r} is not pascal | coco")
@@ -242,7 +261,7 @@ def build_shards(
     remove_stale_temps(out.parent)  # what a killed build left beside `out`
     check_replaceable(out)
     bad: list[dict[str, str]] = []
-    per_split = dataset_samples(params.dataset, raw, params.protocol, data.skip_bad, bad)
+    per_split = dataset_samples(params.dataset, raw, params.protocol, data.skip_bad, bad, data.pascal_masks)
     work = temp_dir(out.parent, out.name)
     try:
         results = {}
@@ -258,6 +277,8 @@ def build_shards(
                 workers=data.workers if workers is None else workers,
                 skip_bad=data.skip_bad,
                 progress=progress,
+                presence_size=None if data.presence_size is None else int(data.presence_size),
+                coco_crowd=data.coco_crowd,
             )
             bad += results[split].skipped
         if data.skip_bad:
@@ -322,9 +343,11 @@ def load_index(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def is_present(area: Any, fraction: Any, min_fraction: float = 0.0, min_pixels: int = 0) -> Any:
-    """The presence rule of the presets: area >= min_pixels and fraction >= min_fraction."""
-    return (np.asarray(area) >= min_pixels) & (np.asarray(fraction) >= min_fraction)
+def is_present(area: Any, total: Any, min_fraction: float = 0.0, min_pixels: int = 0) -> Any:
+    """The presence rule of the presets on the presence columns: pixels >= min_pixels and
+    pixels / total >= min_fraction (a float division, like the DENet release's `c / total >= threshold`)."""
+    area, total = np.asarray(area), np.asarray(total)
+    return (area >= min_pixels) & (area / total >= min_fraction)
 
 
 def query_index(
@@ -333,9 +356,9 @@ def query_index(
     min_fraction: float = 0.0,
     min_pixels: int = 0,
 ) -> np.ndarray:
-    """Row numbers matching a class and the presence rule, e.g. images of class 7 covering >= 2%:
-    `rows = query_index(load_index(p), 7, min_fraction=0.02); index["image_id"][rows]`."""
-    keep = is_present(index["area_px"], index["fraction"], min_fraction, min_pixels)
+    """Row numbers matching a class and the presence rule (presence columns), e.g. images of class 7
+    covering >= 2%: `rows = query_index(load_index(p), 7, min_fraction=0.02); index["image_id"][rows]`."""
+    keep = is_present(index["presence_px"], index["presence_total"], min_fraction, min_pixels)
     if class_id is not None:
         keep &= index["class_id"] == class_id
     return np.flatnonzero(keep)

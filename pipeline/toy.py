@@ -43,8 +43,9 @@ TEXTURES = ("stripes", "checkers", "dots", "waves", "grid", "rings")
 LOOK_SEED = 20_240_601  # class looks are part of the dataset definition, not of the scene seed
 # Counts at scale 1 (the --scale knob multiplies them).
 PASCAL_COUNTS = {"voc_train": 300, "voc_val": 150, "sbd_train": 500, "sbd_val": 200}
-# VOC/SBD ids shared as in the real data: (VOC split, SBD split) -> count.
-PASCAL_SHARED = {("train", "train"): 50, ("val", "val"): 35, ("val", "train"): 15}
+# VOC/SBD ids shared as in the real data: (VOC split, SBD split) -> count. ("train", "val"): SBD val
+# images with a VOC2012 train PNG, where the DENet release reads SBD's .mat (docs/protocol.md).
+PASCAL_SHARED = {("train", "train"): 50, ("val", "val"): 35, ("val", "train"): 15, ("train", "val"): 15}
 COCO_COUNTS = {"train": 1000, "val": 520}  # >= ~15 train and ~8 val images per class (1% rule)
 MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: toy"  # fixed: no timestamp
 

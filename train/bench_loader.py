@@ -127,6 +127,8 @@ def write_synthetic(
                                 c,
                                 a,
                                 round(a / label.size, 6),
+                                a,  # presence columns at the original size
+                                label.size,
                                 xs.min(),
                                 ys.min(),
                                 xs.max(),

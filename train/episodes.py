@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.config import ConfigError
@@ -88,7 +90,10 @@ class Location:
 
 
 def read_index(split_url: str) -> tuple[dict[str, dict[int, int]], dict[str, Location]]:
-    """(image id -> {class id: area_px}, image id -> byte range in its shard) from a split's index.tsv.
+    """(image id -> {class id: presence_px}, image id -> byte range in its shard) from a split's index.tsv.
+
+    presence_px: the class's pixels at the presence size (`data.presence_size`), 0 when resizing
+    removed them; the query rules read "holds a class" from it.
 
     The split must belong to a complete dataset (`check_split_complete`); every `shard` cell must be
     a plain file name of the split folder (an index is data, never a path to elsewhere).
@@ -100,7 +105,7 @@ def read_index(split_url: str) -> tuple[dict[str, dict[int, int]], dict[str, Loc
     offsets: dict[str, tuple[str, int]] = {}
     for line, row in enumerate(rows, start=2):
         shard = check_shard_name(row["shard"], f"{index_url}:{line}")
-        classes[row["image_id"]][int(row["class_id"])] = int(row["area_px"])
+        classes[row["image_id"]][int(row["class_id"])] = int(row["presence_px"])
         offsets[row["image_id"]] = (shard, int(row["offset"]))
     per_shard: dict[str, list[int]] = defaultdict(list)
     for shard, off in offsets.values():
@@ -122,13 +127,70 @@ def episodes_digest(episodes: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def query_allowed(query_novel: set[int], episode: Sequence[int], protocol: str) -> bool:
-    """The query rule of the notes' presets for a query already holding the episode's first class.
+def episode_pools(
+    pairs: dict[str, list[int]], novel: Sequence[int], protocol: str, way: int
+) -> dict[int, list[str]]:
+    """Images that may be the query or a support of each novel class, sorted (docs/protocol.md).
 
-    denet: 1-way, exactly one novel class (the episode's); 2-way, no novel class outside the
-    episode's. standard: any pair from test.txt (PANet: 1..N of the episode classes, others allowed).
+    `pairs`: test.txt, every (image, novel class) passing the presence rule. denet 1-way: images where
+    exactly one novel class passes it (the release's item_class.pair, dataset/voc_sbd.py:364-372: other
+    novel classes below the threshold are allowed). denet 2-way and standard: every pair (the release's
+    unlimited_item_class.pair for way > 1, voc_sbd.py:347-348, 373-377).
     """
-    return query_novel <= set(episode) if protocol == "denet" else True
+    novel_set = set(novel)
+    pools: dict[int, list[str]] = defaultdict(list)
+    for image_id in sorted(pairs):
+        present = [c for c in pairs[image_id] if c in novel_set]
+        if protocol == "denet" and way == 1 and len(present) != 1:
+            continue
+        for c in present:
+            pools[c].append(image_id)
+    return dict(pools)
+
+
+def query_allowed(query_novel: set[int], episode: Sequence[int], protocol: str) -> bool:
+    """The extra query rule for a query already in the first class's pool.
+
+    denet with way > 1: no novel class outside the episode's may show a single pixel at the presence
+    size (the release redraws the query until none does, voc_sbd.py:436-446, with whole_item_class.pair
+    holding every novel class present at all). 1-way denet and standard: none (PANet-style N-way
+    queries hold 1..N of the episode classes).
+    """
+    if protocol != "denet" or len(episode) == 1:
+        return True
+    return query_novel <= set(episode)
+
+
+def novel_in_images(
+    pairs: dict[str, list[int]], image_classes: dict[str, dict[int, int]], novel: Sequence[int]
+) -> dict[str, set[int]]:
+    """Per test.txt image: the novel classes with at least one pixel at the presence size (index.tsv
+    presence_px > 0; its own test.txt classes at least): what `query_allowed` checks."""
+    novel_set = set(novel)
+    return {
+        k: {c for c, px in image_classes.get(k, {}).items() if c in novel_set and px > 0}
+        | {c for c in cs if c in novel_set}
+        for k, cs in pairs.items()
+    }
+
+
+def episode_queries(
+    pools: dict[int, list[str]], novel_of: dict[str, set[int]], classes: Sequence[int], protocol: str
+) -> list[str]:
+    """The images that may be the query of an episode of `classes` (first class's pool, `query_allowed`)."""
+    return [k for k in pools[classes[0]] if query_allowed(novel_of[k], classes, protocol)]
+
+
+def eval_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray:
+    """bool [count, images_per_episode]: which test images are mirrored (the denet protocol).
+
+    The release's test() seeds Python's `random` with 0 (trainers.py fix_randomness) and each episode
+    then passes its supports (way-major) and its query through RandomHorizontallyFlip(p=0.5), one
+    `random.random() < 0.5` each, in episode order. Here the same stream comes from a local
+    `random.Random(seed)`, indexed by the episode's position in the manifest.
+    """
+    draw = random.Random(seed).random
+    return np.array([[draw() < 0.5 for _ in range(images_per_episode)] for _ in range(count)], dtype=bool)
 
 
 def draw_test_episodes(
@@ -148,22 +210,14 @@ def draw_test_episodes(
     The first class of episode e is the e-th of a seeded round-robin over the novel classes with
     at least shot + 1 images (so classes get counts within one of each other; a class with 2..shot
     images is a ConfigError telling to lower `shot`, one with a single image is left out); the other ways are
-    drawn uniformly from the rest. The query holds the first class (a test.txt pair) and passes
-    `query_allowed` (novel classes by index.tsv, i.e. any area > 0); supports of each class are
-    `shot` distinct test.txt images of that class, never the query.
+    drawn uniformly from the rest. Query and supports of a class come from its `episode_pools` pool; the
+    query is a pool image of the first class that passes `query_allowed` (novel classes by index.tsv's
+    presence_px > 0); supports of each class are `shot` distinct pool images, never the query (the
+    release may draw the query as a support of the other way of a 2-way episode: not here).
     """
     rng = np.random.default_rng([seed, way, shot])
-    novel_set = set(novel)
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for image_id in sorted(pairs):
-        for c in pairs[image_id]:
-            if c in novel_set:
-                by_class[c].append(image_id)
-    # novel classes of each candidate image by index.tsv (area > 0), the pair's own classes at least
-    novel_of = {
-        k: {c for c in image_classes.get(k, {}) if c in novel_set} | {c for c in cs if c in novel_set}
-        for k, cs in pairs.items()
-    }
+    by_class = episode_pools(pairs, novel, protocol, way)
+    novel_of = novel_in_images(pairs, image_classes, novel)
     # a class with 2..shot images could be tested at a lower shot: dropping it would silently change
     # the benchmark's class set, so the user lowers `shot` instead (one image: no episode at any shot)
     short = {c: len(by_class[c]) for c in sorted(by_class) if 2 <= len(by_class[c]) < shot + 1}
@@ -191,7 +245,7 @@ def draw_test_episodes(
         first = order[0]
         rest = [c for c in usable if c != first]
         classes = [first] + [rest[int(i)] for i in rng.choice(len(rest), size=way - 1, replace=False)]
-        queries = [k for k in by_class[first] if query_allowed(novel_of[k], classes, protocol)]
+        queries = episode_queries(by_class, novel_of, classes, protocol)
         if not queries:
             continue
         query = queries[int(rng.integers(len(queries)))]
@@ -261,6 +315,75 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+# -- training-episode manifest (train.episodes: manifest) ---------------------------------------
+def draw_train_episodes(
+    pairs: dict[str, list[int]],
+    base: Sequence[int],
+    *,
+    way: int,
+    shot: int,
+    per_class: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The release's fixed training set (dataset/voc_sbd.py:386-463), drawn once from the fold's train.txt.
+
+    For every base class c in sorted order: `per_class` episodes whose query and `shot` supports are
+    distinct images of c's pool (train.txt pairs of c), drawn uniformly; a class with n images where
+    n^2 < per_class is left out, as released (voc_sbd.py:413-414; it never happens on the real data),
+    and so is one with fewer than shot + 1 images. Then one shuffle of the whole list. way > 1 (the
+    release trains 1-way only): the other ways' classes are drawn uniformly from the other usable base
+    classes, their supports from their pools, never the query.
+    """
+    rng = np.random.default_rng([seed, way, shot, 7])
+    base_set = set(base)
+    pools: dict[int, list[str]] = defaultdict(list)
+    for image_id in sorted(pairs):
+        for c in pairs[image_id]:
+            if c in base_set:
+                pools[c].append(image_id)
+    usable = [c for c in sorted(pools) if len(pools[c]) ** 2 >= per_class and len(pools[c]) >= shot + 1]
+    if len(usable) < way:
+        raise ConfigError(
+            f"params: only {len(usable)} base classes have the images for {per_class} training episodes each "
+            f"(n^2 >= train.episodes_per_class and n >= train.shot + 1): lower train.episodes_per_class"
+        )
+    episodes: list[dict[str, Any]] = []
+    for first in usable:
+        rest = [c for c in usable if c != first]
+        for _ in range(per_class):
+            pool = pools[first]
+            picks = rng.choice(len(pool), size=shot + 1, replace=False)
+            query = pool[int(picks[0])]
+            classes = [first] + [rest[int(i)] for i in rng.choice(len(rest), size=way - 1, replace=False)]
+            supports = [[pool[int(i)] for i in picks[1:]]]
+            for c in classes[1:]:
+                others = [k for k in pools[c] if k != query]
+                supports.append([others[int(i)] for i in rng.choice(len(others), size=shot, replace=False)])
+            episodes.append({"query": query, "classes": classes, "supports": supports})
+    return [episodes[int(i)] for i in rng.permutation(len(episodes))]
+
+
+def train_manifest(
+    folds: str, dataset: str, fold: int, way: int, shot: int, protocol: str, seed: int, per_class: int
+) -> dict[str, Any]:
+    """The training-episode manifest of a fold, in the test manifests' format (plus "split": "train")."""
+    base, _ = read_fold(folds, fold)
+    pairs = read_pairs(read_text(join_url(folds, f"fold{fold}/train.txt")))
+    episodes = draw_train_episodes(pairs, base, way=way, shot=shot, per_class=per_class, seed=seed)
+    return {
+        "dataset": dataset,
+        "split": "train",
+        "fold": fold,
+        "way": way,
+        "shot": shot,
+        "protocol": protocol,
+        "seed": seed,
+        "episodes_per_class": per_class,
+        "sha256_of_episodes": episodes_digest(episodes),
+        "episodes": episodes,
+    }
+
+
 # -- evaluation episodes -----------------------------------------------------------------------
 class SampleReader:
     """Fetch samples of a split by image id, one ranged read each, never skipping a bad shard."""
@@ -312,6 +435,19 @@ def eval_query_label(label: np.ndarray, class_ids: Sequence[int], protocol: str)
     return out
 
 
+def eval_support_mask(
+    label: np.ndarray, class_id: int, protocol: str, episode_classes: Sequence[int] = ()
+) -> np.ndarray:
+    """Support mask for evaluation: 1 fg, 0 bg. Under denet every other pixel is background, void (255)
+    and the episode's other classes included (the release's test masks are `mask == class` and hold no
+    255, voc_sbd.py:207-209); under standard void and the episode's other classes stay 255
+    (`transforms.binary_mask`, PANet's N-way rule)."""
+    mask = binary_mask(label, class_id, episode_classes)
+    if protocol == "denet":
+        mask[mask == IGNORE_INDEX] = 0
+    return mask
+
+
 class EvalEpisodes(Dataset):
     """The manifest's episodes, fetched by key from the test shards; use `collate_eval`.
 
@@ -320,39 +456,59 @@ class EvalEpisodes(Dataset):
     standard: query labels at the original size, void kept as 255 (ignored); `collate_eval` pads
     them to the batch's largest size with 255 and `query_size` gives each (h, w) to crop to.
     `query_full_label` holds the raw dataset ids (novel classes kept) at the query label's size.
+    `flip`: mirror images with their labels as `eval_flips` says (the denet protocol); `first` is the
+    position of this manifest's first episode in the full manifest (a torchrun rank's slice), so that
+    every episode keeps its flips however the episodes are split.
     """
 
     def __init__(
-        self, manifest: dict[str, Any], split_url: str, image_size: int, protocol: str, reduced: bool = True
+        self,
+        manifest: dict[str, Any],
+        split_url: str,
+        image_size: int,
+        protocol: str,
+        reduced: bool = True,
+        flip: bool = False,
+        first: int = 0,
     ) -> None:
         self.episodes = manifest["episodes"]
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url)
         self.image_size, self.protocol, self.reduced = image_size, protocol, reduced
+        per_episode = self.way * self.shot + 1
+        self.flips = (
+            eval_flips(first + len(self.episodes), per_episode)[first:]
+            if flip
+            else np.zeros((len(self.episodes), per_episode), dtype=bool)
+        )
 
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def _load(self, key: str, keep_label_size: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, key: str, keep_label_size: bool, flip: bool) -> tuple[np.ndarray, np.ndarray]:
         sample = self.reader.fetch(key)
         check_sample_size(sample)
         img = decode_image(sample["jpg"], self.image_size, self.reduced)
         label = decode_label(sample["label.png"])
         img, small = resize_pair(img, label, self.image_size)
         assert small is not None
-        return np.asarray(img, dtype=np.uint8), np.asarray(
-            label if keep_label_size else small, dtype=np.uint8
-        )
+        label = label if keep_label_size else small
+        if flip:  # image and label together, like the release's RandomHorizontallyFlip
+            img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ep = self.episodes[i]
-        img, label = self._load(ep["query"], keep_label_size=self.protocol == "standard")
+        flips = iter(self.flips[i])  # supports (way-major) first, then the query, as the release draws them
         s_imgs, s_masks = [], []
         for c, keys in zip(ep["classes"], ep["supports"], strict=True):
             for k in keys:
-                si, sl = self._load(k, keep_label_size=False)
+                si, sl = self._load(k, keep_label_size=False, flip=bool(next(flips)))
                 s_imgs.append(si)
-                s_masks.append(binary_mask(sl, c, ep["classes"]))
+                s_masks.append(eval_support_mask(sl, c, self.protocol, ep["classes"]))
+        img, label = self._load(
+            ep["query"], keep_label_size=self.protocol == "standard", flip=bool(next(flips))
+        )
         return {
             "query_img": img,
             "query_label": eval_query_label(label, ep["classes"], self.protocol),

@@ -65,6 +65,8 @@ def episode_batches(
         int(p.sampler.image_size),
         p.protocol,
         p.sampler.decode_reduced,
+        flip=bool(p.evaluate.flip),
+        first=mine.start,  # flips belong to the episode's place in the whole manifest
     )
     return DataLoader(
         dataset,

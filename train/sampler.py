@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.folds import training_label
+from pipeline.folds import binary_label, training_label
 from pipeline.shard_format import MAX_MEMBER_BYTES, encoded_image_problem, member_limit
 from train.shard_io import ShardError, iter_tar_samples, open_stream, split_shards
 from train.transforms import TrainTransform, binary_mask, episode_label
@@ -123,6 +123,86 @@ class ClassPools:
         return Episode(class_ids, query, supports)
 
 
+class EpisodeDecoder:
+    """One training episode's samples -> numpy arrays: the training data rules every model sees.
+
+    Transform: square resize to `image_size` and a horizontal flip with `flip_p` per image (query first,
+    then the supports way-major), drawn from the caller's generator. Labels, as 256-entry lookup tables
+    built by the rule functions themselves (one indexing pass per map):
+    `query_full_label` = `pipeline.folds.training_label` (void by `void`, novel -> 255 under denet, 0
+    under standard); `query_label` (0 bg, k+1 for way k) and `support_masks` (1 fg, 0 bg) are cut from
+    `pipeline.folds.binary_label` (novel -> background, void by `void`: 255 only with "ignore").
+    `gpu_decode`: labels here, JPEG bytes and flips for `train.episodes.normalize` to decode on the device.
+    """
+
+    def __init__(
+        self,
+        novel: Sequence[int],
+        protocol: str,
+        void: str,
+        image_size: int,
+        flip_p: float = 0.5,
+        reduced: bool = True,
+        gpu_decode: bool = False,
+    ) -> None:
+        self.transform = TrainTransform(image_size, flip_p, reduced)
+        self.full_lut = training_label(_VALUES, list(novel), protocol, void)
+        self.binary_lut = binary_label(_VALUES, list(novel), void)
+        self.gpu_decode = gpu_decode
+
+    def __call__(
+        self, episode: Episode, sample: Callable[[str], tuple[bytes, bytes]], rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """Decode `episode`; `sample(key)` gives a sample's (jpg, png) bytes."""
+        if self.gpu_decode:
+            return self._labels_only(episode, sample, rng)
+        img, label = self.transform(*sample(episode.query), rng)
+        s_imgs, s_masks = [], []
+        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
+            mask_lut = binary_mask(self.binary_lut, c, episode.class_ids)
+            for k in keys:
+                si, sl = self.transform(*sample(k), rng)
+                s_imgs.append(si)
+                s_masks.append(mask_lut[sl])
+        return {
+            "query_img": img,
+            "query_label": episode_label(self.binary_lut, episode.class_ids)[label],
+            "query_full_label": self.full_lut[label],
+            "support_imgs": np.stack(s_imgs),
+            "support_masks": np.stack(s_masks),
+            "class_ids": episode.class_ids,
+            "query_id": episode.query,
+            "support_ids": episode.supports,
+        }
+
+    def _labels_only(
+        self, episode: Episode, sample: Callable[[str], tuple[bytes, bytes]], rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """`__call__` for `gpu_decode`: labels on the CPU, JPEG bytes and flips for the device."""
+        jpg, png = sample(episode.query)
+        label, flip = self.transform.label_only(png, rng)
+        s_jpgs, s_masks, flips = [], [], [flip]
+        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
+            mask_lut = binary_mask(self.binary_lut, c, episode.class_ids)
+            for k in keys:
+                s_jpg, s_png = sample(k)
+                sl, sflip = self.transform.label_only(s_png, rng)
+                s_jpgs.append(s_jpg)
+                s_masks.append(mask_lut[sl])
+                flips.append(sflip)
+        return {
+            "query_jpeg": jpg,
+            "support_jpegs": s_jpgs,
+            "img_flips": flips,
+            "query_label": episode_label(self.binary_lut, episode.class_ids)[label],
+            "query_full_label": self.full_lut[label],
+            "support_masks": np.stack(s_masks),
+            "class_ids": episode.class_ids,
+            "query_id": episode.query,
+            "support_ids": episode.supports,
+        }
+
+
 def check_shot(image_classes: dict[str, list[int]], classes: Sequence[int], way: int, shot: int) -> None:
     """Raise ConfigError (one line) when fewer than `way` classes have `shot` + 1 images.
 
@@ -193,6 +273,7 @@ class EpisodeStream(IterableDataset):
         image_size: int = 321,
         pool_size: int = 64,
         protocol: str = "denet",
+        void: str = "ignore",
         seed: int = 0,
         episodes_per_epoch: int = 1000,
         episodes_per_sample: float = 1.0,
@@ -232,8 +313,7 @@ class EpisodeStream(IterableDataset):
         self.episodes_per_epoch, self.episodes_per_sample = episodes_per_epoch, episodes_per_sample
         self.resampled, self.allow_pipe, self.gpu_decode = resampled, allow_pipe, gpu_decode
         self.rank, self.world_size = rank, world_size
-        self.transform = TrainTransform(image_size, flip_p, reduced)
-        self._full_lut = training_label(_VALUES, self.novel, protocol)
+        self.decoder = EpisodeDecoder(self.novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
         self.warmup = len(self.base) * (shot + 1) * 2
         self.stats: dict[str, Any] = {
             "samples_read": 0,
@@ -340,55 +420,7 @@ class EpisodeStream(IterableDataset):
 
     def decode(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
         """Decode one episode into numpy arrays (HWC images), applying the training transform."""
-        if self.gpu_decode:
-            return self._decode_labels_only(episode, rng)
-        store = self._pools.store
-        img, label = self.transform(*store[episode.query], rng)
-        # label rules applied as 256-entry lookup tables built by the rule functions themselves:
-        # one indexing pass per map instead of a comparison per class
-        query_lut = episode_label(self._full_lut, episode.class_ids)
-        s_imgs, s_masks = [], []
-        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(_VALUES, c, episode.class_ids)
-            for k in keys:
-                si, sl = self.transform(*store[k], rng)
-                s_imgs.append(si)
-                s_masks.append(mask_lut[sl])
-        return {
-            "query_img": img,
-            "query_label": query_lut[label],
-            "query_full_label": self._full_lut[label],
-            "support_imgs": np.stack(s_imgs),
-            "support_masks": np.stack(s_masks),
-            "class_ids": episode.class_ids,
-            "query_id": episode.query,
-            "support_ids": episode.supports,
-        }
-
-    def _decode_labels_only(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
-        """`decode` for `gpu_decode`: labels on the CPU, JPEG bytes and flips for the device."""
-        store = self._pools.store
-        jpg, png = store[episode.query]
-        label, flip = self.transform.label_only(png, rng)
-        s_jpgs, s_masks, flips = [], [], [flip]
-        for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(_VALUES, c, episode.class_ids)
-            for k in keys:
-                sl, sflip = self.transform.label_only(store[k][1], rng)
-                s_jpgs.append(store[k][0])
-                s_masks.append(mask_lut[sl])
-                flips.append(sflip)
-        return {
-            "query_jpeg": jpg,
-            "support_jpegs": s_jpgs,
-            "img_flips": flips,
-            "query_label": episode_label(self._full_lut, episode.class_ids)[label],
-            "query_full_label": self._full_lut[label],
-            "support_masks": np.stack(s_masks),
-            "class_ids": episode.class_ids,
-            "query_id": episode.query,
-            "support_ids": episode.supports,
-        }
+        return self.decoder(episode, self._pools.store.__getitem__, rng)
 
     # -- stage 5: batches ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:

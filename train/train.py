@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import AUTO, NUM_CLASSES, Params, load_params
+from pipeline.io import write_json
 from train import distributed
 from train.checkpoint import (
     CheckpointError,
@@ -42,6 +43,7 @@ FOCAL_ALPHA = 0.25  # the release's binary focal loss (alpha weights background,
 FOCAL_GAMMA = 2.0
 LAST = "last.pt"
 BEST = "best.pt"
+TRAIN_EPISODES = "train_episodes.json"  # train.episodes: manifest
 
 Batch = dict[str, Any]
 
@@ -59,7 +61,7 @@ def model_kwargs_from_params(p: Params) -> dict[str, Any]:
         "num_classes": NUM_CLASSES[p.dataset] + 1,  # background + every dataset class (W has C rows)
         "backbone": p.backbone.name,
         "frozen": bool(p.backbone.frozen),
-        "freeze_bn": p.backbone.freeze_bn,
+        "freeze_bn": bool(p.backbone.freeze_bn),
         **p.model_kwargs,  # per-model extras (params model_kwargs; toy DENet: depth 128)
     }
 
@@ -365,26 +367,92 @@ def shards_location(p: Params, shards: str | Path) -> str:
     return p.sampler.shards_url or str(shards)
 
 
+def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
+    """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
+    from train.episodes import train_manifest
+
+    per_class = p.train.episodes_per_class
+    return train_manifest(
+        str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed, per_class
+    )
+
+
 def train_batches(
-    p: Params, cfg: TrainConfig, shards: str | Path, folds: Path, start_step: int = 0
+    p: Params,
+    cfg: TrainConfig,
+    shards: str | Path,
+    folds: Path,
+    start_step: int = 0,
+    manifest: dict[str, Any] | None = None,
 ) -> Iterator[Batch]:
     """The batches of steps `start_step + 1 ..` in the order an uninterrupted run sees them.
 
     A sampler epoch is `checkpoint_every` steps: its episodes depend only on (seed, epoch), so a run
     resumed from a periodic checkpoint restarts the stream at an epoch boundary and sees the same
     data; from any other step the epoch's first batches are drawn again and dropped.
+    `train.episodes: manifest` reads `manifest` (default: `training_manifest`), else the stream.
     """
     from torch.utils.data import DataLoader
 
     from pipeline.folds import fold_classes
-    from train.episodes import read_pairs
-    from train.sampler import EpisodeStream, dist_rank
-    from train.shard_io import join_url, shard_urls
+    from train.shard_io import join_url
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
     rank, world = distributed.rank_world()  # each rank (and each of its workers) reads its own shards
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
     split = join_url(str(shards), "train")
+    if p.train.episodes == "manifest":
+        from train.manifest_stream import ManifestEpisodes
+
+        stream: Any = ManifestEpisodes(
+            manifest or training_manifest(p, folds),
+            split,
+            novel,
+            batch_size=p.train.batch_size,
+            batches_per_epoch=per_epoch,
+            image_size=int(p.sampler.image_size),
+            protocol=p.protocol,
+            void=p.train.void,
+            seed=p.seed,
+            reduced=p.sampler.decode_reduced,
+            rank=rank,
+            world_size=world,
+            gpu_decode=p.sampler.gpu_decode,
+        )
+    else:
+        stream = _pool_stream(p, split, folds, base, novel, per_epoch, rank, world)
+    first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
+    reader_skips: dict[tuple[int, int], tuple[int, int]] = {}  # (epoch, reader) -> (shards, samples)
+    for epoch in itertools.count(first_epoch):
+        stream.set_epoch(epoch)
+        # pinned host memory makes normalize()'s non_blocking copy asynchronous (train.bench_gpu pins too)
+        pin = cfg.device.startswith("cuda")
+        loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers, pin_memory=pin)
+        for i, batch in enumerate(loader):
+            reader, shards_skipped, samples_skipped = batch.pop("data_skips")
+            reader_skips[epoch, reader] = (shards_skipped, samples_skipped)
+            if epoch == first_epoch and i < skip:
+                continue
+            # this rank's totals since the process started (a damaged shard counts once per epoch)
+            batch["skipped_data"] = tuple(sum(counts) for counts in zip(*reader_skips.values(), strict=True))
+            yield batch
+
+
+def _pool_stream(
+    p: Params,
+    split: str,
+    folds: Path,
+    base: list[int],
+    novel: list[int],
+    per_epoch: int,
+    rank: int,
+    world: int,
+) -> Any:
+    """`train.episodes: stream`: episodes drawn from bounded per-class pools while the shards stream."""
+    from train.episodes import read_pairs
+    from train.sampler import EpisodeStream, dist_rank
+    from train.shard_io import shard_urls
+
     # small data may have fewer shards than readers (ranks x workers): every reader then draws
     # shards with replacement, so none sits idle (disjoint shards need at least one per reader)
     readers = max(1, p.sampler.workers) * dist_rank()[1]
@@ -402,6 +470,7 @@ def train_batches(
         image_size=int(p.sampler.image_size),
         pool_size=p.sampler.pool_size,
         protocol=p.protocol,
+        void=p.train.void,
         seed=p.seed,
         episodes_per_epoch=per_epoch * p.train.batch_size,
         reduced=p.sampler.decode_reduced,
@@ -410,21 +479,7 @@ def train_batches(
         rank=rank,
         world_size=world,
     )
-    first_epoch, skip = divmod(start_step * cfg.grad_accum, per_epoch)
-    reader_skips: dict[tuple[int, int], tuple[int, int]] = {}  # (epoch, reader) -> (shards, samples)
-    for epoch in itertools.count(first_epoch):
-        stream.set_epoch(epoch)
-        # pinned host memory makes normalize()'s non_blocking copy asynchronous (train.bench_gpu pins too)
-        pin = cfg.device.startswith("cuda")
-        loader = DataLoader(stream, batch_size=None, num_workers=p.sampler.workers, pin_memory=pin)
-        for i, batch in enumerate(loader):
-            reader, shards_skipped, samples_skipped = batch.pop("data_skips")
-            reader_skips[epoch, reader] = (shards_skipped, samples_skipped)
-            if epoch == first_epoch and i < skip:
-                continue
-            # this rank's totals since the process started (a damaged shard counts once per epoch)
-            batch["skipped_data"] = tuple(sum(counts) for counts in zip(*reader_skips.values(), strict=True))
-            yield batch
+    return stream
 
 
 def run(
@@ -504,7 +559,12 @@ def run(
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    batches = train_batches(p, cfg, shards, folds, state.step)
+    manifest = None
+    if p.train.episodes == "manifest":  # drawn once from the seed; kept beside the checkpoints to inspect
+        manifest = training_manifest(p, folds)
+        if info.is_main:
+            write_json(out_dir / TRAIN_EPISODES, manifest)
+    batches = train_batches(p, cfg, shards, folds, state.step, manifest)
     validate = make_validator(p, shards, folds, cfg) if cfg.val_every else None
     live = _make_live(live_dir, resume_step=state.step) if info.is_main else None
     snapshot = params_snapshot(p)

@@ -12,7 +12,7 @@ import torchvision.models as tvm
 from fss_model import build_model
 from fss_model.backbones import build_backbone, imagenet_cache_path, list_backbones, load_weights
 from fss_model.denet import DENet
-from fss_model.layers import IGNORE_INDEX, binary_way_logits
+from fss_model.layers import IGNORE_INDEX, binary_way_logits, encode_episode, episode_cross_entropy
 
 SIZE = 65
 
@@ -137,6 +137,48 @@ def test_frozen_backbone_gets_no_gradient_and_freeze_bn_keeps_statistics():
     stats = bn.running_mean.clone()
     released(q, s, m, ids)
     assert not torch.equal(stats, bn.running_mean)
+
+
+def test_separate_passes_give_each_group_its_own_batch_statistics():
+    """encode_episode: supports, then the query, each its own BN batch (the release); joint = one batch."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    q, s, _, _ = episode(way=2, shot=2)
+    query, supports = encode_episode(bn, q, s, separate=True, supports_first=True)
+    torch.testing.assert_close(query, nn.functional.batch_norm(q, None, None, training=True))
+    flat = nn.functional.batch_norm(s.flatten(0, 2), None, None, training=True)
+    torch.testing.assert_close(supports, flat.unflatten(0, (2, 2, 2)))
+    joint_q, joint_s = encode_episode(bn, q, s, separate=False)
+    assert joint_s.shape == supports.shape and not torch.allclose(joint_q, query)
+    bn.eval()  # running statistics: the two agree
+    a, b = (
+        encode_episode(bn, q, s, separate=True, supports_first=True),
+        encode_episode(bn, q, s, separate=False),
+    )
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_cross_entropy_is_averaged_per_episode_then_over_the_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 4, 4)
+    target = torch.randint(0, 5, (3, 4, 4))
+    target[0, :3] = IGNORE_INDEX  # episode 0 has 4 valid pixels, episode 1 has 16
+    target[2] = IGNORE_INDEX  # no valid pixel: adds 0 (the release would give NaN)
+    per = [
+        nn.functional.cross_entropy(logits[i : i + 1], target[i : i + 1], ignore_index=255) for i in (0, 1)
+    ]
+    expected = (per[0] + per[1] + 0.0) / 3
+    torch.testing.assert_close(episode_cross_entropy(logits, target), expected)
+    pixel = nn.functional.cross_entropy(logits, target, ignore_index=255)
+    assert not torch.allclose(episode_cross_entropy(logits, target), pixel)
+    model = small_denet(ce_average="pixel").eval()
+    out = {"logits_full": logits, "way_logits": torch.zeros(3, 1, 2, 4, 4)}
+    batch = {"query_full_label": target, "query_label": torch.zeros(3, 4, 4, dtype=torch.long)}
+    torch.testing.assert_close(model.loss(out, batch)["ce"], pixel)
+    torch.testing.assert_close(small_denet().loss(out, batch)["ce"], expected)  # the default, as released
+    with pytest.raises(ValueError, match="ce_average"):
+        small_denet(ce_average="median")
 
 
 # backbone name -> {layer: channels}; sizes at 65 px (stride 8 = 9 x 9, densenet's floored pool: 8 x 8)

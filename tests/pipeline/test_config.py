@@ -46,6 +46,26 @@ def test_device_auto_is_resolved_by_the_trainer_not_the_config():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_protocol_presets_follow_the_release_under_denet():
+    denet = load_params(REPO_PARAMS, {"sampler.image_size": 97})
+    assert denet.data.presence_size == 97 and denet.data.pascal_masks == "list"
+    assert denet.data.coco_crowd == "background" and denet.backbone.freeze_bn is False
+    assert denet.train.void == "background" and denet.train.episodes == "manifest"
+    assert denet.evaluate.flip is True
+    standard = load_params(REPO_PARAMS, {"protocol": "standard"})
+    assert standard.data.presence_size is None and standard.data.pascal_masks == "voc"
+    assert standard.data.coco_crowd == "ignore" and standard.backbone.freeze_bn is True
+    assert standard.train.void == "ignore" and standard.train.episodes == "stream"
+    assert standard.evaluate.flip is False
+    # every rule stays an option
+    mixed = load_params(
+        REPO_PARAMS, {"backbone.freeze_bn": True, "train.void": "ignore", "data.presence_size": None}
+    )
+    assert (
+        mixed.backbone.freeze_bn is True and mixed.train.void == "ignore" and mixed.data.presence_size is None
+    )
+
+
 def test_official_source_switches_presets():
     p = load_params(REPO_PARAMS, {"source": "official", "dataset": "coco"})
     assert p.sampler.image_size == 321 and p.backbone.name == "resnet50" and p.backbone.frozen is True

@@ -46,15 +46,19 @@ def test_pascal_lists_keep_novel_out_of_training(pascal_raw, tmp_path, protocol)
         min_px = 0 if protocol == "denet" else 200
         for image_id, c in train + test:
             split = "train" if (image_id, c) in train else "test"
-            area, fraction = images[split][image_id][c]
-            assert fraction >= threshold and area >= min_px
+            px, total = images[split][image_id][c]
+            assert px / total >= threshold and px >= min_px
         lines = (folds / f"fold{fold}" / "train.txt").read_text().splitlines()
         assert lines == sorted(lines) and all("__" in line for line in lines)
-        if protocol == "denet":  # 1-way query: exactly one novel class passes the presence rule
-            for image_id, _ in test:
-                shown = images["test"][image_id]
-                assert len([c for c in shown if c in novel and shown[c][1] >= threshold]) == 1
-        else:
+        # test.txt: every novel class passing the presence rule (the per-way query rules come later)
+        expected = {
+            (image_id, c)
+            for image_id, shown in images["test"].items()
+            for c, (px, total) in shown.items()
+            if c in novel and px / total >= threshold and px >= min_px
+        }
+        assert set(test) == expected
+        if protocol == "standard":
             assert not {i for i, _ in train} & {i for i, _ in test}  # "aug" train excludes VOC val
 
 
@@ -74,16 +78,19 @@ def test_area_filter_drops_small_objects(pascal_raw, tmp_path):
     assert set(pairs(tmp_path / "all" / "fold0" / "train.txt")) == set(everything)
 
 
-def test_pair_rules_by_protocol():
+def test_pair_rules():
     novel = [1, 2, 3, 4, 5]
-    classes = {1: (5000, 0.3), 2: (50, 0.001), 7: (4000, 0.2), 9: (30, 0.001)}
+    # (presence_px, presence_total): class 1 at 30 %, class 2 at 0.5 %, base 7 at 20 %, base 9 at 0.3 %
+    classes = {1: (3000, 10_000), 2: (50, 10_000), 7: (2000, 10_000), 9: (30, 10_000)}
     assert train_classes(classes, novel, 0.02, 0) == [7]
     assert train_classes(classes, novel, 0.0, 0, drop_novel_images=True) == []
-    assert train_classes({7: (4000, 0.2)}, novel, 0.0, 0, drop_novel_images=True) == [7]
-    assert query_classes(classes, novel, "denet", 0.0, 0) == []  # two novel classes present
-    assert query_classes(classes, novel, "denet", 0.02, 0) == [1]  # class 2 is under 2%
-    assert query_classes(classes, novel, "standard", 0.0, 2048) == [1]
-    assert query_classes({1: (5000, 0.3), 7: (10, 0.0)}, novel, "denet", 0.02, 0) == [1]
+    assert train_classes({7: (4000, 10_000)}, novel, 0.0, 0, drop_novel_images=True) == [7]
+    assert query_classes(classes, novel, 0.0, 0) == [1, 2]  # every present novel class gives a pair
+    assert query_classes(classes, novel, 0.02, 0) == [1]  # class 2 is under 2 %
+    assert query_classes(classes, novel, 0.0, 2048) == [1]
+    # the fraction is the exact division the release makes, at the boundary too
+    assert query_classes({1: (200, 10_000)}, novel, 0.02, 0) == [1]
+    assert query_classes({1: (199, 10_000)}, novel, 0.02, 0) == []
 
 
 @pytest.mark.parametrize("coco_split", ["interleaved", "contiguous"])

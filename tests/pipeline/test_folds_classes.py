@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.folds import fold_classes, novel_classes, training_label
+from pipeline.folds import binary_label, fold_classes, novel_classes, training_label
 
 
 def test_pascal_folds_are_contiguous_fives():
@@ -31,6 +31,13 @@ def test_training_label_hides_novel_classes():
     label = np.array([[0, 1, 6], [255, 2, 7]], dtype=np.uint8)
     assert training_label(label, [1, 2], "denet").tolist() == [[0, 255, 6], [255, 255, 7]]
     assert training_label(label, [1, 2], "standard").tolist() == [[0, 0, 6], [255, 0, 7]]
+    # the release: void is background before novel classes become 255
+    assert training_label(label, [1, 2], "denet", "background").tolist() == [[0, 255, 6], [0, 255, 7]]
+    # binary masks are cut from a label where novel classes are background
+    assert binary_label(label, [1, 2], "background").tolist() == [[0, 0, 6], [0, 0, 7]]
+    assert binary_label(label, [1, 2], "ignore").tolist() == [[0, 0, 6], [255, 0, 7]]
+    with pytest.raises(ValueError, match="void rule"):
+        training_label(label, [1], "denet", "keep")
 
 
 def test_bad_fold_is_rejected():

@@ -61,14 +61,20 @@ def test_train_noval_file_is_used_when_present(pascal_raw):
     assert pascal_image_sets(pascal_raw, "denet")["train"] == sorted([*VOC_TRAIN, "2008_000001"])
 
 
-def test_pascal_masks_match_independent_reads(pascal_raw, tmp_path):
-    params = load_params(write_params(tmp_path), {"protocol": "denet"})
+@pytest.mark.parametrize("pascal_masks", ["voc", "list"])
+def test_pascal_masks_match_independent_reads(pascal_raw, tmp_path, pascal_masks):
+    params = load_params(write_params(tmp_path), {"protocol": "denet", "data.pascal_masks": pascal_masks})
     build_shards(pascal_raw, tmp_path / "out", params, progress=False)
-    sources = {s.key: s for ss in pascal_samples(pascal_raw, "denet").values() for s in ss}
+    sources = {s.key: s for ss in pascal_samples(pascal_raw, "denet", pascal_masks).values() for s in ss}
     seen = shard_labels(tmp_path / "out" / "train") | shard_labels(tmp_path / "out" / "test")
     assert set(seen) == set(sources)
+    test_ids = set(shard_labels(tmp_path / "out" / "test"))
+    # voc: VOC's PNG wherever one exists; list (DENet's release): a test image from SBD val with a VOC
+    # train PNG (2007_000002) is read from SBD's .mat and img/
+    from_voc = set(VOC_TRAIN + VOC_VAL) - ({"2007_000002"} if pascal_masks == "list" else set())
+    assert "2007_000002" in test_ids
     for key, (label, jpg, meta) in seen.items():
-        if key in VOC_TRAIN + VOC_VAL:  # VOC PNG wins even where SBD has a .mat
+        if key in from_voc:
             assert sources[key].kind == "png"
             expected = np.array(Image.open(pascal_raw / VOC / "SegmentationClass" / f"{key}.png"))
             assert (expected == 255).any()  # the void band survives
@@ -84,10 +90,11 @@ def test_pascal_masks_match_independent_reads(pascal_raw, tmp_path):
         assert meta["ignore_px"] == int((label == 255).sum()) and meta["height"] == H
 
 
-def test_coco_masks_match_ann_to_mask(coco_raw, tmp_path):
+@pytest.mark.parametrize("crowd", ["ignore", "background"])
+def test_coco_masks_match_ann_to_mask(coco_raw, tmp_path, crowd):
     from pycocotools.coco import COCO
 
-    params = load_params(write_params(tmp_path), {"dataset": "coco"})
+    params = load_params(write_params(tmp_path), {"dataset": "coco", "data.coco_crowd": crowd})
     build_shards(coco_raw, tmp_path / "out", params, workers=2, progress=False)
     for split, name in (("train", "instances_train2014.json"), ("test", "instances_val2014.json")):
         coco = COCO(str(coco_raw / "annotations" / name))
@@ -102,11 +109,11 @@ def test_coco_masks_match_ann_to_mask(coco_raw, tmp_path):
                 if not ann["iscrowd"]:
                     expected[coco.annToMask(ann) > 0] = cat_map[ann["category_id"]]
             for ann in anns:
-                if ann["iscrowd"]:
+                if ann["iscrowd"] and crowd == "ignore":  # background: crowd regions stay unpainted
                     expected[coco.annToMask(ann) > 0] = 255
             label = seen[Path(info["file_name"]).stem][0]
             np.testing.assert_array_equal(label, expected)
-            assert (label == 255).any() and label.max() == 255 and 0 < label[label < 255].max() <= 80
+            assert (label == 255).any() == (crowd == "ignore") and 0 < label[label < 255].max() <= 80
 
 
 def test_coco_overlap_and_crowd_rules():
@@ -118,6 +125,9 @@ def test_coco_overlap_and_crowd_rules():
     assert label[0, 0] == 3 and label[2, 2] == 7  # overlap goes to the later annotation
     assert label[4, 4] == 255 and label[1, 5] == 0  # crowd region is ignore, even over an instance
     assert coco_label((second, first), 6, 6)[2, 2] == 3
+    # the DENet release's rule: crowd regions are not painted at all
+    label = coco_label((crowd, first, second), 6, 6, crowd="background")
+    assert label[4, 4] == 7 and label[5, 5] == 7 and label[0, 0] == 3 and (label != 255).all()
 
 
 def test_coco_categories_are_renumbered_in_sorted_order():

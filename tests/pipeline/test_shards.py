@@ -14,7 +14,14 @@ from raw_fixtures import write_params
 
 from pipeline.config import load_params
 from pipeline.masks import DataError
-from pipeline.shards import build_shards, is_present, load_index, plan_shards, query_index
+from pipeline.shards import (
+    build_shards,
+    is_present,
+    load_index,
+    plan_shards,
+    query_index,
+    read_shard_with_offsets,
+)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +98,32 @@ def test_index_query_area_filter(pascal_raw, tmp_path):
     cls = int(index["class_id"][0])
     rows = query_index(index, cls, min_fraction=0.02)
     assert all(index["class_id"][rows] == cls) and all(index["fraction"][rows] >= 0.02)
-    assert not is_present(2047, 0.5, min_pixels=2048) and is_present(2048, 0.001, 0.0, 2048)
+    assert not is_present(2047, 4096, min_pixels=2048) and is_present(2048, 10**6, 0.0, 2048)
+    assert is_present(200, 10_000, 0.02) and not is_present(199, 10_000, 0.02)
+
+
+def test_presence_columns_count_the_resized_label(pascal_raw, tmp_path):
+    """denet: presence at data.presence_size (the release's resized mask); standard: original size."""
+    for protocol, size in (("denet", 24), ("standard", None)):
+        params = load_params(write_params(tmp_path), {"protocol": protocol, "sampler.image_size": 24})
+        assert params.data.presence_size == size
+        out = tmp_path / protocol
+        build_shards(pascal_raw, out, params, progress=False)
+        assert json.loads((out / "test" / "manifest.json").read_text())["presence_size"] == size
+        index = load_index(out / "test" / "index.tsv")
+        labels = {}
+        for tar in sorted((out / "test").glob("*.tar")):
+            for key, _, members in read_shard_with_offsets(tar):
+                labels[key] = Image.open(io.BytesIO(members["label.png"]))
+        for key, cid, px, total in zip(
+            index["image_id"], index["class_id"], index["presence_px"], index["presence_total"], strict=True
+        ):
+            label = labels[key] if size is None else labels[key].resize((size, size), Image.NEAREST)
+            assert px == int((np.asarray(label) == cid).sum()) and total == label.size[0] * label.size[1]
+        if size is None:
+            assert (index["presence_px"] == index["area_px"]).all()
+        else:  # 48 x 40 -> 24 x 24: the fixture's 3x3 objects shrink or vanish
+            assert (index["presence_px"] < index["area_px"]).any()
 
 
 def test_interrupted_split_leaves_nothing_that_looks_complete(pascal_raw, tmp_path):

@@ -107,8 +107,9 @@ def test_voc_and_sbd_share_ids_as_the_real_data(pascal: Path) -> None:
     )
     sbd_train, sbd_val = ids(sbd / "train.txt"), ids(sbd / "val.txt")
     shared = (set(voc_train) | set(voc_val)) & (set(sbd_train) | set(sbd_val))
-    assert len(shared) == 20
+    assert len(shared) == 23
     assert set(voc_val) & set(sbd_train)  # some SBD train images are VOC val: train_noval drops them
+    assert set(voc_train) & set(sbd_val)  # some SBD val images have a VOC train PNG (DENet reads the .mat)
     noval = ids(sbd / "train_noval.txt")
     assert noval == sorted(set(sbd_train) - set(voc_val))
     for image_id in sorted(shared)[:5]:
@@ -128,10 +129,16 @@ def test_every_class_is_present_in_train_and_test(pascal: Path) -> None:
     counts = {"train": Counter(), "test": Counter()}
     voc, sbd = pascal / VOC, pascal / SBD
     test_ids = set(ids(voc / "ImageSets/Segmentation/val.txt")) | set(ids(sbd / "val.txt"))
-    for path in sorted((sbd / "cls").iterdir()):
-        seg = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
-        area = np.bincount(seg.ravel(), minlength=21)[1:] / seg.size
-        split = "test" if path.stem in test_ids else "train"
+    # every image once: SBD's .mat (no void band), or VOC's PNG for VOC-only images
+    paths = {p.stem: p for p in (voc / "SegmentationClass").iterdir()}
+    paths.update({p.stem: p for p in (sbd / "cls").iterdir()})
+    for stem, path in sorted(paths.items()):
+        if path.suffix == ".mat":
+            seg = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
+        else:
+            seg = np.asarray(Image.open(path))
+        area = np.bincount(seg.ravel(), minlength=256)[1:21] / seg.size
+        split = "test" if stem in test_ids else "train"
         counts[split].update(int(c) + 1 for c in np.flatnonzero(area >= 0.02))  # DENet's presence rule
     assert all(counts["train"][c] >= 3 for c in range(1, 21)), counts["train"]
     assert all(counts["test"][c] >= 1 for c in range(1, 21)), counts["test"]

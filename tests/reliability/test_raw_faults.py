@@ -68,7 +68,8 @@ def test_skip_bad_skips_counts_and_lists_every_kind_of_fault(pascal_raw, tmp_pat
         pascal_raw / VOC / "SegmentationClass" / "2007_000003.png"
     )  # 12x10 mask for a 48x40 image
     (pascal_raw / SBD / "cls" / "2008_000003.mat").write_bytes(b"\x00" * 64)
-    params = load_params(write_params(tmp_path, skip_bad=True))
+    # pascal_masks voc: VOC's PNG for 2007_000002 in both splits (under "list" its test copy is SBD's .mat)
+    params = load_params(write_params(tmp_path, skip_bad=True, pascal_masks="voc"))
     results = build_shards(pascal_raw, tmp_path / "out", params, workers=1, progress=False)
     report = json.loads((tmp_path / "out" / "report.json").read_text())  # beside the split folders
     problems = {r["id"]: r["problem"] for r in report["skipped"]}

@@ -122,7 +122,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
 
 def test_fewer_shards_than_loader_workers_still_trains(tmp_path, capsys):
     data = write_synthetic(tmp_path / "one", n_train=24, n_test=24, size=(48, 40), shard_max=24)
-    p = tiny_params(sampler__workers=2, train__steps=2)  # 1 shard, 2 DataLoader workers
+    p = tiny_params(sampler__workers=2, train__steps=2, train__episodes="stream")  # 1 shard, 2 workers
     cfg = tr.train_config_from_params(p)
     batches = tr.train_batches(p, cfg, data["shards"], data["folds"])
     got = [next(batches) for _ in range(4)]  # both workers give batches, over an epoch boundary

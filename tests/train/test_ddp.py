@@ -85,7 +85,9 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     from train.checkpoint import load_checkpoint
     from train.episodes import build_manifest
 
-    params = write_params(tmp_path, **{"train.steps": 3, "train.val_every": 3, "train.checkpoint_every": 3})
+    # the streaming sampler: each rank must read its own shards (manifest training reads by key)
+    steps = {"train.steps": 3, "train.val_every": 3, "train.checkpoint_every": 3, "train.episodes": "stream"}
+    params = write_params(tmp_path, **steps)
     out, live = tmp_path / "run" / "fold0", tmp_path / "live"
     data = ["--params", str(params), "--shards", str(tiny_data["shards"])]
     _torchrun(__file__, *data, "--folds", str(tiny_data["folds"]), "--out", str(out), "--live", str(live),

@@ -1,7 +1,7 @@
 """The real DVC flow on tiny toy data: `dvc repro`, `dvc exp run`, a failing run, `dvc exp show --json`.
 
 The repo's dvc.yaml and code are copied into a fresh git + DVC repo with tiny params (toy data at a
-fifth of its size, 65 px, 2 training steps, 8 test episodes), so each stage runs for real.
+fifth of its size, 65 px, 2 training steps, 4 training episodes per class, 8 test episodes), so each stage runs for real.
 """
 
 import hashlib
@@ -20,7 +20,14 @@ DVC = str(Path(sys.executable).parent / "dvc")
 TINY = {
     "toy": {"scale": 0.2},
     "sampler": {"image_size": 65, "workers": 0, "pool_size": 16, "test_episodes": 8, "val_episodes": 4},
-    "train": {"steps": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1},
+    "train": {
+        "steps": 2,
+        "batch_size": 2,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "episodes_per_class": 4,
+    },
     "evaluate": {"batch_size": 4},
 }
 CHECKPOINT = "models/experiment/best.pt"

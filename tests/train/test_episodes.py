@@ -18,9 +18,14 @@ from train.episodes import (
     build_manifest,
     collate_eval,
     draw_test_episodes,
+    draw_train_episodes,
+    episode_pools,
+    episode_queries,
+    eval_flips,
     main,
     manifest_files,
     normalize,
+    novel_in_images,
     read_fold,
     read_index,
     read_manifest,
@@ -47,13 +52,16 @@ def test_test_episodes_follow_the_denet_rules(tiny_data, way, shot):
         classes = ep["classes"]
         assert len(set(classes)) == way and set(classes) <= set(novel)
         assert classes[0] in pairs[ep["query"]]
-        query_novel = set(image_classes[ep["query"]]) & set(novel)
-        assert query_novel <= set(classes)  # denet: no novel class outside the episode's
-        if way == 1:
-            assert query_novel == {classes[0]}
+        if way == 1:  # exactly one novel class passes the presence rule (others may show below it)
+            assert pairs[ep["query"]] == [classes[0]]
+        else:  # no pixel of a novel class outside the episode's
+            query_novel = {c for c, px in image_classes[ep["query"]].items() if c in novel and px > 0}
+            assert query_novel <= set(classes)
         for c, sup in zip(classes, ep["supports"], strict=True):
             assert len(sup) == len(set(sup)) == shot and ep["query"] not in sup
             assert all(c in pairs[s] for s in sup)
+            if way == 1:
+                assert all(pairs[s] == [c] for s in sup)
     counts = Counter(ep["classes"][0] for ep in m["episodes"])
     assert max(counts.values()) - min(counts.values()) <= 1  # class-balanced round robin
 
@@ -70,6 +78,79 @@ def test_manifest_round_trip_and_digest(tiny_data, tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="sha256_of_episodes"):
         read_manifest(path)
+
+
+def test_query_and_support_pools_by_protocol_and_way():
+    novel = [1, 2, 3]
+    # test.txt: every novel class passing the presence rule
+    pairs = {"a": [1], "b": [1, 2], "c": [2], "d": [3], "e": [1, 7]}
+    assert episode_pools(pairs, novel, "denet", 1) == {1: ["a", "e"], 2: ["c"], 3: ["d"]}
+    assert episode_pools(pairs, novel, "denet", 2) == {1: ["a", "b", "e"], 2: ["b", "c"], 3: ["d"]}
+    assert episode_pools(pairs, novel, "standard", 1) == episode_pools(pairs, novel, "denet", 2)
+    # 2-way denet queries: no novel pixel outside the episode (presence_px > 0 counts, below 2 % too)
+    index = {"a": {1: 900, 3: 4}, "b": {1: 500, 2: 600}, "e": {1: 700, 3: 0}}
+    novel_of = novel_in_images(pairs, index, novel)
+    assert novel_of == {"a": {1, 3}, "b": {1, 2}, "c": {2}, "d": {3}, "e": {1}}
+    pools = episode_pools(pairs, novel, "denet", 2)
+    assert episode_queries(pools, novel_of, [1, 2], "denet") == ["b", "e"]
+    assert episode_queries(pools, novel_of, [1, 3], "denet") == ["a", "e"]
+    assert episode_queries(pools, novel_of, [1, 2], "standard") == ["a", "b", "e"]
+    assert episode_queries(episode_pools(pairs, novel, "denet", 1), novel_of, [1], "denet") == ["a", "e"]
+
+
+def test_eval_flips_are_the_releases_random_stream():
+    import random
+
+    r = random.Random(0)
+    expected = [[r.random() < 0.5 for _ in range(3)] for _ in range(50)]
+    assert eval_flips(50, 3).tolist() == expected
+    assert 10 < eval_flips(50, 3).sum() < 140
+
+
+def test_eval_episodes_flip_images_and_labels_by_manifest_position(tiny_data):
+    m = manifest(tiny_data, way=2, shot=1, count=12)
+    split = str(tiny_data["shards"] / "test")
+    plain = EvalEpisodes(m, split, 32, "denet")
+    flipped = EvalEpisodes(m, split, 32, "denet", flip=True)
+    tail = EvalEpisodes({**m, "episodes": m["episodes"][8:]}, split, 32, "denet", flip=True, first=8)
+    flags = eval_flips(12, 3)
+    assert flags[:, :2].any() and flags[:, 2].any() and not flags.all()
+    for i in range(12):
+        a, b = plain[i], flipped[i]
+        supports_flipped, query_flipped = flags[i, :2], flags[i, 2]
+        mirror = (lambda x: x[:, ::-1]) if query_flipped else (lambda x: x)
+        assert np.array_equal(b["query_img"], mirror(a["query_img"]))
+        assert np.array_equal(b["query_label"], mirror(a["query_label"]))
+        for k in range(2):
+            mirror_s = (lambda x: x[:, ::-1]) if supports_flipped[k] else (lambda x: x)
+            assert np.array_equal(b["support_imgs"][k], mirror_s(a["support_imgs"][k]))
+            assert np.array_equal(b["support_masks"][k], mirror_s(a["support_masks"][k]))
+        if i >= 8:  # a torchrun rank's slice keeps each episode's flips
+            c = tail[i - 8]
+            assert np.array_equal(c["query_img"], b["query_img"]) and np.array_equal(
+                c["support_imgs"], b["support_imgs"]
+            )
+
+
+def test_training_manifest_follows_the_release():
+    base = [6, 7, 8]
+    pairs = {f"i{n}": [6] for n in range(6)} | {f"j{n}": [7, 8] for n in range(4)} | {"k": [8]}
+    eps = draw_train_episodes(pairs, base, way=1, shot=1, per_class=9, seed=0)
+    # 6 has 6 images (36 >= 9), 7 has 4 (16 >= 9), 8 has 5: 9 episodes each, all kept
+    assert Counter(e["classes"][0] for e in eps) == {6: 9, 7: 9, 8: 9}
+    for e in eps:
+        (c,), (sup,) = e["classes"], e["supports"]
+        assert e["query"] not in sup and all(c in pairs[k] for k in [e["query"], *sup])
+    assert [e["classes"][0] for e in eps] != sorted(e["classes"][0] for e in eps)  # shuffled once
+    assert draw_train_episodes(pairs, base, way=1, shot=1, per_class=9, seed=0) == eps
+    # the release leaves out a class with n images where n^2 < per_class: 4^2 = 16 < 17
+    eps = draw_train_episodes(pairs, base, way=1, shot=3, per_class=17, seed=0)
+    assert set(Counter(e["classes"][0] for e in eps)) == {6, 8}
+    assert all(len(set(e["supports"][0] + [e["query"]])) == 4 for e in eps)
+    two = draw_train_episodes(pairs, base, way=2, shot=1, per_class=5, seed=0)
+    assert all(len(set(e["classes"])) == 2 and e["query"] not in e["supports"][1] for e in two)
+    with pytest.raises(ValueError, match="episodes_per_class"):
+        draw_train_episodes(pairs, base, way=1, shot=1, per_class=100, seed=0)
 
 
 def test_too_few_images_is_an_error():
@@ -138,8 +219,9 @@ def test_eval_episodes_label_handling(tiny_data, protocol):
             assert (h, w) == raw.shape
             assert np.array_equal(label == IGNORE_INDEX, raw == IGNORE_INDEX)
             assert np.array_equal(label == 1, raw == ep["classes"][0])
-        else:  # resized to image_size, void counted as background
+        else:  # resized to image_size, void counted as background (support masks too)
             assert (h, w) == (32, 32) and not (label == IGNORE_INDEX).any()
+            assert not (batch["support_masks"][j] == IGNORE_INDEX).any()
         assert (batch["support_masks"][j] == 1).sum() > 0
 
 

@@ -81,6 +81,30 @@ def test_episode_contents_follow_the_fold(tiny_data, way, shot):
                 assert len(set(batch["support_ids"][b][k])) == shot
 
 
+@pytest.mark.parametrize("void", ["background", "ignore"])
+def test_void_and_novel_rules_of_the_training_labels(tiny_data, void):
+    """Full label: void -> 0 (the release) or 255, novel -> 255. Binary masks (query_label,
+    support_masks): novel -> 0, as the release cuts them `mask == class`; void as in the full label."""
+    _, novel = read_fold(str(tiny_data["folds"]), 0)
+    samples = all_samples(tiny_data)
+    fill = 0 if void == "background" else IGNORE_INDEX
+    seen_void = seen_novel = 0
+    for batch in make_stream(tiny_data, void=void, flip_p=0.0):
+        for b in range(4):
+            query = batch["query_id"][b]
+            _, raw = load_pair(samples[query]["jpg"], samples[query]["label.png"], SIZE)
+            full, binary = batch["query_full_label"][b].numpy(), batch["query_label"][b].numpy()
+            is_void, is_novel = raw == IGNORE_INDEX, np.isin(raw, novel)
+            assert (full[is_void] == fill).all() and (binary[is_void] == fill).all()
+            assert (full[is_novel] == IGNORE_INDEX).all() and (binary[is_novel] == 0).all()
+            sid = batch["support_ids"][b][0][0]
+            _, sraw = load_pair(samples[sid]["jpg"], samples[sid]["label.png"], SIZE)
+            mask = batch["support_masks"][b, 0, 0].numpy()
+            assert (mask[sraw == IGNORE_INDEX] == fill).all() and (mask[np.isin(sraw, novel)] == 0).all()
+            seen_void, seen_novel = seen_void + is_void.sum(), seen_novel + is_novel.sum()
+    assert seen_void and seen_novel
+
+
 def test_standard_protocol_turns_novel_classes_into_background(tiny_data):
     ds = make_stream(tiny_data, protocol="standard")
     _, novel = read_fold(str(tiny_data["folds"]), 0)

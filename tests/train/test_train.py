@@ -169,8 +169,13 @@ def test_grad_accumulation_and_focal_helper():
     p = tiny_params(train__grad_accum=2)
     cfg = tr.train_config_from_params(p)
     assert cfg.grad_accum == 2 and cfg.lr == pytest.approx(0.01)
-    assert tr.model_kwargs_from_params(p) == {"num_classes": 21, "backbone": "small", "frozen": False,
-                                              "freeze_bn": True, "depth": 128}  # fmt: skip
+    assert tr.model_kwargs_from_params(p) == {
+        "num_classes": 21,
+        "backbone": "small",
+        "frozen": False,
+        "freeze_bn": False,
+        "depth": 128,
+    }  # fmt: skip  (denet: BN in train mode, as released)
 
 
 def test_optimizer_groups_and_step_schedule_follow_the_recipe():

@@ -21,6 +21,7 @@ TINY = {
     "train.val_every": 2,
     "train.checkpoint_every": 2,
     "train.log_every": 1,
+    "train.episodes_per_class": 8,  # manifest training (denet's default) on the tiny data's small pools
     "train.device": "cpu",
     "evaluate.batch_size": 4,
 }
