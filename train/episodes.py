@@ -181,6 +181,41 @@ def episode_queries(
     return [k for k in pools[classes[0]] if query_allowed(novel_of[k], classes, protocol)]
 
 
+def episodes_with_every_way(episodes: list[dict[str, Any]], pairs: dict[str, list[int]]) -> int:
+    """How many episodes' queries hold every episode class by the presence rule (test.txt pairs)."""
+    return sum(set(ep["classes"]) <= set(pairs.get(ep["query"], ())) for ep in episodes)
+
+
+def expected_with_every_way(
+    pairs: dict[str, list[int]],
+    image_classes: dict[str, dict[int, int]],
+    novel: Sequence[int],
+    *,
+    way: int,
+    shot: int,
+    protocol: str,
+) -> float:
+    """The share of 2-way episodes whose query holds both classes that the draw's rule implies.
+
+    The release's rule and `draw_test_episodes` alike: first class balanced over the usable classes,
+    the second uniform among the others, the query uniform over `episode_queries`. So the exact
+    expectation is the mean, over ordered class pairs, of the share of allowed queries holding the
+    second class; a drawn manifest is compared with it (`main` prints both).
+    """
+    if way != 2:
+        raise ValueError("expected_with_every_way is defined for 2-way episodes")
+    pools = episode_pools(pairs, novel, protocol, way)
+    novel_of = novel_in_images(pairs, image_classes, novel)
+    usable = sorted(c for c in pools if len(pools[c]) >= shot + 1)
+    shares = []
+    for first in usable:
+        for second in (c for c in usable if c != first):
+            queries = episode_queries(pools, novel_of, [first, second], protocol)
+            if queries:
+                shares.append(sum(second in pairs[q] for q in queries) / len(queries))
+    return float(np.mean(shares)) if shares else 0.0
+
+
 def eval_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray:
     """bool [count, images_per_episode]: which test images are mirrored (the denet protocol).
 
@@ -606,7 +641,26 @@ def main(argv: list[str] | None = None) -> int:
         path = manifest_file(args.out, seed)
         write_json(path, manifest)
         print(f"{path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+    if p.way == 2:
+        print(both_ways_line(args.shards, args.folds, p, manifests))
     return 0
+
+
+def both_ways_line(shards: str, folds: str, p: Any, manifests: dict[int, dict[str, Any]]) -> str:
+    """How often the drawn 2-way queries hold both classes, against what the rule implies."""
+    _, novel = read_fold(folds, p.fold)
+    pairs = read_pairs(read_text(join_url(folds, f"fold{p.fold}/test.txt")))
+    image_classes, _ = read_index(join_url(shards, "test"))
+    share = expected_with_every_way(pairs, image_classes, novel, way=2, shot=p.shot, protocol=p.protocol)
+    drawn = ", ".join(
+        f"{episodes_with_every_way(m['episodes'], pairs)} of {len(m['episodes'])} (seed {seed})"
+        for seed, m in manifests.items()
+    )
+    count = len(next(iter(manifests.values()))["episodes"])
+    return (
+        f"queries holding both classes (presence rule): {drawn}; the {p.protocol} rule implies "
+        f"{share * count:.1f} of {count}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from train.episodes import (
     draw_train_episodes,
     episode_pools,
     episode_queries,
+    episodes_with_every_way,
     eval_flips,
+    expected_with_every_way,
     main,
     manifest_files,
     normalize,
@@ -258,3 +260,35 @@ def test_normalize_moves_and_standardises():
     assert abs(out["query_img"][0, 0].mean().item() - (124 / 255 - 0.485) / 0.229) < 1e-5
     assert torch.allclose(out["support_imgs"][0, 0, 0, 2], torch.full((2, 2), -0.406 / 0.225))
     assert out["query_id"] == ["a"]
+
+
+def test_two_way_queries_hold_both_classes_at_the_rate_the_rule_implies():
+    """Under denet 2-way: the query is any pool image of the first class without a novel class outside the
+    episode; the share holding the second class follows from the pools (hand-computed here: 4/9)."""
+    pairs = {"a": [1], "b": [1, 2], "c": [2], "d": [2, 3], "e": [3], "f": [1, 3], "g": [1]}
+    image_classes = {k: dict.fromkeys(cs, 100) for k, cs in pairs.items()}
+    # (1,2): queries a b g -> 1/3; (1,3): a f g -> 1/3; the four other ordered pairs: 1/2 each
+    share = expected_with_every_way(pairs, image_classes, [1, 2, 3], way=2, shot=1, protocol="denet")
+    assert share == pytest.approx((1 / 3 + 1 / 3 + 4 * 0.5) / 6)
+    episodes = draw_test_episodes(
+        pairs, image_classes, [1, 2, 3], way=2, shot=1, count=3000, seed=0, protocol="denet"
+    )
+    observed = episodes_with_every_way(episodes, pairs) / len(episodes)
+    assert abs(observed - share) < 3 * np.sqrt(share * (1 - share) / len(episodes))
+    # a query never shows a novel class outside its episode
+    assert all(set(pairs[ep["query"]]) <= set(ep["classes"]) for ep in episodes)
+
+
+def test_stage_main_says_how_often_two_way_queries_hold_both_classes(tiny_data, tmp_path, capsys):
+    params = write_params(tmp_path, way=2)
+    out = tmp_path / "ep"
+    argv = ["--shards", str(tiny_data["shards"]), "--folds", str(tiny_data["folds"]), "--out", str(out)]
+    assert main([*argv, "--params", str(params)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = read_manifest(out / "seed0.json")
+    pairs = read_pairs((tiny_data["folds"] / "fold0" / "test.txt").read_text())
+    held = episodes_with_every_way(m["episodes"], pairs)
+    assert line.startswith(
+        f"queries holding both classes (presence rule): {held} of {len(m['episodes'])} (seed 0)"
+    )
+    assert "the denet rule implies" in line
