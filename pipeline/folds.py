@@ -11,7 +11,7 @@ per-fold (image, class) pair lists (notes section 2, "Two presets"):
   the standard preset) an image showing any pixel of a novel class is dropped too;
 - test: every novel-class pair that passes the presence rule, from the test split (the DENet
   release's 2-way pool, `unlimited_item_class.pair`); the per-way query and support rules of each
-  protocol are applied when episodes are drawn (`train.episodes.episode_pools`).
+  protocol are applied when episodes are drawn (`train.stream.episodes.episode_pools`).
 The presence rule reads index.tsv's presence columns (class pixels at `data.presence_size`).
 The void / novel rules of training masks are `training_label` and `binary_label` below, applied by
 the sampler.

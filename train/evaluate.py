@@ -35,8 +35,8 @@ from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
-from train.shard_io import join_url
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
+from train.stream.shard_io import join_url
 from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
@@ -55,7 +55,7 @@ def episode_batches(
 
     Under torchrun each rank gets its own run of whole batches (`distributed.shard_range`).
     """
-    from train.episodes import EvalEpisodes, collate_eval
+    from train.stream.episodes import EvalEpisodes, collate_eval
 
     size = batch_size or p.evaluate.batch_size
     mine = distributed.shard_range(len(manifest["episodes"]), size)
@@ -86,7 +86,7 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
     the draw falls back to the same images, still other episodes.
     `train.select_on_test`: the test draw itself (what the release does).
     """
-    from train import episodes as ep
+    from train.stream import episodes as ep
 
     test = ep.build_manifest(
         str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
@@ -130,7 +130,7 @@ def run_episodes(
     Labels are cropped to the episode's `query_size` when the batch carries one (standard protocol:
     original size, padded in the batch); predictions are upsampled to the label's size.
     """
-    from train.episodes import normalize
+    from train.stream.episodes import normalize
 
     device = torch.device(device)
     model.eval()
@@ -210,7 +210,7 @@ def evaluate_fold(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint and (optionally) the trivial predictors on one manifest (one fold, one seed)."""
-    from train.episodes import read_manifest
+    from train.stream.episodes import read_manifest
 
     manifest = read_manifest(manifest_path)
     if manifest["protocol"] != p.protocol or manifest["dataset"] != p.dataset:
@@ -395,7 +395,7 @@ def resolve_params(path: str | Path, ckpt: dict[str, Any], flags: dict[str, Any]
 
 def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -> None:
     """Draw a missing manifest exactly as the `episodes` stage would, from the shards and fold lists."""
-    from train.episodes import build_manifest
+    from train.stream.episodes import build_manifest
 
     if not (folds / f"fold{p.fold}.json").exists():
         raise ConfigError(
@@ -414,7 +414,7 @@ def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -
 def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> list[Path]:
     """`given` (a manifest, or a folder of seed<k>.json) or the setting's manifests for `evaluate.seeds`
     under paths.episodes, drawn first where missing."""
-    from train.episodes import manifest_dir, manifest_file, manifest_files
+    from train.stream.episodes import manifest_dir, manifest_file, manifest_files
 
     if given is not None:
         path = Path(given)

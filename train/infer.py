@@ -88,7 +88,7 @@ def full_prediction(
 
 def to_uint8_image(img: torch.Tensor) -> np.ndarray:
     """A normalised [3, H, W] tensor back to HxWx3 uint8 (ImageNet mean/std undone)."""
-    from train.episodes import IMAGENET_MEAN, IMAGENET_STD
+    from train.stream.episodes import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -215,8 +215,8 @@ def infer_manifests(
     device: str | None = None,
 ) -> Path:  # fmt: skip
     """Panels and index.html for each manifest; returns the index path."""
-    from train.episodes import read_manifest
     from train.evaluate import episode_batches
+    from train.stream.episodes import read_manifest
     from train.train import shards_location
 
     p = load_params(params_file)
@@ -321,8 +321,8 @@ def infer_user_images(
     class_id: int | None = None, device: str = "cpu",
 ) -> Path:  # fmt: skip
     """Segment the support's object in `query`; writes panel.png, prediction.png and index.html."""
-    from train.episodes import normalize
     from train.evaluate import predict, way_predictions
+    from train.stream.episodes import normalize
 
     if len(supports) != len(masks) or not supports:
         raise ValueError("give one --mask per --support (and at least one)")

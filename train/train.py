@@ -369,7 +369,7 @@ def shards_location(p: Params, shards: str | Path) -> str:
 
 def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
     """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
-    from train.episodes import train_manifest
+    from train.stream.episodes import train_manifest
 
     per_class = p.train.episodes_per_class
     return train_manifest(
@@ -395,14 +395,14 @@ def train_batches(
     from torch.utils.data import DataLoader
 
     from pipeline.folds import fold_classes
-    from train.shard_io import join_url
+    from train.stream.shard_io import join_url
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
     rank, world = distributed.rank_world()  # each rank (and each of its workers) reads its own shards
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
     split = join_url(str(shards), "train")
     if p.train.episodes == "manifest":
-        from train.manifest_stream import ManifestEpisodes
+        from train.stream.manifest_stream import ManifestEpisodes
 
         stream: Any = ManifestEpisodes(
             manifest or training_manifest(p, folds),
@@ -449,9 +449,9 @@ def _pool_stream(
     world: int,
 ) -> Any:
     """`train.episodes: stream`: episodes drawn from bounded per-class pools while the shards stream."""
-    from train.episodes import read_pairs
-    from train.sampler import EpisodeStream, dist_rank
-    from train.shard_io import shard_urls
+    from train.stream.episodes import read_pairs
+    from train.stream.sampler import EpisodeStream, dist_rank
+    from train.stream.shard_io import shard_urls
 
     # small data may have fewer shards than readers (ranks x workers): every reader then draws
     # shards with replacement, so none sits idle (disjoint shards need at least one per reader)
@@ -498,7 +498,7 @@ def run(
     its own shards (`train.batch_size` episodes per rank and step), rank 0 alone logs and writes.
     """
     import fss_model
-    from train.episodes import normalize
+    from train.stream.episodes import normalize
 
     shards = shards_location(p, shards)
     cfg = train_config_from_params(p)

@@ -6,7 +6,8 @@ import json
 
 from raw_fixtures import write_params
 
-from pipeline import bench_shards, build, folds, lists, shards
+from pipeline import build, folds, lists, shards
+from train.bench import bench_shards
 
 
 def test_build_then_lists(pascal_raw, tmp_path, capsys):

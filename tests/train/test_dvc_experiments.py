@@ -1,7 +1,8 @@
 """The real DVC flow on tiny toy data: `dvc repro`, `dvc exp run`, a failing run, `dvc exp show --json`.
 
 The repo's dvc.yaml and code are copied into a fresh git + DVC repo with tiny params (toy data at a
-fifth of its size, 65 px, 2 training steps, 4 training episodes per class, 8 test episodes), so each stage runs for real.
+fifth of its size, 65 px, 2 training steps, 4 training episodes per class, 8 test episodes), so each
+stage runs for real.
 """
 
 import hashlib

@@ -28,8 +28,8 @@ import fss_model
 from pipeline.build import build
 from pipeline.folds import fold_classes
 from pipeline.toy import generate
-from train.episodes import normalize, read_pairs
-from train.sampler import EpisodeStream
+from train.stream.episodes import normalize, read_pairs
+from train.stream.sampler import EpisodeStream
 from train.train import TrainConfig, autocast_for, build_optimizer, forward, train_loop
 
 

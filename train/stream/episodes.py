@@ -38,7 +38,7 @@ from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
 from pipeline.shard_format import check_shard_name, encoded_image_problem
-from train.shard_io import (
+from train.stream.shard_io import (
     ShardError,
     check_split_complete,
     join_url,
@@ -46,7 +46,7 @@ from train.shard_io import (
     read_range,
     read_text,
 )
-from train.transforms import (
+from train.stream.transforms import (
     binary_mask,
     decode_batch_images,
     decode_image,

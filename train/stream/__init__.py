@@ -1,0 +1,1 @@
+"""The streaming data path: shards -> samples -> episode pools -> decoded episode batches."""
