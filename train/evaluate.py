@@ -36,12 +36,11 @@ from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
+from train.step import Batch, autocast_for, forward, upsample_way_logits
+from train.stream import shards_location
 from train.stream.shard_io import join_url
-from train.train import autocast_for, forward, shards_location, upsample_way_logits
 from train.trivial import TRIVIAL
 
-Batch = dict[str, Any]
-VAL_SEED_OFFSET = 1  # the validation draw uses seed + 1: a different draw from the test episodes
 # what a checkpoint says about the run that trained it, which params.yaml must not contradict
 TRAINED_ON = ("source", "dataset", "protocol", "fold")
 METRICS_FILE, PER_CLASS_FILE, DETAILS_FILE = "metrics.json", "per_class.json", "details.json"
@@ -75,39 +74,6 @@ def episode_batches(
         num_workers=p.sampler.workers,
         collate_fn=collate_eval,
     )
-
-
-def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str, Any]:
-    """Episodes that pick the best checkpoint during training.
-
-    Default: a separate draw (seed + 1) of novel-class episodes whose queries avoid the queries of the
-    test draw with the training seed (not `evaluate.seeds`: adding a test seed must not retrain the
-    model); when that leaves too few images (small data sets, where the test draw uses every image),
-    the draw falls back to the same images, still other episodes.
-    `train.select_on_test`: the test draw itself (what the release does).
-    """
-    from train.stream import episodes as ep
-
-    test = ep.build_manifest(
-        str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
-        int(p.sampler.test_episodes), shot_key="train.shot",
-    )  # fmt: skip
-    if p.train.select_on_test:
-        return test
-    _, novel = ep.read_fold(str(folds), p.fold)
-    pairs = ep.read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
-    test_queries = {e["query"] for e in test["episodes"]}
-    image_classes, _ = ep.read_index(join_url(str(shards), "test"))
-    draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
-            "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
-    try:
-        held_out = {k: v for k, v in pairs.items() if k not in test_queries}
-        episodes = ep.draw_test_episodes(held_out, image_classes, novel, **draw)
-    except ValueError:
-        print("validation: too few images besides the test queries; other episodes of the same images")
-        episodes = ep.draw_test_episodes(pairs, image_classes, novel, **draw)
-    return {**test, "seed": p.seed + VAL_SEED_OFFSET, "episodes": episodes,
-            "sha256_of_episodes": ep.episodes_digest(episodes)}  # fmt: skip
 
 
 @torch.no_grad()

@@ -73,7 +73,7 @@ def full_prediction(
     out: dict[str, torch.Tensor], j: int, class_ids: list[int], size: tuple[int, int]
 ) -> np.ndarray:
     """Dataset-id map of episode j: argmax of `logits_full` when the model has one, else the ways'."""
-    from train.train import upsample_way_logits
+    from train.step import upsample_way_logits
 
     if "logits_full" in out:
         logits = out["logits_full"][j : j + 1].float()
@@ -216,8 +216,8 @@ def infer_manifests(
 ) -> Path:  # fmt: skip
     """Panels and index.html for each manifest; returns the index path."""
     from train.evaluate import episode_batches
+    from train.stream import shards_location
     from train.stream.episodes import read_manifest
-    from train.train import shards_location
 
     p = load_params(params_file)
     shards = shards_location(p, shards)  # sampler.shards_url, when set, as in train and evaluate

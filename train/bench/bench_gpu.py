@@ -28,9 +28,10 @@ import fss_model
 from pipeline.build import build
 from pipeline.folds import fold_classes
 from pipeline.toy import generate
+from train.step import autocast_for, forward
 from train.stream.episodes import normalize, read_pairs
 from train.stream.sampler import EpisodeStream
-from train.train import TrainConfig, autocast_for, build_optimizer, forward, train_loop
+from train.train import TrainConfig, build_optimizer, train_loop
 
 
 def synthetic_batch(b: int, way: int, shot: int, size: int, num_classes: int) -> dict[str, Any]:
