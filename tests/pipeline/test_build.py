@@ -52,6 +52,23 @@ def test_stage_clis_match_build(pascal_raw, tmp_path):
     )
 
 
+def test_lists_default_to_the_folds_stage_output(pascal_raw, tmp_path, capsys, monkeypatch):
+    """Without --data, --dataset, --fold: params.yaml's, and the folder `dvc repro` writes the folds to."""
+    params = write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)  # paths.folds is relative to the repo, as in dvc.yaml
+    stage_out = tmp_path / "data/folds/toy/pascal/denet"  # ${paths.folds}/${source}/${dataset}/${protocol}
+    shards_out = tmp_path / "s"
+    assert shards.main(["--raw", str(pascal_raw), "--out", str(shards_out), "--params", str(params)]) == 0
+    assert folds.main(["--shards", str(shards_out), "--out", str(stage_out), "--params", str(params)]) == 0
+    capsys.readouterr()
+    assert lists.main(["--split", "val", "--params", str(params)]) == 0
+    assert capsys.readouterr().out == (stage_out / "fold0/test.txt").read_text()
+    assert lists.main(["--split", "train", "--fold", "2"]) == 0  # ./params.yaml
+    assert capsys.readouterr().out == (stage_out / "fold2/train.txt").read_text()
+    assert lists.main(["--split", "val", "--dataset", "coco"]) == 2  # no coco folds there
+    assert "data/folds/toy/coco/denet" in capsys.readouterr().err
+
+
 def test_bad_input_stops_with_the_file_named(pascal_raw, tmp_path, capsys):
     (pascal_raw / "VOCdevkit/VOC2012/SegmentationClass/2007_000012.png").write_bytes(b"\x89PNG broken")
     argv = [
