@@ -239,7 +239,7 @@ def dataset_samples(
     bad: list[dict[str, str]],
     pascal_masks: str = "voc",
 ) -> dict[str, list[Sample]]:
-    """Samples per split for `dataset` (image sets by `protocol`, notes section 2)."""
+    """Samples per split for `dataset` (image sets by `protocol`, docs/protocol.md)."""
     if dataset == "pascal":
         return pascal_samples(raw, protocol, pascal_masks)
     if dataset == "coco":
