@@ -1,6 +1,6 @@
 """Training-throughput benchmark: episodes/s of a model step with synthetic tensors and fed by the shards.
 
-`python -m train.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 12 --compile MODE]`
+`python -m train.bench.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 12 --compile MODE]`
 prints one table:
 1. train step on synthetic tensors already on the device (the model's ceiling), at the batch and at
    twice the batch (a launch-bound step gains ~2x from the larger batch);

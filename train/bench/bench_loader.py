@@ -1,6 +1,6 @@
 """Loader benchmark: episodes/s of the shard sampler vs a per-file loader, over local disk and slow HTTP.
 
-`python -m train.bench_loader [--shards DIR --raw DIR --folds DIR]`: without arguments it writes a
+`python -m train.bench.bench_loader [--shards DIR --raw DIR --folds DIR]`: without arguments it writes a
 synthetic dataset in the design.md formats (VOCdevkit files, shards, index.tsv, fold lists) to a
 temp folder; pass the toy data's folders to measure those. Prints one table; a script, not a test.
 """

@@ -1,6 +1,6 @@
 """Does bf16 autocast move the score? One checkpoint on test manifests, fp32 vs bf16 autocast.
 
-    python -m train.bench_precision --shards DIR --checkpoint best.pt --manifest m0.json [m1.json ...]
+    python -m train.bench.bench_precision --shards DIR --checkpoint best.pt --manifest m0.json [m1.json ...]
 
 `train.amp` (bf16 autocast on CUDA) is a speed choice the DENet release does not make (it runs fp32).
 This scores the same checkpoint on the same episodes twice, in fp32 and under bf16 autocast (on the CPU

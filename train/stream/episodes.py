@@ -1,6 +1,6 @@
 """Episode helpers: pair lists, test-episode manifests (DVC stage), eval episodes fetched by key, normalize.
 
-Stage: `python -m train.episodes --shards DIR --folds DIR --out DIR` reads `fold<i>.json`,
+Stage: `python -m train.stream.episodes --shards DIR --folds DIR --out DIR` reads `fold<i>.json`,
 `fold<i>/test.txt` and the test split's index.tsv and writes the fixed test episodes of
 (params.fold, params.way, params.shot) as design.md's manifests, one `seed<k>.json` per test seed
 in params `evaluate.seeds` (the training `seed` does not draw test episodes).
