@@ -18,6 +18,7 @@ env: $(BIN)/activate
 run: env
 	dvc repro
 	python -m train.report --print
+	@echo "gallery: results/infer/index.html (test episodes and failure cases, one panel each)"
 
 test: env
 	@python -m pytest -q; status=$$?; \

@@ -1,6 +1,7 @@
 """DENet (Dynamic Extension Nets, ACM MM 2020) as released: learned class weights extended by prototypes.
 
-Pipeline (fss-notes section 1): backbone layer3 -> neck (dilated conv, ASPP without BN, conv-BN-ReLU) ->
+Pipeline (docs/protocol.md, "DENet as released"): backbone layer3 ->
+neck (dilated conv, ASPP without BN, conv-BN-ReLU) ->
 256-d features at stride 8. A learned matrix W [C, depth] (C = num_classes incl. background) is dropped
 out (training only) and the rows of the episode classes are replaced by support prototypes (guided
 attention gate, masked average pooling, linear projection, K-shot mean). Query logits are dot products with

@@ -34,8 +34,8 @@ class PANet(nn.Module):
     the support features are upsampled bilinearly to the mask size and averaged under the mask (eps 1e-5);
     one foreground prototype per way (mean over its shots) and one background prototype (mean over ways
     of the mean over shots). Background = a support's pixels of label 0: the data marks the pixels of the
-    episode's other classes 255 (`train.transforms.binary_mask`), so, as in PANet's `getMask`, they count
-    neither as background nor as foreground. Query logits = `scale` (20) * cosine similarity with
+    episode's other classes 255 (`train.stream.transforms.binary_mask`), so, as in PANet's `getMask`, they
+    count neither as background nor as foreground. Query logits = `scale` (20) * cosine similarity with
     [background, fg_1, ..., fg_way] at feature size, upsampled bilinearly (align_corners=False) to the
     image: a (1 + way)-class map trained with cross-entropy on the episode label (255 ignored); way i's
     binary map is (max of the other rows, row i), i.e. PANet's argmax.

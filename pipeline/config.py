@@ -175,7 +175,7 @@ class Params:
 
 
 # Presets for `auto` values, keyed by (section, key); each maps a selector to a value.
-# Facts behind the numbers: ../shared/fss-notes.md sections 1 and 2.
+# Facts behind the numbers: docs/protocol.md (the DENet model and recipe, the data rules) and docs/methods.md.
 _BY_SOURCE: dict[tuple[str, str], dict[str, Any]] = {
     ("sampler", "image_size"): {"toy": 161, "official": 321},
     ("sampler", "test_episodes"): {"toy": 300, "official": 1000},

@@ -1,17 +1,17 @@
 """Fold class sets for PASCAL-5i and COCO-20i, and the training-label rule for novel classes.
 
-Facts (../shared/fss-notes.md section 2): PASCAL-5i fold i holds out classes 5i+1..5i+5.
+Facts (docs/protocol.md, "Class ids, folds and sources"): PASCAL-5i fold i holds out classes 5i+1..5i+5.
 COCO-20i interleaved (FWB; used by DENet, HSNet, BAM) holds out {i+1, i+5, ..., i+77};
 contiguous (PANet) holds out 20i+1..20i+20. Class ids are the dataset ids (VOC 1..20, COCO 1..80).
 
 The folds stage (`python -m pipeline.folds --shards DIR --out DIR`) turns the per-class index into
-per-fold (image, class) pair lists (notes section 2, "Two presets"):
+per-fold (image, class) pair lists (docs/protocol.md, "Data"):
 - train: base-class pairs that pass the presence rule, from the train split; an image with no base
   class left gives no pair, so it is dropped (denet); with `drop_novel_images` (BAM's option for
   the standard preset) an image showing any pixel of a novel class is dropped too;
 - test: every novel-class pair that passes the presence rule, from the test split (the DENet
   release's 2-way pool, `unlimited_item_class.pair`); the per-way query and support rules of each
-  protocol are applied when episodes are drawn (`train.episodes.episode_pools`).
+  protocol are applied when episodes are drawn (`train.stream.episodes.episode_pools`).
 The presence rule reads index.tsv's presence columns (class pixels at `data.presence_size`).
 The void / novel rules of training masks are `training_label` and `binary_label` below, applied by
 the sampler.

@@ -30,16 +30,29 @@ def read_pairs(data: str | Path, dataset: str, fold: int, split: str) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.lists --dataset pascal --fold 0 --split val [--data DIR] [--out FILE]`."""
+    """`python -m pipeline.lists --split val [--dataset pascal] [--fold 0] [--data DIR] [--out FILE]`."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dataset", choices=("pascal", "coco"), required=True)
-    ap.add_argument("--fold", type=int, choices=range(4), required=True)
+    ap.add_argument("--dataset", choices=("pascal", "coco"), default=None, help="default: params.yaml's")
+    ap.add_argument("--fold", type=int, choices=range(4), default=None, help="default: params.yaml's")
     ap.add_argument("--split", choices=tuple(SPLIT_FILES), required=True, help="val = test queries")
-    ap.add_argument("--data", default="build", help="what `pipeline.build --out` or the folds stage wrote")
+    ap.add_argument("--data", default=None,
+                    help="what the folds stage or `pipeline.build --out` wrote (default: the folds stage's "
+                    "output, <paths.folds>/<source>/<dataset>/<protocol> of params.yaml)")  # fmt: skip
+    ap.add_argument(
+        "--params", default="params.yaml", help="read when --data, --dataset or --fold is not given"
+    )
     ap.add_argument("--out", default=None, help="write here instead of stdout")
     args = ap.parse_args(argv)
     try:
-        lines = read_pairs(args.data, args.dataset, args.fold, args.split)
+        data, dataset, fold = args.data, args.dataset, args.fold
+        if data is None or dataset is None or fold is None:
+            from pipeline.config import load_params
+
+            p = load_params(args.params)
+            dataset = dataset or p.dataset
+            fold = p.fold if fold is None else fold
+            data = data or Path(p.paths.folds, p.source, dataset, p.protocol)
+        lines = read_pairs(data, dataset, fold, args.split)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lists: {exc}", file=sys.stderr)
         return 2

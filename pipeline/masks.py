@@ -1,6 +1,6 @@
 """Raw VOC / SBD / COCO readers: which images form each split, and one validated label map per image.
 
-Protocol facts cited from ../shared/fss-notes.md section 2 ("Data protocols"):
+Protocol facts (docs/protocol.md, "Class ids, folds and sources" and "Data"):
 - class ids: VOC 1..20, COCO's 80 category ids renumbered 1..80 in sorted order, 0 background,
   255 void/ignore;
 - PASCAL masks: `pascal_masks="voc"` (standard) takes VOC2012's PNG where one exists, else SBD's
@@ -104,7 +104,7 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def pascal_image_sets(raw: str | Path, protocol: str) -> dict[str, list[str]]:
-    """Train and test image ids of PASCAL-5i under `protocol` (notes section 2, "Two presets").
+    """Train and test image ids of PASCAL-5i under `protocol` (docs/protocol.md, "Data").
 
     SBD's `train_noval.txt` (SBD train minus VOC2012 val, 5,623 ids) is a separate download; when it
     is absent it is computed here as SBD train minus VOC2012 val, which is how it was made.
@@ -179,7 +179,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def coco_category_map(categories: list[dict[str, Any]]) -> dict[int, int]:
-    """COCO category id -> dataset class id 1..80, in sorted category-id order (notes section 2)."""
+    """COCO category id -> dataset class id 1..80, in sorted category-id order (docs/protocol.md)."""
     ids = sorted(int(c["id"]) for c in categories)
     return {cat: i + 1 for i, cat in enumerate(ids)}
 

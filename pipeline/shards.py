@@ -239,7 +239,7 @@ def dataset_samples(
     bad: list[dict[str, str]],
     pascal_masks: str = "voc",
 ) -> dict[str, list[Sample]]:
-    """Samples per split for `dataset` (image sets by `protocol`, notes section 2)."""
+    """Samples per split for `dataset` (image sets by `protocol`, docs/protocol.md)."""
     if dataset == "pascal":
         return pascal_samples(raw, protocol, pascal_masks)
     if dataset == "coco":
@@ -369,7 +369,7 @@ def read_shard_with_offsets(
 ) -> Iterable[tuple[str, int, dict[str, bytes]]]:
     """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests.
 
-    Python's `tarfile`, not the fast stream reader of `train.shard_io`: verify checks what the writer
+    Python's `tarfile`, not the fast stream reader of `train.stream.shard_io`: verify checks what the writer
     wrote (and the offsets `index.tsv` holds) with a parser independent of the one training uses.
     Every member header passes `check_member` (no sparse member, at most `limit` bytes, default the
     file's size capped by MAX_MEMBER_BYTES) before its data is read; a failing one raises ShardError.

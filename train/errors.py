@@ -10,7 +10,7 @@ from PIL import Image
 from fss_model.backbones import WeightsError
 from pipeline.config import ConfigError
 from train.checkpoint import CheckpointError
-from train.shard_io import ShardError
+from train.stream.shard_io import ShardError
 
 # ValueError covers ConfigError, DeviceError and bad model_kwargs; OSError covers missing files, full
 # disks and PIL's unreadable images; DecompressionBombError is PIL's refusal of a huge image.

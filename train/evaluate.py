@@ -35,13 +35,12 @@ from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
-from train.shard_io import join_url
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
-from train.train import autocast_for, forward, shards_location, upsample_way_logits
+from train.step import Batch, autocast_for, forward, upsample_way_logits
+from train.stream import shards_location
+from train.stream.shard_io import join_url
 from train.trivial import TRIVIAL
 
-Batch = dict[str, Any]
-VAL_SEED_OFFSET = 1  # the validation draw uses seed + 1: a different draw from the test episodes
 # what a checkpoint says about the run that trained it, which params.yaml must not contradict
 TRAINED_ON = ("source", "dataset", "protocol", "fold")
 METRICS_FILE, PER_CLASS_FILE, DETAILS_FILE = "metrics.json", "per_class.json", "details.json"
@@ -55,7 +54,7 @@ def episode_batches(
 
     Under torchrun each rank gets its own run of whole batches (`distributed.shard_range`).
     """
-    from train.episodes import EvalEpisodes, collate_eval
+    from train.stream.episodes import EvalEpisodes, collate_eval
 
     size = batch_size or p.evaluate.batch_size
     mine = distributed.shard_range(len(manifest["episodes"]), size)
@@ -75,39 +74,6 @@ def episode_batches(
         num_workers=p.sampler.workers,
         collate_fn=collate_eval,
     )
-
-
-def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str, Any]:
-    """Episodes that pick the best checkpoint during training.
-
-    Default: a separate draw (seed + 1) of novel-class episodes whose queries avoid the queries of the
-    test draw with the training seed (not `evaluate.seeds`: adding a test seed must not retrain the
-    model); when that leaves too few images (small data sets, where the test draw uses every image),
-    the draw falls back to the same images, still other episodes.
-    `train.select_on_test`: the test draw itself (what the release does).
-    """
-    from train import episodes as ep
-
-    test = ep.build_manifest(
-        str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
-        int(p.sampler.test_episodes), shot_key="train.shot",
-    )  # fmt: skip
-    if p.train.select_on_test:
-        return test
-    _, novel = ep.read_fold(str(folds), p.fold)
-    pairs = ep.read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
-    test_queries = {e["query"] for e in test["episodes"]}
-    image_classes, _ = ep.read_index(join_url(str(shards), "test"))
-    draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
-            "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
-    try:
-        held_out = {k: v for k, v in pairs.items() if k not in test_queries}
-        episodes = ep.draw_test_episodes(held_out, image_classes, novel, **draw)
-    except ValueError:
-        print("validation: too few images besides the test queries; other episodes of the same images")
-        episodes = ep.draw_test_episodes(pairs, image_classes, novel, **draw)
-    return {**test, "seed": p.seed + VAL_SEED_OFFSET, "episodes": episodes,
-            "sha256_of_episodes": ep.episodes_digest(episodes)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -130,7 +96,7 @@ def run_episodes(
     Labels are cropped to the episode's `query_size` when the batch carries one (standard protocol:
     original size, padded in the batch); predictions are upsampled to the label's size.
     """
-    from train.episodes import normalize
+    from train.stream.episodes import normalize
 
     device = torch.device(device)
     model.eval()
@@ -210,7 +176,7 @@ def evaluate_fold(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint and (optionally) the trivial predictors on one manifest (one fold, one seed)."""
-    from train.episodes import read_manifest
+    from train.stream.episodes import read_manifest
 
     manifest = read_manifest(manifest_path)
     if manifest["protocol"] != p.protocol or manifest["dataset"] != p.dataset:
@@ -395,7 +361,7 @@ def resolve_params(path: str | Path, ckpt: dict[str, Any], flags: dict[str, Any]
 
 def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -> None:
     """Draw a missing manifest exactly as the `episodes` stage would, from the shards and fold lists."""
-    from train.episodes import build_manifest
+    from train.stream.episodes import build_manifest
 
     if not (folds / f"fold{p.fold}.json").exists():
         raise ConfigError(
@@ -414,7 +380,7 @@ def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -
 def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> list[Path]:
     """`given` (a manifest, or a folder of seed<k>.json) or the setting's manifests for `evaluate.seeds`
     under paths.episodes, drawn first where missing."""
-    from train.episodes import manifest_dir, manifest_file, manifest_files
+    from train.stream.episodes import manifest_dir, manifest_file, manifest_files
 
     if given is not None:
         path = Path(given)

@@ -1,4 +1,4 @@
-"""Few-shot segmentation metric: per-class foreground IoU sums (mIoU) and FB-IoU (notes section 3)."""
+"""Few-shot segmentation metric: per-class foreground IoU sums (mIoU) and FB-IoU (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -12,13 +12,11 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm import tqdm
@@ -37,15 +35,13 @@ from train.checkpoint import (
 )
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
+from train.step import Batch, autocast_for, binary_focal_loss, forward
+from train.stream import shards_location
+from train.validation import make_validator
 
-IGNORE_INDEX = 255
-FOCAL_ALPHA = 0.25  # the release's binary focal loss (alpha weights background, 1 - alpha foreground)
-FOCAL_GAMMA = 2.0
 LAST = "last.pt"
 BEST = "best.pt"
 TRAIN_EPISODES = "train_episodes.json"  # train.episodes: manifest
-
-Batch = dict[str, Any]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,44 +135,6 @@ def compile_mode(spec: str, device: str, steps: int) -> str:
 def params_snapshot(p: Params) -> dict[str, Any]:
     """Plain-dict copy of the resolved params, stored in every checkpoint."""
     return json.loads(json.dumps(dataclasses.asdict(p)))
-
-
-# ---------------------------------------------------------------- small functions of the step
-
-
-def autocast_for(device: torch.device, amp: bool) -> Any:
-    """bf16 autocast on CUDA when enabled; a no-op context on CPU."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def forward(model: nn.Module, batch: Batch, channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """The model's forward on an episode batch (already normalised on its device)."""
-    query = batch["query_img"]
-    if channels_last:
-        query = query.contiguous(memory_format=torch.channels_last)
-    return model(query, batch["support_imgs"], batch["support_masks"], batch["class_ids"])
-
-
-def upsample_way_logits(way_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, way, 2, h, w] -> [B, way, 2, H, W], bilinear with align_corners=True (the release)."""
-    b, way, two, h, w = way_logits.shape
-    if (h, w) == tuple(size):
-        return way_logits
-    flat = way_logits.reshape(b, way * two, h, w).float()
-    return F.interpolate(flat, size=size, mode="bilinear", align_corners=True).reshape(b, way, two, *size)
-
-
-def binary_focal_loss(way_logits: torch.Tensor, query_label: torch.Tensor) -> torch.Tensor:
-    """The release's binary focal loss of the way outputs, for models whose `loss` does not report it."""
-    from fss_model.layers import binary_focal_loss as focal
-    from fss_model.layers import binary_targets
-
-    size = tuple(query_label.shape[-2:])
-    logits = upsample_way_logits(way_logits.float(), size).flatten(0, 1)
-    target = binary_targets(query_label, way_logits.shape[1]).flatten(0, 1)
-    return focal(logits, target, FOCAL_ALPHA, FOCAL_GAMMA)
 
 
 def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
@@ -362,14 +320,9 @@ def train_loop(
 # ---------------------------------------------------------------- wiring: params, data, model, outputs
 
 
-def shards_location(p: Params, shards: str | Path) -> str:
-    """Where shards are read from: `sampler.shards_url` when set (http(s)://, s3://, ...), else `shards`."""
-    return p.sampler.shards_url or str(shards)
-
-
 def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
     """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
-    from train.episodes import train_manifest
+    from train.stream.episodes import train_manifest
 
     per_class = p.train.episodes_per_class
     return train_manifest(
@@ -395,14 +348,14 @@ def train_batches(
     from torch.utils.data import DataLoader
 
     from pipeline.folds import fold_classes
-    from train.shard_io import join_url
+    from train.stream.shard_io import join_url
 
     base, novel = fold_classes(p.dataset, p.fold, p.data.coco_split)
     rank, world = distributed.rank_world()  # each rank (and each of its workers) reads its own shards
     per_epoch = cfg.checkpoint_every * cfg.grad_accum  # batches
     split = join_url(str(shards), "train")
     if p.train.episodes == "manifest":
-        from train.manifest_stream import ManifestEpisodes
+        from train.stream.manifest_stream import ManifestEpisodes
 
         stream: Any = ManifestEpisodes(
             manifest or training_manifest(p, folds),
@@ -449,9 +402,9 @@ def _pool_stream(
     world: int,
 ) -> Any:
     """`train.episodes: stream`: episodes drawn from bounded per-class pools while the shards stream."""
-    from train.episodes import read_pairs
-    from train.sampler import EpisodeStream, dist_rank
-    from train.shard_io import shard_urls
+    from train.stream.episodes import read_pairs
+    from train.stream.sampler import EpisodeStream, dist_rank
+    from train.stream.shard_io import shard_urls
 
     # small data may have fewer shards than readers (ranks x workers): every reader then draws
     # shards with replacement, so none sits idle (disjoint shards need at least one per reader)
@@ -498,7 +451,7 @@ def run(
     its own shards (`train.batch_size` episodes per rank and step), rank 0 alone logs and writes.
     """
     import fss_model
-    from train.episodes import normalize
+    from train.stream.episodes import normalize
 
     shards = shards_location(p, shards)
     cfg = train_config_from_params(p)
@@ -565,7 +518,7 @@ def run(
         if info.is_main:
             write_json(out_dir / TRAIN_EPISODES, manifest)
     batches = train_batches(p, cfg, shards, folds, state.step, manifest)
-    validate = make_validator(p, shards, folds, cfg) if cfg.val_every else None
+    validate = make_validator(p, shards, folds, cfg.device, cfg.amp) if cfg.val_every else None
     live = _make_live(live_dir, resume_step=state.step) if info.is_main else None
     snapshot = params_snapshot(p)
 
@@ -629,23 +582,6 @@ def _read_last(last: Path, resume: bool) -> dict[str, Any] | str | None:
         return load_checkpoint(last, map_location="cpu")  # a corrupt file raises: never a silent restart
     except CheckpointError as exc:
         return str(exc)
-
-
-def make_validator(
-    p: Params, shards: str | Path, folds: Path, cfg: TrainConfig
-) -> Callable[[nn.Module], float]:
-    """mIoU on the validation draw (test episodes with train.select_on_test), split over the ranks."""
-    from train import evaluate as ev
-
-    episodes = ev.validation_episodes(p, shards, folds)
-
-    def validate(model: nn.Module) -> float:
-        result = ev.evaluate_model(
-            unwrap(model), ev.episode_batches(p, shards, episodes), p.protocol, cfg.device, cfg.amp
-        )
-        return float(result["miou"])
-
-    return validate
 
 
 def _load_backbone_weights(model: nn.Module, p: Params) -> None:

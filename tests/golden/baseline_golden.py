@@ -139,7 +139,7 @@ def make_inputs(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float ImageNet-normalised, as every release and `train.episodes.normalize`."""
+    """uint8 [..., 3, H, W] -> float ImageNet-normalised, as every release and `episodes.normalize`."""
     x = torch.from_numpy(images).float() / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

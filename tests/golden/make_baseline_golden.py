@@ -181,8 +181,8 @@ def binary(full: np.ndarray, class_ids: np.ndarray) -> torch.Tensor:
 
 def project_support_masks(ep: dict[str, np.ndarray]) -> torch.Tensor:
     """What this project's sampler makes of the supports under `protocol: denet` (void trains as
-    background): `train.transforms.binary_mask` with the episode's classes."""
-    from train.transforms import binary_mask
+    background): `train.stream.transforms.binary_mask` with the episode's classes."""
+    from train.stream.transforms import binary_mask
 
     full = np.where(ep["support_full"] == VOID, 0, ep["support_full"])
     b, way, shot = full.shape[:3]

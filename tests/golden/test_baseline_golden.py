@@ -30,7 +30,7 @@ from baseline_golden import (
 
 from fss_model import build_model
 from fss_model.pairwise import encode_episode
-from train.transforms import binary_mask, episode_label
+from train.stream.transforms import binary_mask, episode_label
 
 SUB = 4  # image-size outputs are stored at every 4th pixel
 

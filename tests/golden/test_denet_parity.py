@@ -23,7 +23,7 @@ from pipeline import toy
 from pipeline.config import load_params
 from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
-from train.episodes import (
+from train.stream.episodes import (
     SampleReader,
     episode_pools,
     episode_queries,
@@ -33,8 +33,8 @@ from train.episodes import (
     read_index,
     read_pairs,
 )
-from train.sampler import Episode, EpisodeDecoder
-from train.transforms import decode_label
+from train.stream.sampler import Episode, EpisodeDecoder
+from train.stream.transforms import decode_label
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 

@@ -6,7 +6,8 @@ import json
 
 from raw_fixtures import write_params
 
-from pipeline import bench_shards, build, folds, lists, shards
+from pipeline import build, folds, lists, shards
+from train.bench import bench_shards
 
 
 def test_build_then_lists(pascal_raw, tmp_path, capsys):
@@ -49,6 +50,23 @@ def test_stage_clis_match_build(pascal_raw, tmp_path):
         lists.read_pairs(tmp_path / "f", "pascal", 2, "train")
         == (tmp_path / "f/fold2/train.txt").read_text().split()
     )
+
+
+def test_lists_default_to_the_folds_stage_output(pascal_raw, tmp_path, capsys, monkeypatch):
+    """Without --data, --dataset, --fold: params.yaml's, and the folder `dvc repro` writes the folds to."""
+    params = write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)  # paths.folds is relative to the repo, as in dvc.yaml
+    stage_out = tmp_path / "data/folds/toy/pascal/denet"  # ${paths.folds}/${source}/${dataset}/${protocol}
+    shards_out = tmp_path / "s"
+    assert shards.main(["--raw", str(pascal_raw), "--out", str(shards_out), "--params", str(params)]) == 0
+    assert folds.main(["--shards", str(shards_out), "--out", str(stage_out), "--params", str(params)]) == 0
+    capsys.readouterr()
+    assert lists.main(["--split", "val", "--params", str(params)]) == 0
+    assert capsys.readouterr().out == (stage_out / "fold0/test.txt").read_text()
+    assert lists.main(["--split", "train", "--fold", "2"]) == 0  # ./params.yaml
+    assert capsys.readouterr().out == (stage_out / "fold2/train.txt").read_text()
+    assert lists.main(["--split", "val", "--dataset", "coco"]) == 2  # no coco folds there
+    assert "data/folds/toy/coco/denet" in capsys.readouterr().err
 
 
 def test_bad_input_stops_with_the_file_named(pascal_raw, tmp_path, capsys):

@@ -13,7 +13,7 @@ for folder in ("pipeline", "train"):
 
 from raw_fixtures import make_coco_raw, make_pascal_raw  # noqa: E402
 
-from train.bench_loader import write_synthetic  # noqa: E402
+from train.bench.bench_loader import write_synthetic  # noqa: E402
 
 
 @pytest.fixture

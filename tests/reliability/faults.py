@@ -140,8 +140,8 @@ def copy_shards(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
 
 def fold0_stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> Any:
     """A small training stream of fold 0 over the split folder `split`."""
-    from train.episodes import read_fold, read_pairs
-    from train.sampler import EpisodeStream
+    from train.stream.episodes import read_fold, read_pairs
+    from train.stream.sampler import EpisodeStream
 
     base, novel = read_fold(str(tiny_data["folds"]), 0)
     pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())

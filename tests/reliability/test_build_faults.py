@@ -16,7 +16,7 @@ from raw_fixtures import VOC, make_pascal_raw, write_params
 from pipeline import shards as shards_stage
 from pipeline import verify
 from pipeline.build import build
-from train.shard_io import ShardError, shard_urls
+from train.stream.shard_io import ShardError, shard_urls
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND_S = 60  # a failing build of a few tiny images exits in about a second; a hang never does
@@ -64,7 +64,7 @@ def test_verify_and_the_readers_refuse_a_dataset_without_its_completion_record(t
     assert out[-1] == "verify: 1 split(s), 1 problem(s)"
     with pytest.raises(ShardError, match=r"complete\.json is missing"):
         shard_urls(str(shards / "train"))  # training's reader
-    from train.episodes import read_index
+    from train.stream.episodes import read_index
 
     shutil.copytree(tiny_data["shards"] / "test", shards / "test")
     with pytest.raises(ShardError, match=r"complete\.json is missing"):

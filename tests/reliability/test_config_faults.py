@@ -6,10 +6,10 @@ import pytest
 from train_helpers import REPO_PARAMS, write_params
 
 from pipeline.config import ConfigError, load_params
-from train import episodes
 from train import train as tr
-from train.episodes import read_fold, read_pairs
-from train.sampler import EpisodeStream
+from train.stream import episodes
+from train.stream.episodes import read_fold, read_pairs
+from train.stream.sampler import EpisodeStream
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from train.sampler import EpisodeStream
-from train.shard_io import ShardError, open_stream, shard_urls
+from train.stream.sampler import EpisodeStream
+from train.stream.shard_io import ShardError, open_stream, shard_urls
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "train", "fss_model")
 # the one place a shell may run: `pipe:` shard URLs, refused unless the caller passes allow_pipe=True
-SHELL_ALLOWED = {("train/shard_io.py", "open_stream")}
+SHELL_ALLOWED = {("train/stream/shard_io.py", "open_stream")}
 
 
 def _sources() -> dict[str, ast.Module]:
@@ -75,7 +75,7 @@ def test_a_shell_runs_only_for_pipe_urls_the_caller_allowed():
                 shells.add((path, func))
     assert shells == SHELL_ALLOWED
     # that function refuses before it starts anything unless allow_pipe is passed, False by default
-    tree = _sources()["train/shard_io.py"]
+    tree = _sources()["train/stream/shard_io.py"]
     func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "open_stream")
     args = [a.arg for a in func.args.args][-len(func.args.defaults) :]
     defaults = dict(zip(args, func.args.defaults, strict=True))

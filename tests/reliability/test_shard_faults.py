@@ -18,8 +18,8 @@ from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import EvalEpisodes, SampleReader, build_manifest
-from train.shard_io import ShardError
+from train.stream.episodes import EvalEpisodes, SampleReader, build_manifest
+from train.stream.shard_io import ShardError
 
 _copy, _stream = copy_shards, fold0_stream
 
@@ -29,7 +29,7 @@ def test_training_skips_a_missing_shard_with_a_warning_and_a_count(tiny_data, tm
     gone = train / "train-000003.tar"
     gone.unlink()
     ds = _stream(tiny_data, train)
-    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"):
         assert len(list(ds)) == 10  # every batch of the epoch still comes
     assert ds.stats["skipped_shards"] and set(ds.stats["skipped_shards"]) == {str(gone)}
     assert any("skipping shard" in r.message and str(gone) in r.message for r in caplog.records)
@@ -39,7 +39,7 @@ def test_training_skips_a_sample_without_its_label_with_a_warning_and_a_count(ti
     train = _copy(tiny_data, tmp_path) / "train"
     key = drop_member(train, "train-000001.tar", "label.png")
     ds = _stream(tiny_data, train, episodes_per_epoch=200)
-    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"):
         batches = list(ds)
     assert len(batches) == 50
     shard = str(train / "train-000001.tar")

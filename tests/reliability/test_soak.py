@@ -3,8 +3,8 @@
 import psutil
 from torch.utils.data import DataLoader
 
-from train.episodes import read_fold, read_pairs
-from train.sampler import EpisodeStream
+from train.stream.episodes import read_fold, read_pairs
+from train.stream.sampler import EpisodeStream
 
 EPISODES = 10_000
 BATCH = 16

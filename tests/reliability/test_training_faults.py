@@ -15,7 +15,7 @@ from train_helpers import tiny_params, write_params
 
 from train import checkpoint as ck
 from train import train as tr
-from train.bench_loader import write_synthetic
+from train.bench.bench_loader import write_synthetic
 from train.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

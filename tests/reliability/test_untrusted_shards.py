@@ -35,8 +35,8 @@ from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import SampleReader, build_manifest, episodes_digest, read_index
-from train.shard_io import ShardError
+from train.stream.episodes import SampleReader, build_manifest, episodes_digest, read_index
+from train.stream.shard_io import ShardError
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
@@ -71,7 +71,7 @@ def test_memory_bombs_in_a_shard_are_shard_errors_naming_shard_and_member(tiny_d
     assert len(problems) == 1 and problems[0].startswith(f"shard {path}: member {member!r} {why}"), problems
     # training: the shard is skipped with a warning naming it, and counted
     ds = _stream(tiny_data, shards / "train", episodes_per_epoch=80)
-    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"):
         assert len(list(ds)) == 20
     assert str(path) in ds.stats["skipped_shards"]
     assert any(str(path) in r.message and member in r.message and why in r.message for r in caplog.records)
@@ -115,8 +115,8 @@ def test_shard_names_from_an_index_or_manifest_never_leave_the_split(tiny_data, 
 
 STREAM = """
 import sys
-from train.episodes import read_fold, read_pairs
-from train.sampler import EpisodeStream
+from train.stream.episodes import read_fold, read_pairs
+from train.stream.sampler import EpisodeStream
 shards, folds = sys.argv[1], sys.argv[2]
 base, novel = read_fold(folds, 0)
 pairs = read_pairs(open(folds + "/fold0/train.txt").read())
@@ -155,7 +155,7 @@ def test_a_bomb_in_a_shard_is_skipped_in_training_and_stops_evaluation(tiny_data
     shards = _copy(tiny_data, tmp_path)
     train_key = replace_member(shards / "train", "train-000001.tar", "jpg", jpeg_claiming(20000, 20000))
     ds = _stream(tiny_data, shards / "train", episodes_per_epoch=200)
-    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"):
         assert len(list(ds)) == 50  # the epoch completes without the bomb
     assert f"{shards / 'train' / 'train-000001.tar'}:{train_key}" in ds.stats["skipped_samples"]
     assert any(train_key in r.message and "too large" in r.message for r in caplog.records)

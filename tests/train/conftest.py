@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from train.bench_loader import write_synthetic
+from train.bench.bench_loader import write_synthetic
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,9 @@ def test_metric_sums_tensor_round_trip_equals_merge():
 
 def _rank_main(argv: list[str]) -> None:
     """One torchrun process: `train.train.main` with spies on the shards read and the final weights."""
-    from train import sampler
     from train import train as tr
     from train.checkpoint import unwrap
+    from train.stream import sampler
 
     report: dict = {"urls": []}
     real_open, real_loop = sampler.open_stream, tr.train_loop
@@ -83,7 +83,7 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     from pipeline.io import write_json
     from train import evaluate as ev
     from train.checkpoint import load_checkpoint
-    from train.episodes import build_manifest
+    from train.stream.episodes import build_manifest
 
     # the streaming sampler: each rank must read its own shards (manifest training reads by key)
     steps = {"train.steps": 3, "train.val_every": 3, "train.checkpoint_every": 3, "train.episodes": "stream"}

@@ -1,19 +1,24 @@
 """The real DVC flow on tiny toy data: `dvc repro`, `dvc exp run`, a failing run, `dvc exp show --json`.
 
 The repo's dvc.yaml and code are copied into a fresh git + DVC repo with tiny params (toy data at a
-fifth of its size, 65 px, 2 training steps, 4 training episodes per class, 8 test episodes), so each stage runs for real.
+fifth of its size, 65 px, 2 training steps, 4 training episodes per class, 8 test episodes), so each
+stage runs for real.
 """
 
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -71,6 +76,76 @@ def project(tmp_path_factory) -> Path:
     _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline")
     _run(repo, DVC, "repro")
     return repo
+
+
+# -- README: every fenced command runs as written on what `dvc repro` produced ------------------
+TOY_PATH = re.compile(r"^(data|shards|models|results)/")
+NOT_RUN_HERE = (  # commands the tiny project cannot run: trainings, official data, other machines
+    "make ",
+    "dvc exp run",
+    "torchrun",
+)
+RUN_AT_LEAST = ("train.evaluate", "train.infer --checkpoint models/experiment/best.pt --shards",
+                "--query my_query.jpg", "train.train", "pipeline.lists")  # fmt: skip
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the README's ```bash blocks: continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                assert not {";", "&&", "|"} & set(words), f"one command per line in README: {line}"
+                commands.append(shlex.join(words))
+    return commands
+
+
+def _set_keys(command: str) -> list[str]:
+    words = shlex.split(command)
+    return [words[i + 1].split("=", 1)[0] for i, w in enumerate(words) if w == "-S"]
+
+
+def test_readme_commands_run_on_the_toy_run(project):
+    """Each README command that touches the toy data runs as written (exit 0) and its paths exist after;
+    the others (trainings, official data, torchrun) name only params keys that exist."""
+    repo = project
+    readme = (REPO / "README.md").read_text()
+    assert len(readme) <= 12_000, f"README.md has {len(readme)} characters"
+    commands = readme_commands(readme)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    rng = np.random.default_rng(0)  # "your own images": the user's files, made here
+    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(repo / "my_query.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(repo / "my_support.jpg")
+    mask = np.zeros((50, 40), np.uint8)
+    mask[10:40, 5:30] = 255
+    Image.fromarray(mask).save(repo / "my_support_mask.png")
+    ran = []
+    for command in commands:
+        for key in _set_keys(command):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"README: {command}: no params key {key}"
+                node = node[part]
+        if command.startswith(NOT_RUN_HERE) or "://" in command or "official" in command:
+            continue
+        _run(repo, *shlex.split(command))
+        ran.append(command)
+        for word in shlex.split(command):
+            if TOY_PATH.match(word):
+                assert (repo / word).exists(), f"README: {command}: {word} does not exist after it ran"
+    assert all(any(want in c for c in ran) for want in RUN_AT_LEAST), ran
+    assert (repo / "results/infer-mine/index.html").is_file() and (repo / "results/mine/panel.png").is_file()
+    assert "no ground truth" in (repo / "results/mine/index.html").read_text()
+
+
+def test_dvc_repro_writes_the_gallery(project):
+    page = (project / "results/infer/index.html").read_text()
+    panels = re.findall(r"src='([^']+)'", page)
+    assert panels and all((project / "results/infer" / rel).is_file() for rel in panels)
+    assert ("failure cases" in page and "aeroplane" + "" in page) or "IoU" in page
+    # a DVC output: cached and git-ignored, restored by the run cache like details.json
+    assert _run(project, "git", "check-ignore", "results/infer", ok=False).stdout.strip() == "results/infer"
 
 
 def test_failed_run_keeps_the_workspace_and_experiments_keep_their_metrics(project):

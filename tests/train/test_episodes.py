@@ -11,8 +11,8 @@ from train_helpers import write_params
 
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
-from train.bench_loader import slow_http_server
-from train.episodes import (
+from train.bench.bench_loader import slow_http_server
+from train.stream.episodes import (
     EvalEpisodes,
     SampleReader,
     build_manifest,
@@ -33,8 +33,8 @@ from train.episodes import (
     read_manifest,
     read_pairs,
 )
-from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
-from train.transforms import decode_label
+from train.stream.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.stream.transforms import decode_label
 
 
 def manifest(data, way=1, shot=1, count=40, seed=0, protocol="denet", fold=0):

@@ -14,8 +14,8 @@ from pipeline.io import write_json
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import build_manifest
 from train.stats import EpisodeSums, scores
+from train.stream.episodes import build_manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Inference panels: manifest episodes (1-way and 2-way, worst cases) and a user's own image files."""
 
+import math
 import re
 
 import numpy as np
@@ -9,12 +10,13 @@ from PIL import Image
 from train_helpers import tiny_params, write_params
 
 import fss_model
+from pipeline.classes import VOC_CLASSES as VOC
 from pipeline.io import write_json
 from pipeline.masks import voc_palette
 from train import infer
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.episodes import build_manifest
+from train.stream.episodes import build_manifest
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,92 @@ def test_manifest_panels_and_index(tiny_data, ckpt, tmp_path):
         assert (out / img).is_file()
     assert page.count("<figure>") == 4 and "failure cases" in page and "IoU" in page
     assert Image.open(out / "2way_1shot" / "example_00000.png").size[0] > 400
+    # a setting's folder (the episodes stage's output) stands for its first seed's manifest
+    folder = tmp_path / "fold0_1way_1shot"
+    folder.mkdir()
+    manifests[0].rename(folder / "seed0.json")
+    argv[argv.index("--manifest") + 1 : argv.index("--out")] = [str(folder)]
+    assert infer.main([*argv[:-4], "--out", str(tmp_path / "dir")]) == 0
+    assert (tmp_path / "dir" / "1way_1shot" / "example_00000.png").is_file()
+
+
+def test_panels_keep_aspect_and_failures_come_from_distinct_queries(tiny_data, ckpt, tmp_path):
+    """Panels of real episodes: images at their original aspect ratio, VOC names, distinct failures."""
+    from pipeline.config import load_params
+    from train.checkpoint import build_model_from_checkpoint
+    from train.evaluate import episode_batches
+
+    shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
+    manifest = build_manifest(shards, folds, "pascal", 0, 1, 1, "denet", 0, 40)
+    assert len({e["query"] for e in manifest["episodes"]}) < 40  # queries repeat: the rule has work to do
+    p = load_params(write_params(tmp_path))
+    model, _ = build_model_from_checkpoint(ckpt)
+    sizes = infer.image_sizes(f"{shards}/test")
+    examples, worst, _ = infer.collect_panels(
+        model, episode_batches(p, shards, manifest), "denet", "cpu", False, 2, 6, "pascal", sizes
+    )
+    assert len(worst) == 6 and len({w.query_id for w in worst}) == 6
+    assert [w.iou for w in worst] == sorted(w.iou for w in worst)
+    for panel in examples + worst:
+        h, w = sizes[panel.query_id]  # the tiny images are 48 x 40; the model saw them square
+        assert panel.query.shape[:2] == infer.display_size((h, w)) == (200, 240)
+        assert panel.gt.shape[1:] == panel.preds.shape[1:] == panel.full_pred.shape == (200, 240)
+        assert all(
+            img.shape[:2] == mask.shape == (200, 240) for shots in panel.supports for img, mask in shots
+        )
+        assert panel.names == [VOC[c - 1] for c in panel.class_ids]
+
+
+def _panel(dataset="pascal", gt=True, h=30, w=60):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:20, 10:40] = 1
+    gt_maps = np.stack([mask, np.where(mask == 1, 0, 255).astype(np.uint8)]) if gt else None
+    full = np.zeros((h, w), np.uint8)
+    full[5:20, 10:40] = 15
+    support = (rng.integers(0, 255, (h, w, 3), dtype=np.uint8), mask)
+    return infer.Panel(iou=50.0, index=3, query_id="q", class_ids=[8, 12], ious=[50.0, math.nan],
+                       query=rng.integers(0, 255, (h, w, 3), dtype=np.uint8), gt=gt_maps,
+                       preds=np.stack([mask, mask * 0]), full_pred=full, supports=[[support], [support]],
+                       dataset=dataset)  # fmt: skip
+
+
+def test_panel_names_legend_and_outlines(tmp_path):
+    panel = _panel()
+    assert panel.names == ["cat", "dog"]
+    assert infer.tile_titles(panel) == ["support: cat", "support: dog", "query + ground truth",
+                                        "prediction (IoU 50.0, -)", "full-class prediction"]  # fmt: skip
+    labels = [label for label, _ in infer.legend_entries(panel)]
+    assert labels == ["way 1: cat (fill + outline)", "way 2: dog (fill + outline)",
+                      "ground truth (outline over the prediction)",
+                      "ignored pixels (void, other episode classes)", "full-class: person"]  # fmt: skip
+    colours = [tuple(c) for _, c in infer.legend_entries(panel)]
+    assert len(set(colours)) == len(colours)  # every legend entry has its own colour
+    coco = _panel(dataset="coco")
+    assert coco.names == ["truck", "stop sign"]  # COCO ids 8 and 13 renumbered 8 and 12
+    assert infer.legend_entries(coco)[-1][0] == "full-class: bird"
+    # outline: a coloured line inside the mask, a black one outside, so it shows on white and on black
+    white = np.full((30, 60, 3), 255, np.uint8)
+    drawn = infer.overlay(white, [panel.preds[0]])
+    assert drawn[5, 20].tolist() == infer.WAY_COLOURS[0].tolist() and drawn[4, 20].tolist() == [0, 0, 0]
+    black = infer.overlay(np.zeros_like(white), [np.zeros((30, 60), np.uint8)], outlines=[panel.preds[0]])
+    assert black[5, 20].tolist() == infer.GT_OUTLINE.tolist()
+    infer.draw_panel(panel, tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").size[0] > 5 * Image.open(tmp_path / "p.png").size[1] / 2
+
+
+def test_own_query_says_no_ground_truth():
+    panel = _panel(gt=False)
+    assert "query: no ground truth" in infer.tile_titles(panel)
+    assert not any("ground truth" in label for label, _ in infer.legend_entries(panel))
+
+
+def test_failure_cases_keep_each_query_once():
+    worst = infer.WorstCases(2)
+    for score, index, query in [(5, 0, "a"), (1, 1, "a"), (3, 2, "b"), (4, 3, "c"), (2, 4, "b"), (9, 5, "d")]:
+        worst.add(score, index, query, f"{query}{index}")
+    assert worst.items() == ["a1", "b4"]
+    assert not infer.WorstCases(0).wants(1.0, "a") and not worst.wants(math.inf, "z")
 
 
 def test_worst_cases_are_the_lowest_iou():
@@ -74,7 +162,8 @@ def test_own_images(ckpt, tmp_path):
     assert infer.main(argv) == 0
     pred = np.asarray(Image.open(out / "prediction.png"))
     assert pred.shape == (50, 70) and set(np.unique(pred)) <= {0, 255}
-    assert (out / "panel.png").is_file() and "panel.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert (out / "panel.png").is_file() and "panel.png" in page and "no ground truth" in page
     batch = infer.load_user_episode(tmp_path / "q.jpg", [tmp_path / "s.jpg"], [tmp_path / "m.png"], 33, 7)
     assert batch["support_masks"].shape == (1, 1, 1, 33, 33) and batch["support_masks"].max() == 1
     assert batch["class_ids"].tolist() == [[7]]

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from train.episodes import read_fold, train_manifest
-from train.manifest_stream import ManifestEpisodes
-from train.transforms import decode_label
+from train.stream.episodes import read_fold, train_manifest
+from train.stream.manifest_stream import ManifestEpisodes
+from train.stream.transforms import decode_label
 
 SIZE = 32
 

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.folds import IGNORE_INDEX
-from train.episodes import normalize, read_fold, read_index, read_pairs
-from train.sampler import EpisodeStream
-from train.shard_io import ShardError, iter_tar_members, iter_tar_samples, open_stream, shard_urls
-from train.transforms import load_pair
+from train.stream.episodes import normalize, read_fold, read_index, read_pairs
+from train.stream.sampler import EpisodeStream
+from train.stream.shard_io import ShardError, iter_tar_members, iter_tar_samples, open_stream, shard_urls
+from train.stream.transforms import load_pair
 
 SIZE = 32
 
@@ -190,7 +190,7 @@ def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
     bad = train / "train-000002.tar"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2 + 100])
     ds = make_stream(tiny_data, shards=str(train), episodes_per_epoch=80)
-    with caplog.at_level(logging.WARNING, logger="train.sampler"):
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"):
         assert len(list(ds)) == 20
     assert str(bad) in ds.stats["skipped_shards"]
     assert any("skipping shard" in r.message and str(bad) in r.message for r in caplog.records)

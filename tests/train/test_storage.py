@@ -10,12 +10,12 @@ from train_helpers import tiny_params
 
 from pipeline.config import ConfigError
 from train import evaluate as ev
-from train import shard_io
 from train import train as tr
 from train.checkpoint import load_checkpoint
-from train.episodes import SampleReader
-from train.sampler import EpisodeStream
-from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.stream import shard_io
+from train.stream.episodes import SampleReader
+from train.stream.sampler import EpisodeStream
+from train.stream.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
 
 PREFIX = "fss/shards/toy/pascal/denet"
 
@@ -38,7 +38,7 @@ def _samples(url: str) -> dict[str, dict]:
 
 def _stream(tiny_data, shards, **kw) -> EpisodeStream:
     from pipeline.folds import fold_classes
-    from train.episodes import read_pairs
+    from train.stream.episodes import read_pairs
 
     base, novel = fold_classes("pascal", 0, "interleaved")
     pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
@@ -74,7 +74,7 @@ def test_dropped_connection_mid_shard_is_resumed_where_it_stopped(tiny_data, cap
     names = [f"train-{i:06d}.tar" for i in range(6)]
     local = _samples(str(tiny_data["shards"] / "train"))
     with (
-        caplog.at_level(logging.WARNING, logger="train.shard_io"),
+        caplog.at_level(logging.WARNING, logger="train.stream.shard_io"),
         flaky_http(tiny_data["shards"], dict.fromkeys(names, 1)) as (url, log),
     ):
         got = _samples(f"{url}/train")
@@ -86,7 +86,7 @@ def test_dropped_connection_mid_shard_is_resumed_where_it_stopped(tiny_data, cap
 
 def test_shard_that_keeps_failing_is_skipped_in_training_with_a_count(tiny_data, caplog):
     with (
-        caplog.at_level(logging.WARNING, logger="train.sampler"),
+        caplog.at_level(logging.WARNING, logger="train.stream.sampler"),
         flaky_http(tiny_data["shards"], {"train-000003.tar": -1}) as (url, log),
     ):
         ds = _stream(tiny_data, f"{url}/train", episodes_per_epoch=60)
@@ -126,7 +126,7 @@ def _train_and_evaluate(tiny_data, out: Path, shards_url: str | None) -> tuple[d
     tr.run(p, tiny_data["shards"], tiny_data["folds"], out, progress=False)
     manifest = out / "manifest.json"
     from pipeline.io import write_json
-    from train.episodes import build_manifest
+    from train.stream.episodes import build_manifest
 
     write_json(manifest, build_manifest(str(tiny_data["shards"]), str(tiny_data["folds"]),
                                         "pascal", 0, 1, 1, "denet", 0, 6))  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.folds import IGNORE_INDEX
-from train.transforms import (
+from train.stream.transforms import (
     TrainTransform,
     binary_mask,
     decode_image,

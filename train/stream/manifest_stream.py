@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from train.episodes import SampleReader
-from train.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
+from train.stream.episodes import SampleReader
+from train.stream.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
 
 
 class ManifestEpisodes(IterableDataset):

@@ -1,6 +1,6 @@
 """Does bf16 autocast move the score? One checkpoint on test manifests, fp32 vs bf16 autocast.
 
-    python -m train.bench_precision --shards DIR --checkpoint best.pt --manifest m0.json [m1.json ...]
+    python -m train.bench.bench_precision --shards DIR --checkpoint best.pt --manifest m0.json [m1.json ...]
 
 `train.amp` (bf16 autocast on CUDA) is a speed choice the DENet release does not make (it runs fp32).
 This scores the same checkpoint on the same episodes twice, in fp32 and under bf16 autocast (on the CPU
@@ -21,8 +21,8 @@ import torch
 from pipeline.config import load_params
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
-from train.episodes import read_manifest
 from train.evaluate import episode_batches, evaluate_model
+from train.stream.episodes import read_manifest
 
 
 def score(model: torch.nn.Module, p, shards: str, manifest: dict, device: str, bf16: bool) -> float:

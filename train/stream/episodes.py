@@ -1,6 +1,6 @@
 """Episode helpers: pair lists, test-episode manifests (DVC stage), eval episodes fetched by key, normalize.
 
-Stage: `python -m train.episodes --shards DIR --folds DIR --out DIR` reads `fold<i>.json`,
+Stage: `python -m train.stream.episodes --shards DIR --folds DIR --out DIR` reads `fold<i>.json`,
 `fold<i>/test.txt` and the test split's index.tsv and writes the fixed test episodes of
 (params.fold, params.way, params.shot) as design.md's manifests, one `seed<k>.json` per test seed
 in params `evaluate.seeds` (the training `seed` does not draw test episodes).
@@ -38,7 +38,7 @@ from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
 from pipeline.shard_format import check_shard_name, encoded_image_problem
-from train.shard_io import (
+from train.stream.shard_io import (
     ShardError,
     check_split_complete,
     join_url,
@@ -46,7 +46,7 @@ from train.shard_io import (
     read_range,
     read_text,
 )
-from train.transforms import (
+from train.stream.transforms import (
     binary_mask,
     decode_batch_images,
     decode_image,

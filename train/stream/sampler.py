@@ -43,8 +43,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.folds import binary_label, training_label
 from pipeline.shard_format import MAX_MEMBER_BYTES, encoded_image_problem, member_limit
-from train.shard_io import ShardError, iter_tar_samples, open_stream, split_shards
-from train.transforms import TrainTransform, binary_mask, episode_label
+from train.stream.shard_io import ShardError, iter_tar_samples, open_stream, split_shards
+from train.stream.transforms import TrainTransform, binary_mask, episode_label
 
 log = logging.getLogger(__name__)
 

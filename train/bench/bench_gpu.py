@@ -1,6 +1,6 @@
 """Training-throughput benchmark: episodes/s of a model step with synthetic tensors and fed by the shards.
 
-`python -m train.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 12 --compile MODE]`
+`python -m train.bench.bench_gpu [--size 321 --batch 8 --backbone resnet50 --workers 12 --compile MODE]`
 prints one table:
 1. train step on synthetic tensors already on the device (the model's ceiling), at the batch and at
    twice the batch (a launch-bound step gains ~2x from the larger batch);
@@ -28,9 +28,10 @@ import fss_model
 from pipeline.build import build
 from pipeline.folds import fold_classes
 from pipeline.toy import generate
-from train.episodes import normalize, read_pairs
-from train.sampler import EpisodeStream
-from train.train import TrainConfig, autocast_for, build_optimizer, forward, train_loop
+from train.step import autocast_for, forward
+from train.stream.episodes import normalize, read_pairs
+from train.stream.sampler import EpisodeStream
+from train.train import TrainConfig, build_optimizer, train_loop
 
 
 def synthetic_batch(b: int, way: int, shot: int, size: int, num_classes: int) -> dict[str, Any]:
@@ -195,9 +196,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((f"data only, {how}", timed_loader(batches, device, args.steps, args.warmup)))
             eps = timed_steps(model, batches, device, args.steps, args.warmup, True, runner)
             rows.append((f"train, {how}", eps))
-        batches = shard_batches(Path(tmp) / "data", args, False, device.type == "cuda")
-        eps = timed_trainer(model, batches, device, args.steps, args.warmup, args.batch, args.compile)
-        rows.append((f"train, shards ({args.workers} workers, CPU decode), train.train.train_loop", eps))
+        for gpu in [False, True] if device.type == "cuda" else [False]:
+            batches = shard_batches(Path(tmp) / "data", args, gpu, device.type == "cuda")
+            eps = timed_trainer(model, batches, device, args.steps, args.warmup, args.batch, args.compile)
+            how = f"shards ({args.workers} workers, {'GPU' if gpu else 'CPU'} decode)"
+            rows.append((f"train, {how}, train.train.train_loop", eps))
     print(
         f"\n{args.model} / {args.backbone} frozen={args.frozen}, {args.size} px, batch {args.batch}, "
         f"1-way 1-shot, bf16={device.type == 'cuda'}, channels_last, compile={args.compile}, device {device}"

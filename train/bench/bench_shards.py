@@ -31,7 +31,7 @@ def bench(raw: Path, dataset: str, workers: list[int], repeat: int = 2) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.bench_shards [--raw DIR] [--dataset pascal|coco] [--workers 1 2]`."""
+    """`python -m train.bench.bench_shards [--raw DIR] [--dataset pascal|coco] [--workers 1 2]`."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--raw", default=None, help="raw tree; default: generate the toy set in a temp dir")
     ap.add_argument("--dataset", choices=("pascal", "coco"), default="pascal")

@@ -1,6 +1,6 @@
 """Loader benchmark: episodes/s of the shard sampler vs a per-file loader, over local disk and slow HTTP.
 
-`python -m train.bench_loader [--shards DIR --raw DIR --folds DIR]`: without arguments it writes a
+`python -m train.bench.bench_loader [--shards DIR --raw DIR --folds DIR]`: without arguments it writes a
 synthetic dataset in the design.md formats (VOCdevkit files, shards, index.tsv, fold lists) to a
 temp folder; pass the toy data's folders to measure those. Prints one table; a script, not a test.
 """
@@ -31,10 +31,16 @@ from pipeline.folds import fold_classes, training_label
 from pipeline.io import sha256_file, write_json
 from pipeline.shard_format import COMPLETE, completion_record
 from pipeline.shards import INDEX_COLUMNS
-from train.episodes import read_fold, read_pairs
-from train.sampler import EpisodeStream, collate_train, worker_split
-from train.shard_io import join_url, read_range, read_text
-from train.transforms import binary_mask, decode_batch_images, decode_jpegs_torch, episode_label, load_pair
+from train.stream.episodes import read_fold, read_pairs
+from train.stream.sampler import EpisodeStream, collate_train, worker_split
+from train.stream.shard_io import join_url, read_range, read_text
+from train.stream.transforms import (
+    binary_mask,
+    decode_batch_images,
+    decode_jpegs_torch,
+    episode_label,
+    load_pair,
+)
 
 VOC = "VOCdevkit/VOC2012"
 
@@ -391,7 +397,7 @@ def _litdata_loader(shards_dir: Path, folds: str, args: argparse.Namespace, tmp:
     """A factory of loaders running the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
     import litdata
 
-    from train.shard_io import iter_tar_samples, open_stream, shard_urls
+    from train.stream.shard_io import iter_tar_samples, open_stream, shard_urls
 
     out = tmp / "litdata"
     samples = [
@@ -509,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
             ds = PerFileEpisodes(root, voc_pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
             return _loader(ds, w, b)
 
-        from train.shard_io import iter_tar_samples, open_stream, shard_urls
+        from train.stream.shard_io import iter_tar_samples, open_stream, shard_urls
 
         mem = [
             (s["jpg"], s["label.png"])
