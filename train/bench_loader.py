@@ -391,12 +391,10 @@ def _litdata_loader(shards_dir: Path, folds: str, args: argparse.Namespace, tmp:
     """A factory of loaders running the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
     import litdata
 
-    from train.shard_io import iter_tar_samples, open_stream, shard_urls
+    from train.shard_io import read_shard, shard_urls
 
     out = tmp / "litdata"
-    samples = [
-        s for url, _ in shard_urls(str(shards_dir / "train")) for s in iter_tar_samples(open_stream(url), url)
-    ]
+    samples = [s for url, _ in shard_urls(str(shards_dir / "train")) for s in read_shard(url)]
     inputs = [(s["__key__"], s["jpg"], s["label.png"]) for s in samples]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         litdata.optimize(
@@ -509,12 +507,12 @@ def main(argv: list[str] | None = None) -> None:
             ds = PerFileEpisodes(root, voc_pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
             return _loader(ds, w, b)
 
-        from train.shard_io import iter_tar_samples, open_stream, shard_urls
+        from train.shard_io import read_shard, shard_urls
 
         mem = [
             (s["jpg"], s["label.png"])
             for url, _ in shard_urls(str(shards_dir / "train"))[:4]
-            for s in iter_tar_samples(open_stream(url), url)
+            for s in read_shard(url)
             if s["__key__"] in pairs
         ]
         served = tmp / "served"

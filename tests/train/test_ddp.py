@@ -52,12 +52,12 @@ def test_metric_sums_tensor_round_trip_equals_merge():
 
 def _rank_main(argv: list[str]) -> None:
     """One torchrun process: `train.train.main` with spies on the shards read and the final weights."""
-    from train import sampler
+    from train import shard_io
     from train import train as tr
     from train.checkpoint import unwrap
 
     report: dict = {"urls": []}
-    real_open, real_loop = sampler.open_stream, tr.train_loop
+    real_open, real_loop = shard_io.open_stream, tr.train_loop
 
     def open_spy(url: str, *args, **kwargs):
         report["urls"].append(url)
@@ -70,7 +70,7 @@ def _rank_main(argv: list[str]) -> None:
         report["state"] = _digest(unwrap(model).state_dict())
         return state
 
-    sampler.open_stream, tr.train_loop = open_spy, loop_spy
+    shard_io.open_stream, tr.train_loop = open_spy, loop_spy
     rank = int(os.environ["RANK"])
     out = Path(argv[argv.index("--out") + 1])
     code = tr.main(argv)

@@ -15,7 +15,7 @@ from train import train as tr
 from train.checkpoint import load_checkpoint
 from train.episodes import SampleReader
 from train.sampler import EpisodeStream
-from train.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.shard_io import ShardError, read_shard, shard_urls
 
 PREFIX = "fss/shards/toy/pascal/denet"
 
@@ -33,7 +33,7 @@ def s3_url(tiny_data):
 
 
 def _samples(url: str) -> dict[str, dict]:
-    return {s["__key__"]: s for u, _ in shard_urls(url) for s in iter_tar_samples(open_stream(u), u)}
+    return {s["__key__"]: s for u, _ in shard_urls(url) for s in read_shard(u)}
 
 
 def _stream(tiny_data, shards, **kw) -> EpisodeStream:
@@ -62,9 +62,9 @@ def test_s3_and_http_streams_equal_local_bytes(tiny_data, s3_url):
 def test_stream_reads_shards_as_a_stream_not_a_download(tiny_data):
     name = "train-000001.tar"
     with flaky_http(tiny_data["shards"] / "train", {}) as (url, log):
-        stream = open_stream(f"{url}/{name}")
-        first = next(iter_tar_samples(stream, name))
-        stream.close()
+        samples = read_shard(f"{url}/{name}")
+        first = next(samples)
+        samples.close()
     size = (tiny_data["shards"] / "train" / name).stat().st_size
     assert first["__key__"] and len(log) == 1 and log[0][1] is None  # one plain GET, read lazily
     assert size > 0
