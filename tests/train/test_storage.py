@@ -143,3 +143,31 @@ def test_train_and_evaluate_from_s3_and_http_equal_local(tiny_data, s3_url, tmp_
     for weights in (s3_w, http_w):
         assert all(torch.equal(local_w[k], weights[k]) for k in local_w)
     assert s3_s == local_s == http_s
+
+
+def test_gopen_handler_resumes_at_the_byte_reached(tiny_data):
+    """webdataset's own `gopen` opens http(s) with train.shard_io's handler: a connection dropped
+    half-way is reopened with `Range: bytes=<bytes already read>-`, and the bytes equal the file's."""
+    from webdataset.gopen import gopen
+
+    name = "train-000002.tar"
+    data = (tiny_data["shards"] / "train" / name).read_bytes()
+    with flaky_http(tiny_data["shards"] / "train", {name: 1}) as (url, log), gopen(f"{url}/{name}") as stream:
+        assert stream.read() == data
+    assert [rng for _, rng in log] == [None, f"bytes={len(data) // 2}-"]  # the server cut at len // 2
+
+
+def test_concurrent_ranged_reads_equal_sequential_ones(tiny_data):
+    reader = SampleReader(str(tiny_data["shards"] / "test"))
+    keys = sorted(reader.locations)
+    local = [reader._range(k) for k in keys]
+    with flaky_http(tiny_data["shards"], {}) as (url, log):
+        remote = SampleReader(f"{url}/test")
+        ranges = [remote._range(k) for k in keys]
+        together = shard_io.read_ranges(ranges)
+        one_by_one = [shard_io.read_range(*r) for r in ranges]
+        samples = remote.fetch_many(keys[::-1])
+    assert together == one_by_one == [shard_io.read_range(*r) for r in local]
+    assert len([p for p, rng in log if rng and p.endswith(".tar")]) == 3 * len(keys)  # one GET per sample
+    assert list(samples) == keys[::-1]
+    assert all(samples[k]["label.png"] == reader.fetch(k)["label.png"] for k in keys)
