@@ -443,6 +443,10 @@ class EpisodeStream(IterableDataset):
             passes = wds.SimpleShardList(mine, seed=make_seed(self.seed, self.epoch, gid, pass_no))
             yield from (s["url"] for s in passes)
 
+    def samples(self, shards: Iterator[dict[str, Any]]) -> Iterator[Sample]:
+        """`{"url"}` dicts -> samples: webdataset's tar stages with train.shard_io's member checks."""
+        return tar_samples(shards, self.skips.shard, self.allow_pipe, self.member_limits)
+
     def pipeline(self, gid: int, total: int, rng: np.random.Generator) -> wds.DataPipeline:
         """The reader's webdataset pipeline; one comment per stage says what flows after it."""
         draw = EpisodeDraw(self, self.skips, rng, self.useless_limit)
@@ -452,9 +456,7 @@ class EpisodeStream(IterableDataset):
             # {"url"}: this reader's shards, endless (see shard_sequence)
             lambda: ({"url": u} for u in self.shard_sequence(gid, total)),
             # {"__key__", "jpg", "label.png", ...}: members grouped by key, damaged shards skipped
-            functools.partial(
-                tar_samples, handler=self.skips.shard, allow_pipe=self.allow_pipe, limits=self.member_limits
-            ),
+            self.samples,
             # Episode: ids drawn from the class pools
             draw,
             # dict of numpy arrays: decoded, resized, flipped, labels by the fold's rules
