@@ -380,8 +380,8 @@ def read_shard_with_offsets(
 ) -> Iterable[tuple[str, int, dict[str, bytes]]]:
     """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests.
 
-    Python's `tarfile`, not the fast stream reader of `train.shard_io`: verify checks what the writer
-    wrote (and the offsets `index.tsv` holds) with a parser independent of the one training uses.
+    Python's `tarfile` in random-access mode, not training's webdataset stages: verify checks what the
+    writer wrote (and the offsets `index.tsv` holds) apart from the path training uses.
     Every member header passes `check_member` (no sparse member, at most `limit` bytes, default the
     file's size capped by MAX_MEMBER_BYTES) before its data is read; a failing one raises ShardError.
     """
