@@ -314,12 +314,19 @@ def slow_http_server(root: str | Path, latency_s: float) -> Iterator[str]:
 
     The server runs in its own process, like remote storage: it never takes the GIL of the loader.
     """
+    with served_by_process(_serve, str(root), latency_s) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def served_by_process(target: Any, *args: Any) -> Iterator[Any]:
+    """Run `target(*args, conn)` in a forked process; yields what it sends on `conn` (its address)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(str(root), latency_s, child), daemon=True)
+    proc = ctx.Process(target=target, args=(*args, child), daemon=True)
     proc.start()
     try:
-        yield f"http://127.0.0.1:{parent.recv()}"
+        yield parent.recv()
     finally:
         proc.terminate()
         proc.join()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from train.bench_loader import write_synthetic
+from train.bench_loader import served_by_process, write_synthetic
 from train.episodes import EvalEpisodes, build_manifest, collate_eval, read_fold, read_pairs
 from train.sampler import EpisodeStream
 
@@ -48,15 +47,8 @@ def _serve_aiohttp(root: str, port_out: Any) -> None:
 @contextlib.contextmanager
 def range_http_server(root: Path) -> Iterator[str]:
     """aiohttp's static files (Range -> 206) at http://127.0.0.1:<port>, in its own process."""
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve_aiohttp, args=(str(root), child), daemon=True)
-    proc.start()
-    try:
-        yield f"http://127.0.0.1:{parent.recv()}"
-    finally:
-        proc.terminate()
-        proc.join()
+    with served_by_process(_serve_aiohttp, str(root)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _serve_moto(folder: str, port_out: Any) -> None:
@@ -73,19 +65,14 @@ def s3_server(shards: Path) -> Iterator[str]:
     storage never takes the loader's GIL); AWS_* variables point this process at it."""
     from storage_servers import BUCKET, S3_ENV
 
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve_moto, args=(str(shards), child), daemon=True)
-    proc.start()
     saved = dict(os.environ)
-    try:
-        os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": parent.recv()})
-        yield f"s3://{BUCKET}/shards"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        proc.terminate()
-        proc.join()
+    with served_by_process(_serve_moto, str(shards)) as endpoint:
+        try:
+            os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": endpoint})
+            yield f"s3://{BUCKET}/shards"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def _rate(batches: Iterator[dict[str, Any]], seconds: float, warmup: int = 2) -> float:
