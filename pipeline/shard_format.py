@@ -3,8 +3,8 @@ sparse members, bounded image sizes, and the dataset's completion record.
 
 Shards, manifests and indexes are data that may come from elsewhere (a mirror, a bucket, a colleague):
 no size or name in them is trusted. These are small functions on one header or one record, so any
-reader calls the same ones: `pipeline.verify` (tarfile), `train.stream.shard_io`'s stream reader, evaluation's
-ranged reads, and a webdataset-based reader (its tar iterator yields the same name/size/type per member).
+reader calls the same ones: `pipeline.verify` (tarfile), `train.stream.shard_io.checked_tar_files` (the
+webdataset pipeline's tar stage) and evaluation's ranged reads (`train.stream.shard_io.parse_tar_fragment`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import hashlib
 import itertools
 import json
 import math
@@ -25,14 +25,15 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import webdataset as wds
 from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.config import NUM_CLASSES, Params, load_params
-from pipeline.io import atomic_write, remove_stale_temps, replace_dir, sha256_file, temp_dir, write_json
+from pipeline.io import atomic_write, remove_stale_temps, replace_dir, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
 from pipeline.shard_format import COMPLETE, check_member, completion_record, member_limit
 
@@ -67,21 +68,32 @@ def plan_shards(num_samples: int, max_samples: int, min_shards: int) -> list[int
     return [(i + 1) * num_samples // count - i * num_samples // count for i in range(count)]
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a member whose header depends on name and size only (mtime 0, root-less owner)."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+class HashingFile:
+    """A binary file handle that hashes and counts what is written through it: the manifest's sha256
+    and size come from the writing pass itself, not from reading the shard back."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
-def sample_members(rec: Labeled) -> list[tuple[str, bytes]]:
-    """The sample's members in sorted name order: `.jpg`, `.json`, `.label.png`."""
+def shard_writer(handle: BinaryIO) -> wds.TarWriter:
+    """webdataset's TarWriter with headers that depend on name and size only (mtime 0, root-less
+    owner, mode 644, raw bytes, no encoder): identical input gives identical shards."""
+    return wds.TarWriter(handle, encoder=False, user="", group="", mode=0o644, mtime=0)
+
+
+def sample_members(rec: Labeled) -> dict[str, Any]:
+    """The sample as TarWriter writes it (members in sorted name order: `.jpg`, `.json`, `.label.png`)."""
     meta = json.dumps(rec.meta(), sort_keys=True, separators=(",", ":")).encode()
-    return [(f"{rec.key}.jpg", rec.jpeg), (f"{rec.key}.json", meta), (f"{rec.key}.label.png", rec.png)]
+    return {"__key__": rec.key, "jpg": rec.jpeg, "json": meta, "label.png": rec.png}
 
 
 def _label_chunk(args: list[tuple[Sample, int, int | None, str]]) -> list[Labeled | tuple[Sample, str]]:
@@ -175,7 +187,7 @@ def write_split(
             written = 0
             with (
                 atomic_write(out_dir / name, "wb") as handle,
-                tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar,
+                shard_writer(hashing := HashingFile(handle)) as writer,  # type: ignore[arg-type]
             ):
                 for _ in range(size):
                     rec = next(results)
@@ -186,9 +198,8 @@ def write_split(
                             raise DataError(problem)
                         skipped.append({"split": split, "id": sample.key, "problem": problem})
                         continue
-                    offset = tar.offset
-                    for member, data in sample_members(rec):
-                        _tar_member(tar, member, data)
+                    offset = writer.tarstream.offset  # the sample's first header: index.tsv's offset
+                    writer.write(sample_members(rec))
                     _write_index_rows(index, rec, name, offset)
                     counts.update(rec.areas.keys())
                     written += 1
@@ -196,8 +207,8 @@ def write_split(
                 {
                     "name": name,
                     "num_samples": written,
-                    "sha256": sha256_file(out_dir / name),
-                    "bytes": (out_dir / name).stat().st_size,
+                    "sha256": hashing.sha256.hexdigest(),
+                    "bytes": hashing.size,
                     "class_counts": {str(c): n for c, n in sorted(counts.items())},
                 }
             )
@@ -369,8 +380,8 @@ def read_shard_with_offsets(
 ) -> Iterable[tuple[str, int, dict[str, bytes]]]:
     """(key, offset, {ext: bytes}) per sample of a shard, in file order; used by verify and tests.
 
-    Python's `tarfile`, not the fast stream reader of `train.stream.shard_io`: verify checks what the writer
-    wrote (and the offsets `index.tsv` holds) with a parser independent of the one training uses.
+    Python's `tarfile` in random-access mode, not training's webdataset stages: verify checks what the
+    writer wrote (and the offsets `index.tsv` holds) apart from the path training uses.
     Every member header passes `check_member` (no sparse member, at most `limit` bytes, default the
     file's size capped by MAX_MEMBER_BYTES) before its data is read; a failing one raises ShardError.
     """

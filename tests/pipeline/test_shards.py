@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -47,6 +48,20 @@ def test_rerun_is_byte_identical_across_worker_counts(pascal_raw, tmp_path, monk
         infos = tar.getmembers()
     assert all((i.mtime, i.uid, i.gid, i.uname, i.gname, i.mode) == (0, 0, 0, "", "", 0o644) for i in infos)
     assert [i.name.split(".", 1)[1] for i in infos[:3]] == ["jpg", "json", "label.png"]
+
+
+def test_manifest_checksums_come_from_the_writing_pass_and_stock_webdataset_reads_the_shards(
+    pascal_raw, tmp_path
+):
+    params = load_params(write_params(tmp_path))
+    build_shards(pascal_raw, tmp_path / "out", params, progress=False)
+    split_dir = tmp_path / "out" / "train"
+    for shard in json.loads((split_dir / "manifest.json").read_text())["shards"]:
+        data = (split_dir / shard["name"]).read_bytes()
+        assert shard["sha256"] == hashlib.sha256(data).hexdigest() and shard["bytes"] == len(data)
+        samples = list(wds.WebDataset(str(split_dir / shard["name"]), shardshuffle=False))
+        assert len(samples) == shard["num_samples"]
+        assert all({"jpg", "json", "label.png"} <= set(s) for s in samples)
 
 
 def test_manifest_index_and_offsets_agree(pascal_raw, tmp_path):

@@ -54,10 +54,10 @@ def _rank_main(argv: list[str]) -> None:
     """One torchrun process: `train.train.main` with spies on the shards read and the final weights."""
     from train import train as tr
     from train.checkpoint import unwrap
-    from train.stream import sampler
+    from train.stream import shard_io
 
     report: dict = {"urls": []}
-    real_open, real_loop = sampler.open_stream, tr.train_loop
+    real_open, real_loop = shard_io.open_stream, tr.train_loop
 
     def open_spy(url: str, *args, **kwargs):
         report["urls"].append(url)
@@ -70,7 +70,7 @@ def _rank_main(argv: list[str]) -> None:
         report["state"] = _digest(unwrap(model).state_dict())
         return state
 
-    sampler.open_stream, tr.train_loop = open_spy, loop_spy
+    shard_io.open_stream, tr.train_loop = open_spy, loop_spy
     rank = int(os.environ["RANK"])
     out = Path(argv[argv.index("--out") + 1])
     code = tr.main(argv)

@@ -33,7 +33,7 @@ from train.stream.episodes import (
     read_manifest,
     read_pairs,
 )
-from train.stream.shard_io import ShardError, iter_tar_samples, open_stream, shard_urls
+from train.stream.shard_io import ShardError, read_shard, shard_urls
 from train.stream.transforms import decode_label
 
 
@@ -186,9 +186,7 @@ def test_stage_main_draws_one_manifest_per_test_seed_not_the_training_seed(tiny_
 
 
 def _samples(split_url):
-    return {
-        s["__key__"]: s for url, _ in shard_urls(split_url) for s in iter_tar_samples(open_stream(url), url)
-    }
+    return {s["__key__"]: s for url, _ in shard_urls(split_url) for s in read_shard(url)}
 
 
 def test_fetch_by_key_matches_the_stream_local_and_http(tiny_data):

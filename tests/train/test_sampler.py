@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from pipeline.folds import IGNORE_INDEX
 from train.stream.episodes import normalize, read_fold, read_index, read_pairs
 from train.stream.sampler import EpisodeStream
-from train.stream.shard_io import ShardError, iter_tar_members, iter_tar_samples, open_stream, shard_urls
+from train.stream.shard_io import ShardError, open_stream, read_shard, shard_urls, tar_samples
 from train.stream.transforms import load_pair
 
 SIZE = 32
@@ -37,7 +37,7 @@ def make_stream(data: dict[str, Path], shards: str | None = None, **kw) -> Episo
 
 def all_samples(data: dict[str, Path]) -> dict[str, dict]:
     urls = shard_urls(str(data["shards"] / "train"))
-    return {s["__key__"]: s for url, _ in urls for s in iter_tar_samples(open_stream(url), url)}
+    return {s["__key__"]: s for url, _ in urls for s in read_shard(url)}
 
 
 @pytest.mark.parametrize(("way", "shot"), [(1, 1), (2, 2)])
@@ -89,7 +89,7 @@ def test_void_and_novel_rules_of_the_training_labels(tiny_data, void):
     samples = all_samples(tiny_data)
     fill = 0 if void == "background" else IGNORE_INDEX
     seen_void = seen_novel = 0
-    for batch in make_stream(tiny_data, void=void, flip_p=0.0):
+    for batch in make_stream(tiny_data, void=void, flip_p=0.0, episodes_per_epoch=64):
         for b in range(4):
             query = batch["query_id"][b]
             _, raw = load_pair(samples[query]["jpg"], samples[query]["label.png"], SIZE)
@@ -197,19 +197,80 @@ def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-def test_tar_reader_matches_tarfile(fmt):
-    members = [("k.jpg", b"x" * 700), ("d/" * 40 + "k.json", b"{}"), ("k.label.png", b"")]
+def test_checked_reader_matches_tarfile_and_stops_at_a_cut(tmp_path, fmt):
+    # names over ustar's 100 bytes become GNU long-name and pax-path headers (ustar has no such header)
+    long = "L" * (90 if fmt == tarfile.USTAR_FORMAT else 150)
+    members = [("k.jpg", b"x" * 700), ("k.json", b"{}"), ("k.label.png", b""), (f"{long}.jpg", b"y")]
     if fmt == tarfile.PAX_FORMAT:
-        members.append(("ünï.txt", b"1"))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        members.append(("\u00fcn\u00ef.txt", b"1"))
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, mode="w", format=fmt) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    assert list(iter_tar_members(io.BytesIO(buf.getvalue()))) == members
-    with pytest.raises(EOFError):
-        list(iter_tar_members(io.BytesIO(buf.getvalue()[:900])))
+    read = list(read_shard(str(path)))
+    expected = {}
+    for name, data in members:
+        key, _, ext = name.partition(".")
+        expected.setdefault(key, {"__key__": key, "__url__": str(path)})[ext] = data
+    assert read == list(expected.values())
+    path.write_bytes(path.read_bytes()[:900])  # inside k.jpg's data: no sample is complete
+    with pytest.raises(ShardError, match=rf"shard {path} is truncated or corrupt"):
+        list(read_shard(str(path)))
+
+
+def test_a_shard_cut_at_a_header_boundary_is_truncated_not_short(tmp_path):
+    """tarfile's stream mode ends quietly at a cut between two members: the manifest's count says."""
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key in ("a", "b", "c"):
+            for ext in ("jpg", "json", "label.png"):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+    with tarfile.open(path) as tar:
+        cut = tar.getmember("c.jpg").offset  # the first header of the third sample
+    path.write_bytes(path.read_bytes()[:cut])
+    assert [s["__key__"] for s in read_shard(str(path))] == ["a", "b"]  # what tarfile alone sees
+    problems = []
+    samples = list(
+        tar_samples([{"url": str(path)}], lambda e: problems.append(e) or True, expected={str(path): 3})
+    )
+    assert [str(e) for e in problems] == [f"shard {path}: 2 of the manifest's 3 samples, then the file ends"]
+    assert [s["__key__"] for s in samples] == ["a"]  # the last sample read may be cut: it is dropped
+    whole = list(
+        tar_samples([{"url": str(path)}], lambda e: problems.append(e) or True, expected={str(path): 2})
+    )
+    assert [s["__key__"] for s in whole] == ["a", "b"] and len(problems) == 1
+
+
+def test_stock_webdataset_reads_a_shard_as_the_sampler_does(tiny_data):
+    import webdataset as wds
+
+    url = shard_urls(str(tiny_data["shards"] / "train"))[1][0]
+    stock = list(wds.WebDataset(url, shardshuffle=False))
+    ours = list(read_shard(url))
+    assert len(stock) == 10 and [s["__key__"] for s in stock] == [s["__key__"] for s in ours]
+    for a, b in zip(stock, ours, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith("__")} == {
+            k: v for k, v in b.items() if not k.startswith("__")
+        }
+
+
+def test_skip_counters_reach_the_main_process_from_loader_workers(tiny_data, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(tiny_data["shards"] / "train", train)
+    shutil.copy(tiny_data["shards"] / "complete.json", tmp_path)
+    for name in ("train-000001.tar", "train-000004.tar"):  # one damaged shard for each worker's set
+        (train / name).write_bytes((train / name).read_bytes()[:700])
+    ds = make_stream(tiny_data, shards=str(train), episodes_per_epoch=40)
+    last: dict[int, tuple[int, int]] = {}
+    for batch in DataLoader(ds, batch_size=None, num_workers=2):
+        reader, shards, samples = batch["data_skips"]
+        last[reader] = (shards, samples)
+    assert set(last) == {0, 1}  # both workers reported; the main process's own stats stay empty
+    assert sum(s for s, _ in last.values()) >= 2 and ds.stats["skipped_shards"] == []
 
 
 def test_gpu_decode_option_gives_the_same_episodes(tiny_data):
@@ -229,12 +290,14 @@ def test_gpu_decode_option_gives_the_same_episodes(tiny_data):
 
 def test_shard_urls_file_scheme_and_pipe_needs_permission(tiny_data):
     path = tiny_data["shards"] / "train" / "train-000000.tar"
-    local = [s["__key__"] for s in iter_tar_samples(open_stream(str(path)), str(path))]
-    via_file = [s["__key__"] for s in iter_tar_samples(open_stream(f"file://{path}"), str(path))]
+    local = [s["__key__"] for s in read_shard(str(path))]
+    via_file = [s["__key__"] for s in read_shard(f"file://{path}")]
     assert local == via_file and len(local) == 10
     with pytest.raises(ShardError, match="allow_pipe"):
         open_stream(f"pipe:cat {path}")
-    piped = [s["__key__"] for s in iter_tar_samples(open_stream(f"pipe:cat {path}", allow_pipe=True), "p")]
+    with pytest.raises(ShardError, match="allow_pipe"):
+        list(read_shard(f"pipe:cat {path}"))
+    piped = [s["__key__"] for s in read_shard(f"pipe:cat {path}", allow_pipe=True)]
     assert piped == local
     ds = make_stream(
         tiny_data, shards=[f"file://{u}" for u, _ in shard_urls(str(tiny_data["shards"] / "train"))]

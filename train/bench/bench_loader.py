@@ -320,12 +320,19 @@ def slow_http_server(root: str | Path, latency_s: float) -> Iterator[str]:
 
     The server runs in its own process, like remote storage: it never takes the GIL of the loader.
     """
+    with served_by_process(_serve, str(root), latency_s) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def served_by_process(target: Any, *args: Any) -> Iterator[Any]:
+    """Run `target(*args, conn)` in a forked process; yields what it sends on `conn` (its address)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(str(root), latency_s, child), daemon=True)
+    proc = ctx.Process(target=target, args=(*args, child), daemon=True)
     proc.start()
     try:
-        yield f"http://127.0.0.1:{parent.recv()}"
+        yield parent.recv()
     finally:
         proc.terminate()
         proc.join()
@@ -397,12 +404,10 @@ def _litdata_loader(shards_dir: Path, folds: str, args: argparse.Namespace, tmp:
     """A factory of loaders running the same pool sampler fed by litdata (`optimize` + `StreamingDataset`)."""
     import litdata
 
-    from train.stream.shard_io import iter_tar_samples, open_stream, shard_urls
+    from train.stream.shard_io import read_shard, shard_urls
 
     out = tmp / "litdata"
-    samples = [
-        s for url, _ in shard_urls(str(shards_dir / "train")) for s in iter_tar_samples(open_stream(url), url)
-    ]
+    samples = [s for url, _ in shard_urls(str(shards_dir / "train")) for s in read_shard(url)]
     inputs = [(s["__key__"], s["jpg"], s["label.png"]) for s in samples]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         litdata.optimize(
@@ -515,12 +520,12 @@ def main(argv: list[str] | None = None) -> None:
             ds = PerFileEpisodes(root, voc_pairs, novel, args.way, args.shot, args.size, 0, args.reduced)
             return _loader(ds, w, b)
 
-        from train.stream.shard_io import iter_tar_samples, open_stream, shard_urls
+        from train.stream.shard_io import read_shard, shard_urls
 
         mem = [
             (s["jpg"], s["label.png"])
             for url, _ in shard_urls(str(shards_dir / "train"))[:4]
-            for s in iter_tar_samples(open_stream(url), url)
+            for s in read_shard(url)
             if s["__key__"] in pairs
         ]
         served = tmp / "served"

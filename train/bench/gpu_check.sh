@@ -50,6 +50,8 @@ p["backbone"].update(name=backbone, frozen=True, weights="none")
 p["train"].update(steps=int(steps), device=dev, val_every=int(steps), checkpoint_every=int(steps))
 p["evaluate"]["batch_size"] = 16
 p["toy"]["scale"] = float(toy)
+if float(toy) < 1:  # a smaller toy set has too few images per class for 1000 training episodes each
+    p["train"]["episodes_per_class"] = 20
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 EOF
 

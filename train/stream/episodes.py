@@ -7,7 +7,9 @@ in params `evaluate.seeds` (the training `seed` does not draw test episodes).
 
 Fetch by key: evaluation reads each sample with one ranged read: index.tsv gives the shard and the
 byte offset of the sample's first tar header; the read ends at the next indexed sample of that
-shard (or the end of the shard). This works the same for local files, `file://`, HTTP `Range`
+shard (or the end of the shard). The reads of one DataLoader batch go out together on a bounded
+thread pool (`EvalEpisodes.__getitems__`, `shard_io.read_ranges`), so a remote store costs about one
+round trip per batch, not one per sample. This works the same for local files, `file://`, HTTP `Range`
 and s3 (fsspec `cat_file`), needs no extra index file beside index.tsv (unlike `wids`, which
 would need its own JSON shard list), and keeps shards as plain WebDataset tars.
 A missing, short or corrupt read raises ShardError naming the shard: a test set never shrinks.
@@ -43,7 +45,7 @@ from train.stream.shard_io import (
     check_split_complete,
     join_url,
     parse_tar_fragment,
-    read_range,
+    read_ranges,
     read_text,
 )
 from train.stream.transforms import (
@@ -433,18 +435,33 @@ class SampleReader:
         }
 
     def fetch(self, key: str) -> dict[str, Any]:
+        return self.fetch_many([key])[key]
+
+    def fetch_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Samples by key, their ranged reads in flight together (`shard_io.read_ranges`)."""
+        unique = list(dict.fromkeys(keys))
+        ranges = [self._range(key) for key in unique]
+        return {
+            key: self._sample(key, url, start, end, data)
+            for key, (url, start, end), data in zip(unique, ranges, read_ranges(ranges), strict=True)
+        }
+
+    def _range(self, key: str) -> tuple[str, int, int | None]:
         loc = self.locations.get(key)
         if loc is None:
             raise KeyError(f"{key} is not in {self.split_url}/index.tsv")
-        url = join_url(self.split_url, loc.shard)
         end = loc.end if loc.end is not None else self.shard_bytes.get(loc.shard)
-        try:
-            data = read_range(url, loc.start, end)
-        except OSError as exc:
-            raise ShardError(f"shard {url}: cannot read sample {key}: {exc}") from exc
-        if end is not None and len(data) != end - loc.start:
+        return join_url(self.split_url, loc.shard), loc.start, end
+
+    @staticmethod
+    def _sample(key: str, url: str, start: int, end: int | None, data: bytes | Exception) -> dict[str, Any]:
+        if isinstance(data, OSError):
+            raise ShardError(f"shard {url}: cannot read sample {key}: {data}") from data
+        if isinstance(data, Exception):
+            raise data
+        if end is not None and len(data) != end - start:
             raise ShardError(
-                f"shard {url} is truncated: sample {key} needs bytes {loc.start}..{end}, got {len(data)}"
+                f"shard {url} is truncated: sample {key} needs bytes {start}..{end}, got {len(data)}"
             )
         sample = parse_tar_fragment(data, key, url)
         for ext in ("jpg", "label.png"):
@@ -520,8 +537,9 @@ class EvalEpisodes(Dataset):
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def _load(self, key: str, keep_label_size: bool, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-        sample = self.reader.fetch(key)
+    def _load(
+        self, sample: dict[str, Any], keep_label_size: bool, flip: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         check_sample_size(sample)
         img = decode_image(sample["jpg"], self.image_size, self.reduced)
         label = decode_label(sample["label.png"])
@@ -532,17 +550,29 @@ class EvalEpisodes(Dataset):
             img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
 
+    def _keys(self, i: int) -> list[str]:
+        ep = self.episodes[i]
+        return [ep["query"], *(k for keys in ep["supports"] for k in keys)]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._episode(i, self.reader.fetch_many(self._keys(i)))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A DataLoader batch: the reads of all its episodes go out together (one round trip, not 2 x B)."""
+        samples = self.reader.fetch_many([k for i in indices for k in self._keys(i)])
+        return [self._episode(i, samples) for i in indices]
+
+    def _episode(self, i: int, samples: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ep = self.episodes[i]
         flips = iter(self.flips[i])  # supports (way-major) first, then the query, as the release draws them
         s_imgs, s_masks = [], []
         for c, keys in zip(ep["classes"], ep["supports"], strict=True):
             for k in keys:
-                si, sl = self._load(k, keep_label_size=False, flip=bool(next(flips)))
+                si, sl = self._load(samples[k], keep_label_size=False, flip=bool(next(flips)))
                 s_imgs.append(si)
                 s_masks.append(eval_support_mask(sl, c, self.protocol, ep["classes"]))
         img, label = self._load(
-            ep["query"], keep_label_size=self.protocol == "standard", flip=bool(next(flips))
+            samples[ep["query"]], keep_label_size=self.protocol == "standard", flip=bool(next(flips))
         )
         return {
             "query_img": img,
@@ -593,7 +623,7 @@ def normalize(batch: dict[str, Any], device: str | torch.device) -> dict[str, An
     is 7 MB instead of 25 MB with int64 labels through worker IPC, pinned memory and the bus).
 
     A batch from a `gpu_decode` sampler carries JPEG bytes instead of images: they are decoded on
-    `device` first (`train.transforms.decode_batch_images`).
+    `device` first (`train.stream.transforms.decode_batch_images`).
     """
     if "query_jpeg" in batch:
         batch = decode_batch_images(batch, device)

@@ -15,6 +15,7 @@ A sample that cannot be read is an error (ShardError), as in evaluation: a fixed
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,16 +77,23 @@ class ManifestEpisodes(IterableDataset):
         pass_no, i = divmod(position, len(self.episodes))
         return self.episodes[int(self.order(pass_no)[i])]
 
-    def _sample(self, key: str) -> tuple[bytes, bytes]:
-        sample = self.reader.fetch(key)
-        return sample["jpg"], sample["label.png"]
-
     def batch(self, global_batch: int) -> dict[str, Any]:
-        """Global batch `global_batch`, decoded and collated (flips drawn from each episode's position)."""
-        items = []
-        for position in range(global_batch * self.batch_size, (global_batch + 1) * self.batch_size):
-            rng = np.random.default_rng([self.seed, position, 11])
-            items.append(self.decoder(self.episode_at(position), self._sample, rng))
+        """Global batch `global_batch`, decoded and collated (flips drawn from each episode's position).
+
+        The batch's samples are fetched first, their ranged reads in flight together."""
+        positions = range(global_batch * self.batch_size, (global_batch + 1) * self.batch_size)
+        episodes = [self.episode_at(p) for p in positions]
+        samples = self.reader.fetch_many(
+            [k for e in episodes for k in [e.query, *itertools.chain(*e.supports)]]
+        )
+
+        def pair(key: str) -> tuple[bytes, bytes]:
+            return samples[key]["jpg"], samples[key]["label.png"]
+
+        items = [
+            self.decoder(episode, pair, np.random.default_rng([self.seed, position, 11]))
+            for position, episode in zip(positions, episodes, strict=True)
+        ]
         return collate_train(items, self.way, self.shot)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

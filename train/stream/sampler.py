@@ -1,16 +1,18 @@
 """Streaming N-way K-shot training episodes from WebDataset shards through bounded per-class pools.
 
-Pipeline of `EpisodeStream.__iter__` (what flows at each stage):
-  shard urls      manifest.json's list, shuffled per epoch from (seed, epoch), split by rank, then by
-                  DataLoader worker (webdataset's split_by_node / split_by_worker), so every worker
-                  of every rank reads its own shards, reshuffled per pass; or, with `resampled`, drawn with
-                  replacement from a per-worker generator (the webdataset maintainers' DDP advice)
-  raw samples     tar members grouped by key, read sequentially; JPEG/PNG stay encoded
-  class pools     one bounded buffer (`pool_size` keys) per base class, reservoir replacement; a
-                  sample enters the pool of every base class it holds under the fold's train.txt
-                  (presence rule applied once, by the folds stage); memory <= classes x pool_size
-  episodes        classes drawn uniformly over the ready base classes (HSNet-like balance), query
-                  and supports from the pools; decoded, resized and flipped only now
+`EpisodeStream.pipeline` is a webdataset `DataPipeline`; what flows at each stage:
+  shard urls      manifest.json's list, shuffled per epoch (SimpleShardList) from (seed, epoch), split by
+                  rank, then by DataLoader worker (split_by_node + split_by_worker in one slice), so every
+                  worker of every rank reads its own shards, reshuffled per pass; or, with `resampled`,
+                  drawn with replacement per reader (ResampledShards, the maintainers' DDP advice)
+  raw samples     opened by webdataset's gopen (train.stream.shard_io's handlers), tar members checked and
+                  grouped by key (group_by_keys); JPEG/PNG stay encoded
+  episodes        `EpisodeDraw`: a sample enters the `ClassPools` buffer (`pool_size` keys, reservoir
+                  replacement) of every base class it holds under the fold's train.txt (presence rule
+                  applied once, by the folds stage); memory <= classes x pool_size. Classes are
+                  drawn uniformly over the ready base classes (HSNet-like balance), query and supports
+                  from the pools
+  decoded         `EpisodeDecoder`: decoded, resized and flipped only now
   batches         `batch_size` episodes stacked into the design.md dict (uint8 images)
 
 2-way rule: the query comes from the pool of the episode's first class, so it always contains
@@ -19,18 +21,21 @@ in PANet/DENet N-way training. Supports of a class never include the query image
 may support two different ways when it holds both classes.
 
 Truncated or unsafe shards (sparse or oversized members) are skipped with a logged warning, counted in
-`stats["skipped_shards"]`; samples completed before the damage are kept; a sample lacking its `.jpg`
-or `.label.png`, or whose image or label is unreadable or larger than MAX_IMAGE_PIXELS, is skipped
-with a warning naming shard and key, counted in `stats["skipped_samples"]`. A reader that meets more
-than `useless_limit` samples in a row without a base class of the fold's train list stops with a
-ShardError (lists and shards do not belong together; reading on would never draw an episode).
-`stats` lives in a DataLoader worker, so every batch also carries its reader's counts so far in this
-pass, as `data_skips` = (reader id, shards, samples); the trainer logs the totals. Test-time reading
-never skips (see train.episodes).
+`stats["skipped_shards"]` (the pipeline's webdataset error handler, `SkipLog.shard`); samples completed
+before the damage are kept; a sample lacking its `.jpg` or `.label.png`, or whose image or label is
+unreadable or larger than MAX_IMAGE_PIXELS, is skipped with a warning naming shard and key, counted in
+`stats["skipped_samples"]`. A reader that meets more than `useless_limit` samples in a row without a
+base class of the fold's train list stops with a ShardError (lists and shards do not belong together;
+reading on would never draw an episode). `stats` lives in a DataLoader worker, so every batch also
+carries its reader's counts so far in this pass, as `data_skips` = (reader id, shards, samples); the
+trainer sums them per reader and logs the totals (dvclive). Test-time reading never skips (see
+train.stream.episodes).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -39,11 +44,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.utils import make_seed
 
 from pipeline.folds import binary_label, training_label
-from pipeline.shard_format import MAX_MEMBER_BYTES, encoded_image_problem, member_limit
-from train.stream.shard_io import ShardError, iter_tar_samples, open_stream, split_shards
+from pipeline.shard_format import encoded_image_problem, member_limit
+from train.stream.shard_io import Sample, ShardError, split_shards, tar_samples
 from train.stream.transforms import TrainTransform, binary_mask, episode_label
 
 log = logging.getLogger(__name__)
@@ -132,7 +139,8 @@ class EpisodeDecoder:
     `query_full_label` = `pipeline.folds.training_label` (void by `void`, novel -> 255 under denet, 0
     under standard); `query_label` (0 bg, k+1 for way k) and `support_masks` (1 fg, 0 bg) are cut from
     `pipeline.folds.binary_label` (novel -> background, void by `void`: 255 only with "ignore").
-    `gpu_decode`: labels here, JPEG bytes and flips for `train.episodes.normalize` to decode on the device.
+    `gpu_decode`: labels here, JPEG bytes and flips for `train.stream.episodes.normalize` to decode
+    on the device.
     """
 
     def __init__(
@@ -235,17 +243,103 @@ def worker_split() -> tuple[int, int]:
 
 
 def dist_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else from RANK/WORLD_SIZE."""
-    try:
-        import webdataset as wds
-    except ImportError:  # the same lookup as webdataset's, for machines without it
-        import os
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    """(rank, world_size) as webdataset's split_by_node sees them (RANK/WORLD_SIZE, torch.distributed)."""
     rank, world, _, _ = wds.utils.pytorch_worker_info()
     return rank, world
+
+
+class SkipLog:
+    """What a reader skipped, in `stats` (a DataLoader worker's own copy): shards, samples, samples read.
+
+    `shard` is the webdataset error handler of the pipeline: it logs and counts a damaged shard and
+    lets reading go on, unless every shard failed in a row (nothing readable: ShardError).
+    """
+
+    def __init__(self, shard_count: int) -> None:
+        self.shard_count = shard_count
+        self.failures = 0  # shards failed since the last sample read
+        self.stats: dict[str, Any] = {
+            "samples_read": 0,
+            "skipped_shards": [],
+            "skipped_samples": [],  # "<shard url>:<key>" of samples lacking a .jpg or .label.png
+            "peak_buffered": 0,
+        }
+
+    def shard(self, exc: Exception) -> bool:
+        url = getattr(exc, "url", "?")
+        self.stats["skipped_shards"].append(url)
+        log.warning("skipping shard %s (%d skipped so far): %s", url, len(self.stats["skipped_shards"]), exc)
+        self.failures += 1
+        if self.failures > self.shard_count:
+            raise ShardError(f"no readable shard among {self.shard_count}: last was {url}") from exc
+        return True
+
+    def sample(self, sample: Sample, problem: str) -> None:
+        self.stats["skipped_samples"].append(f"{sample.get('__url__')}:{sample['__key__']}")
+        log.warning(
+            "skipping sample %s of shard %s: %s (%d skipped so far)",
+            sample["__key__"], sample.get("__url__"), problem, len(self.stats["skipped_samples"]),
+        )  # fmt: skip
+
+    def counts(self) -> tuple[int, int]:
+        return len(self.stats["skipped_shards"]), len(self.stats["skipped_samples"])
+
+
+class EpisodeDraw:
+    """Samples in, episodes out: checks each sample, offers it to the class pools, draws episodes.
+
+    A sample lacking its `.jpg`/`.label.png` or with an unreadable or too large image is skipped
+    (`SkipLog.sample`); a run of `useless_limit` samples without a base class of the fold's train list
+    stops the reader (ShardError). Episodes start once every base class is ready or `warmup` samples
+    were read; each new sample pays for `episodes_per_sample` episodes (at most a batch in credit).
+    """
+
+    def __init__(
+        self, stream: EpisodeStream, skips: SkipLog, rng: np.random.Generator, useless_limit: int
+    ) -> None:
+        self.s, self.skips, self.rng, self.useless_limit = stream, skips, rng, useless_limit
+        self.pools = ClassPools(stream.base, stream.pool_size, stream.shot)
+
+    def __call__(self, samples: Iterator[Sample]) -> Iterator[Episode]:
+        s, pools, stats = self.s, self.pools, self.skips.stats
+        credit, useless = 0.0, 0  # useless: samples in a row without a base class of the train list
+        for n, sample in enumerate(samples, 1):
+            self.skips.failures = 0
+            stats["samples_read"] += 1
+            classes = s.image_classes.get(sample["__key__"])
+            useless = 0 if classes else useless + 1
+            if useless > self.useless_limit:
+                raise ShardError(
+                    f"{useless} samples in a row hold no base class of the fold's train list (last: "
+                    f"{sample['__key__']} of shard {sample.get('__url__')}): the fold lists do not belong "
+                    "to these shards (rebuild the folds from them), or this reader's shards hold no "
+                    "training image of the fold (use fewer loader workers)"
+                )
+            missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
+            if not missing and not classes:
+                continue
+            problem = missing[0] if missing else _image_problem(sample)
+            if problem:
+                self.skips.sample(sample, problem)
+                continue
+            assert classes
+            pools.add(sample["__key__"], sample[JPG], sample[LABEL], classes, self.rng)
+            stats["peak_buffered"] = pools.peak
+            if n < s.warmup and len(pools.ready) < len(s.base):
+                continue  # let the pools fill so the first episodes are class-balanced too
+            credit = min(credit + s.episodes_per_sample, float(s.batch_size))
+            while credit >= 1.0 and (episode := pools.draw(s.way, s.shot, self.rng)) is not None:
+                credit -= 1.0
+                yield episode
+
+
+def _image_problem(sample: Sample) -> str | None:
+    """Why a sample's image or label must not be decoded (headers only), or None."""
+    for ext in (JPG, LABEL):
+        problem = encoded_image_problem(sample[ext])
+        if problem:
+            return f".{ext}: {problem}"
+    return None
 
 
 class EpisodeStream(IterableDataset):
@@ -256,7 +350,7 @@ class EpisodeStream(IterableDataset):
     `episodes_per_epoch` is counted per rank (webdataset's `with_epoch` advice for DDP) and divided
     among the workers; call `set_epoch(e)` each epoch so shard order and draws change reproducibly.
     `episodes_per_sample` sets how many episodes each newly read sample pays for (reuse rate).
-    `gpu_decode`: labels are decoded here, images travel as JPEG bytes and `train.episodes.normalize`
+    `gpu_decode`: labels are decoded here, images travel as JPEG bytes and `train.stream.episodes.normalize`
     decodes them on its device with nvJPEG (pays when the loader's CPUs are the bottleneck).
     """
 
@@ -292,8 +386,9 @@ class EpisodeStream(IterableDataset):
             raise ValueError(f"no shards in {shards!r}")
         # a member may claim at most its shard's size from the manifest (MAX_MEMBER_BYTES if unknown)
         self.member_limits = {s["url"]: member_limit(s.get("bytes")) for s in listed}
-        split_samples = sum(max(0, s.get("num_samples", 0)) for s in listed)
-        self.useless_limit = max(USELESS_SAMPLES, split_samples)
+        # a shard that ends early at a header boundary is truncated, not short (manifest counts)
+        self.expected_samples = {s["url"]: int(s["num_samples"]) for s in listed if "num_samples" in s}
+        self.useless_limit = max(USELESS_SAMPLES, sum(max(0, s.get("num_samples", 0)) for s in listed))
         base_set = set(base)
         if base_set & set(novel):
             raise ValueError("base and novel classes overlap")
@@ -315,139 +410,83 @@ class EpisodeStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.decoder = EpisodeDecoder(self.novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
         self.warmup = len(self.base) * (shot + 1) * 2
-        self.stats: dict[str, Any] = {
-            "samples_read": 0,
-            "skipped_shards": [],
-            "skipped_samples": [],  # "<shard url>:<key>" of samples lacking a .jpg or .label.png
-            "peak_buffered": 0,
-        }
+        self.skips = SkipLog(len(self.urls))
+        self.stats = self.skips.stats
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    # -- stage 1: shard urls for this (rank, worker) ------------------------------------------
     def _placement(self) -> tuple[int, int]:
+        """(global reader id, readers): rank-major over (rank, DataLoader worker)."""
         rank, world = (self.rank, self.world_size) if self.rank is not None else dist_rank()
         worker, workers = worker_split()
         return rank * workers + worker, (world or 1) * workers
 
     def shard_sequence(self, gid: int, total: int) -> Iterator[str]:
-        """Endless shard urls of global worker `gid` of `total` (disjoint unless resampled)."""
+        """Endless shard urls of reader `gid` of `total` (disjoint unless resampled).
+
+        Resampled: webdataset's ResampledShards, seeded per (seed, epoch) and reader. Otherwise one
+        SimpleShardList permutation per epoch, the same on every reader, split by rank and worker in
+        one slice (split_by_node + split_by_worker), then the reader's own set reshuffled every pass.
+        """
         if self.resampled:
-            rng = np.random.default_rng([self.seed, self.epoch, gid, 1])
-            while True:
-                yield self.urls[int(rng.integers(len(self.urls)))]
+            shards = wds.ResampledShards(
+                self.urls, seed=make_seed(self.seed, self.epoch), worker_seed=lambda: gid, deterministic=True
+            )
+            yield from (s["url"] for s in shards)
+            return
         if len(self.urls) < total:
             raise ValueError(
                 f"{len(self.urls)} shards for {total} readers (ranks x workers): every reader needs its own "
                 "shard; write more shards (data.min_shards), use fewer workers, or set resampled=True"
             )
-        # the same permutation on every reader, then split_by_node + split_by_worker in one slice:
-        # readers hold disjoint shard sets for the whole epoch; each pass reshuffles its own set
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
-        mine = [self.urls[int(i)] for i in order[gid::total]]
-        for pass_no in range(1 << 62):
-            rng = np.random.default_rng([self.seed, self.epoch, gid, pass_no, 2])
-            yield from (mine[int(i)] for i in rng.permutation(len(mine)))
+        epoch_order = wds.SimpleShardList(self.urls, seed=make_seed(self.seed, self.epoch))
+        mine = [s["url"] for s in itertools.islice(epoch_order, gid, None, total)]
+        for pass_no in itertools.count():
+            passes = wds.SimpleShardList(mine, seed=make_seed(self.seed, self.epoch, gid, pass_no))
+            yield from (s["url"] for s in passes)
 
-    # -- stage 2: raw samples -------------------------------------------------------------------
-    def samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
-        failures = 0
-        for url in urls:
-            try:
-                limit = self.member_limits.get(url, MAX_MEMBER_BYTES)
-                for sample in iter_tar_samples(open_stream(url, self.allow_pipe), url, limit):
-                    failures = 0
-                    yield sample
-            except (ShardError, OSError) as exc:
-                self.stats["skipped_shards"].append(url)
-                log.warning(
-                    "skipping shard %s (%d skipped so far): %s", url, len(self.stats["skipped_shards"]), exc
-                )
-                failures += 1
-                if failures > len(self.urls):
-                    raise ShardError(f"no readable shard among {len(self.urls)}: last was {url}") from exc
+    def samples(self, shards: Iterator[dict[str, Any]]) -> Iterator[Sample]:
+        """`{"url"}` dicts -> samples: webdataset's tar stages with train.stream.shard_io's member checks."""
+        expected = self.expected_samples
+        return tar_samples(shards, self.skips.shard, self.allow_pipe, self.member_limits, expected)
 
-    # -- stage 3 + 4: pools and episodes ----------------------------------------------------------
-    def episodes(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator) -> Iterator[Episode]:
-        pools = ClassPools(self.base, self.pool_size, self.shot)
-        self._pools = pools
-        credit = 0.0
-        useless = 0  # samples in a row without a base class of the fold's train list
-        for n, sample in enumerate(samples, 1):
-            self.stats["samples_read"] += 1
-            classes = self.image_classes.get(sample["__key__"])
-            missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
-            useless = 0 if classes else useless + 1
-            if useless > self.useless_limit:
-                raise ShardError(
-                    f"{useless} samples in a row hold no base class of the fold's train list (last: "
-                    f"{sample['__key__']} of shard {sample.get('__url__')}): the fold lists do not belong "
-                    "to these shards (rebuild the folds from them), or this reader's shards hold no "
-                    "training image of the fold (use fewer loader workers)"
-                )
-            if not missing and not classes:
-                continue
-            problem = missing[0] if missing else self._image_problem(sample)
-            if problem:
-                self.stats["skipped_samples"].append(f"{sample.get('__url__')}:{sample['__key__']}")
-                log.warning(
-                    "skipping sample %s of shard %s: %s (%d skipped so far)",
-                    sample["__key__"], sample.get("__url__"), problem, len(self.stats["skipped_samples"]),
-                )  # fmt: skip
-                continue
-            assert classes
-            pools.add(sample["__key__"], sample[JPG], sample[LABEL], classes, rng)
-            self.stats["peak_buffered"] = pools.peak
-            if n < self.warmup and len(pools.ready) < len(self.base):
-                continue  # let the pools fill so the first episodes are class-balanced too
-            credit = min(credit + self.episodes_per_sample, float(self.batch_size))
-            while credit >= 1.0:
-                episode = pools.draw(self.way, self.shot, rng)
-                if episode is None:
-                    break
-                credit -= 1.0
-                yield episode
+    def pipeline(self, gid: int, total: int, rng: np.random.Generator) -> wds.DataPipeline:
+        """The reader's webdataset pipeline; one comment per stage says what flows after it."""
+        draw = EpisodeDraw(self, self.skips, rng, self.useless_limit)
+        self._pools = draw.pools
+        collate = functools.partial(collate_train, way=self.way, shot=self.shot)
+        return wds.DataPipeline(
+            # {"url"}: this reader's shards, endless (see shard_sequence)
+            lambda: ({"url": u} for u in self.shard_sequence(gid, total)),
+            # {"__key__", "jpg", "label.png", ...}: members grouped by key, damaged shards skipped
+            self.samples,
+            # Episode: ids drawn from the class pools
+            draw,
+            # dict of numpy arrays: decoded, resized, flipped, labels by the fold's rules
+            lambda episodes: (self.decoder(e, draw.pools.store.__getitem__, rng) for e in episodes),
+            # the design.md batch dict
+            wds.batched(self.batch_size, collation_fn=collate),
+        )
 
-    @staticmethod
-    def _image_problem(sample: dict[str, Any]) -> str | None:
-        """Why a sample's image or label must not be decoded (headers only), or None."""
-        for ext in (JPG, LABEL):
-            problem = encoded_image_problem(sample[ext])
-            if problem:
-                return f".{ext}: {problem}"
-        return None
-
-    def decode(self, episode: Episode, rng: np.random.Generator) -> dict[str, Any]:
-        """Decode one episode into numpy arrays (HWC images), applying the training transform."""
-        return self.decoder(episode, self._pools.store.__getitem__, rng)
-
-    # -- stage 5: batches ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         gid, total = self._placement()
         worker, workers = worker_split()
         per_rank = math.ceil(self.episodes_per_epoch / self.batch_size)
         quota = per_rank // workers + (1 if worker < per_rank % workers else 0)
-        if quota == 0:
-            return
         rng = np.random.default_rng([self.seed, self.epoch, gid])
-        before = (len(self.stats["skipped_shards"]), len(self.stats["skipped_samples"]))
-        stream = self.episodes(self.samples(self.shard_sequence(gid, total)), rng)
-        pending: list[dict[str, Any]] = []
+        before = self.skips.counts()
+        batches = iter(self.pipeline(gid, total, rng))
         try:
-            for episode in stream:
-                pending.append(self.decode(episode, rng))
-                if len(pending) == self.batch_size:
-                    batch = collate_train(pending, self.way, self.shot)
-                    shards = len(self.stats["skipped_shards"]) - before[0]
-                    batch["data_skips"] = (gid, shards, len(self.stats["skipped_samples"]) - before[1])
-                    yield batch
-                    pending = []
-                    quota -= 1
-                    if quota == 0:
-                        return
+            for batch in itertools.islice(batches, quota):
+                shards, samples = self.skips.counts()
+                # the counts live in this worker: each batch carries them to the trainer (dvclive)
+                batch["data_skips"] = (gid, shards - before[0], samples - before[1])
+                yield batch
         finally:
-            stream.close()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
 
 def _stack(items: list[dict[str, Any]], key: str) -> torch.Tensor:
@@ -466,7 +505,7 @@ def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str,
         "query_id": [it["query_id"] for it in items],
         "support_ids": [it["support_ids"] for it in items],
     }
-    if "query_jpeg" in items[0]:  # gpu_decode: train.episodes.normalize decodes on the device
+    if "query_jpeg" in items[0]:  # gpu_decode: train.stream.episodes.normalize decodes on the device
         return {
             **labels,
             "query_jpeg": [it["query_jpeg"] for it in items],

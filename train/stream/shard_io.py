@@ -1,7 +1,17 @@
-"""Shard URLs (local, file://, http(s)://, s3://, pipe:) as streams, ranged reads, tar sample iteration."""
+"""Shard I/O on webdataset: gopen handlers for remote URLs, the checked tar stage, concurrent ranged reads.
+
+Streaming (training): `webdataset.gopen.gopen` opens every URL; this module registers its handlers
+for http(s) (requests) and the fsspec schemes (s3://, gs://, ...): both reconnect a dropped
+connection at the byte reached (`ResumingReader`). `checked_tar_files` is webdataset's
+`tar_file_expander` plus the member checks of `pipeline.shard_format` (see docs/io.md for why that one
+stage is ours); webdataset's `group_by_keys` turns its members into samples.
+Random access (evaluation, training manifests): `read_ranges` fetches many `index.tsv` byte ranges at
+once on a bounded thread pool; `parse_tar_fragment` reads one sample's members from such a range.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -9,11 +19,17 @@ import logging
 import os
 import subprocess
 import tarfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
+
+import webdataset as wds
+from webdataset.gopen import gopen, gopen_schemes
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline.shard_format import (
     COMPLETE,
@@ -28,16 +44,16 @@ from pipeline.shard_format import (
 Sample = dict[str, Any]
 
 _HTTP_TIMEOUT_S = 60.0
-_BLOCK = 512
-_ZERO_BLOCK = b"\0" * _BLOCK
 _READ_CHUNK = 1 << 20
 RETRIES = 3  # reconnects per shard read after a dropped connection, with doubling back-off
 RETRY_BACKOFF_S = 0.25
+RANGE_THREADS = 16  # ranged reads in flight per process: one batch of 5-shot 2-way episodes is 88 reads
+FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
 
 log = logging.getLogger(__name__)
-# GNU tar's sparse member types and pax keys: a few bytes on disk that read back as any size
-_SPARSE_TYPES = (b"S",)
-_SPARSE_PAX = "GNU.sparse."
+
+
+# ---------------------------------------------------------------- URLs, manifests, completion records
 
 
 def join_url(base: str, name: str) -> str:
@@ -56,26 +72,87 @@ def _local_path(url: str) -> str:
     return urlparse(url).path if url.startswith("file://") else url
 
 
+def read_text(url: str) -> str:
+    """The whole (small) file at `url` as text: manifests and indexes."""
+    return read_range(url, 0, None).decode("utf-8")
+
+
+def split_shards(split_url: str) -> list[dict[str, Any]]:
+    """`{"url", "num_samples", "bytes"}` of every shard of a split, from its manifest.json.
+
+    The split must be listed by its dataset's completion record (`check_split_complete`). A brace
+    pattern (webdataset's notation, `s3://b/train-{000000..000063}.tar`) lists the shards directly
+    instead; their sample counts and sizes are then unknown (-1).
+    """
+    if "{" in split_url:
+        return [{"url": url, "num_samples": -1, "bytes": -1} for url in wds.shardlists.expand_urls(split_url)]
+    manifest_url = join_url(split_url, "manifest.json")
+    manifest = json.loads(read_text(manifest_url))
+    check_split_complete(split_url, int(manifest["num_samples"]))
+    # a manifest is data, not a command: its names stay plain file names inside the split, so a
+    # crafted one can neither climb out (`..`, `/`) nor become a URL or a `pipe:` command
+    return [
+        {
+            "url": join_url(split_url, check_shard_name(s["name"], manifest_url)),
+            "num_samples": int(s["num_samples"]),
+            "bytes": int(s.get("bytes", -1)),
+        }
+        for s in manifest["shards"]
+    ]
+
+
+def shard_urls(split_url: str) -> list[tuple[str, int]]:
+    """(url, num_samples) of every shard of a split (see `split_shards`)."""
+    return [(s["url"], s["num_samples"]) for s in split_shards(split_url)]
+
+
+def check_split_complete(split_url: str, num_samples: int | None = None) -> None:
+    """ShardError unless the dataset folder above `split_url` holds the completion record listing it.
+
+    A build that stopped half way publishes nothing, but a folder copied or synced in part, or one
+    written by an older version, may hold one split without the other: readers refuse it here.
+    """
+    base, _, split = split_url.rstrip("/").rpartition("/")
+    where = join_url(base, COMPLETE)
+    try:
+        record = json.loads(read_text(where))
+    except FileNotFoundError:
+        record = None
+    except ShardError as exc:
+        if "HTTP 404" not in str(exc):
+            raise
+        record = None
+    except ValueError as exc:  # not JSON
+        raise ShardError(f"{where} is not a completion record ({exc})") from exc
+    check_completion(record, where, split, num_samples)
+
+
+def local_size(url: str) -> int | None:
+    """Size in bytes of a local shard, None for remote URLs (checked by the reader instead)."""
+    if _scheme(url) in ("", "file"):
+        path = Path(_local_path(url))
+        return path.stat().st_size if path.exists() else -1
+    return None
+
+
+# ---------------------------------------------------------------- opening: webdataset gopen handlers
+
+
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Errors of a dropped or reset connection (socket, http.client, urllib3/requests, botocore)."""
-    errors: list[type[BaseException]] = [OSError, http.client.HTTPException]
-    try:
-        import requests
-        import urllib3
+    import requests
+    import urllib3
 
-        errors += [requests.RequestException, urllib3.exceptions.HTTPError]
-    except ImportError:
-        pass
-    try:
+    errors: list[type[BaseException]] = [OSError, http.client.HTTPException]
+    errors += [requests.RequestException, urllib3.exceptions.HTTPError]
+    with contextlib.suppress(ImportError):
         import botocore.exceptions
 
         errors.append(botocore.exceptions.BotoCoreError)
-    except ImportError:
-        pass
     return tuple(errors)
 
 
-class _ResumingReader(io.RawIOBase):
+class ResumingReader(io.RawIOBase):
     """A remote object read front to back; a dropped connection reopens it at the byte reached.
 
     `reopen(offset)` returns (stream positioned at `offset`, total size or None). An early end of
@@ -124,16 +201,27 @@ class _ResumingReader(io.RawIOBase):
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection may fail again; it is dropped
             if stream is not None:
                 stream.close()
-        except Exception:  # closing a broken connection may fail again; it is dropped either way
-            pass
 
     def close(self) -> None:
         if not self.closed:
             self._close_stream()
         super().close()
+
+
+_sessions = threading.local()
+
+
+def _session() -> Any:
+    """This thread's requests.Session (keep-alive); a forked loader worker makes its own."""
+    import requests
+
+    mine = getattr(_sessions, "value", None)
+    if mine is None or mine[0] != os.getpid():
+        mine = _sessions.value = (os.getpid(), requests.Session())
+    return mine[1]
 
 
 def _raise_http_status(url: str, resp: Any) -> None:
@@ -145,12 +233,10 @@ def _raise_http_status(url: str, resp: Any) -> None:
     raise ShardError(f"shard {url}: HTTP {resp.status_code}")
 
 
-def _http_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
-    import requests
-
+def _http_reopen(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
     def reopen(offset: int) -> tuple[IO[bytes], int | None]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = requests.get(url, stream=True, timeout=_HTTP_TIMEOUT_S, headers=headers)
+        resp = _session().get(url, stream=True, timeout=_HTTP_TIMEOUT_S, headers=headers)
         if resp.status_code not in (200, 206):
             resp.close()
             _raise_http_status(url, resp)
@@ -158,13 +244,18 @@ def _http_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
         length = resp.headers.get("Content-Length")
         size = int(length) + (offset if resp.status_code == 206 else 0) if length is not None else None
         if offset and resp.status_code == 200:  # the server ignored Range: skip what was read already
-            _read_exact(resp.raw, offset)  # type: ignore[arg-type]
+            skip = offset
+            while skip > 0:
+                got = len(resp.raw.read(min(skip, _READ_CHUNK)))
+                if not got:
+                    break
+                skip -= got
         return resp.raw, size  # type: ignore[return-value]
 
     return reopen
 
 
-def _fsspec_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
+def _fsspec_reopen(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
     import fsspec  # s3:// (s3fs), gs:// (gcsfs), ...: credentials from the client's own env/config
 
     fs, path = fsspec.core.url_to_fs(url)
@@ -180,25 +271,138 @@ def _fsspec_opener(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
     return reopen
 
 
-def open_stream(url: str, allow_pipe: bool = False, retries: int = RETRIES) -> IO[bytes]:
-    """A sequential binary stream over `url`; http(s) and s3 stream in chunks, never download first.
+def gopen_resuming(
+    url: str, mode: str = "rb", bufsize: int = _READ_CHUNK, retries: int = RETRIES
+) -> IO[bytes]:
+    """webdataset gopen handler: a buffered, byte-resuming stream over an http(s) or fsspec URL."""
+    if mode != "rb":
+        raise ValueError(f"{url}: shards are read only (mode {mode!r})")
+    reopen = _http_reopen(url) if _scheme(url) in ("http", "https") else _fsspec_reopen(url)
+    # urllib3's read() costs ~10 us a call and tarfile makes several per member: buffer it
+    return io.BufferedReader(ResumingReader(url, reopen, retries), buffer_size=max(bufsize, _READ_CHUNK))
 
-    Remote streams reconnect where they stopped after a dropped connection (`retries` times in a
-    row, doubling back-off). `pipe:CMD` runs a shell command and reads its stdout; only a user's own
-    params may ask for it (`allow_pipe`), since it executes the string.
+
+def register_gopen_handlers() -> None:
+    """Make webdataset's `gopen` open http(s) and the fsspec schemes with `gopen_resuming` (not curl)."""
+    for scheme in ("http", "https", *FSSPEC_SCHEMES):
+        gopen_schemes[scheme] = gopen_resuming
+
+
+register_gopen_handlers()
+
+
+def open_stream(url: str, allow_pipe: bool = False, retries: int = RETRIES) -> IO[bytes]:
+    """A sequential binary stream over `url` through webdataset's `gopen` (never a download first).
+
+    `pipe:CMD` runs a shell command and reads its stdout; only a user's own code may ask for it
+    (`allow_pipe`), since it executes the string: manifests' shard names never become one.
     """
-    scheme = _scheme(url)
-    if scheme in ("", "file"):
-        return open(_local_path(url), "rb", buffering=_READ_CHUNK)
-    if scheme == "pipe":
+    if _scheme(url) == "pipe":
         if not allow_pipe:
             raise ShardError(f"shard {url}: pipe: URLs run a shell command; pass allow_pipe=True to use them")
         proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE, bufsize=_READ_CHUNK)
         assert proc.stdout is not None
         return proc.stdout
-    opener = _http_opener(url) if scheme in ("http", "https") else _fsspec_opener(url)
-    # urllib3's read() costs ~10 us a call and the tar reader makes three per member: buffer it
-    return io.BufferedReader(_ResumingReader(url, opener, retries), buffer_size=_READ_CHUNK)
+    if _scheme(url) in ("", "file"):
+        return open(_local_path(url), "rb", buffering=_READ_CHUNK)  # gopen's own, with a larger buffer
+    return gopen(url, "rb", bufsize=_READ_CHUNK, retries=retries)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- samples: webdataset pipeline stages
+
+Handler = Callable[[Exception], bool]  # webdataset's: True = go on, False = stop; raising stops too
+
+
+def open_shards(
+    sources: Iterable[dict[str, Any]], handler: Handler, allow_pipe: bool = False
+) -> Iterator[dict[str, Any]]:
+    """webdataset's `url_opener` through `open_stream` (which refuses `pipe:` unless allowed)."""
+    for source in sources:
+        try:
+            yield {**source, "stream": open_stream(source["url"], allow_pipe)}
+        except (ShardError, OSError) as exc:
+            if not handler(_naming(exc, source["url"], "cannot open")):
+                break
+
+
+def checked_tar_files(
+    sources: Iterable[dict[str, Any]],
+    handler: Handler,
+    limits: Mapping[str, int] | None = None,
+    expected: Mapping[str, int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """webdataset's `tar_file_expander` with the checks of `pipeline.shard_format` on every member header.
+
+    Each header passes `check_member` (no sparse member, at most `limits[url]` bytes, default
+    MAX_MEMBER_BYTES) before its data is read: webdataset's iterator reads any member whole. A
+    damaged shard goes to `handler` as one ShardError naming it; the sample being read when the damage
+    was met is marked `__bad__` so `group_by_keys` drops it (samples completed before it are kept).
+    A `{}` ends every shard, as in webdataset, so samples of two shards never merge.
+    `expected[url]`: the shard's sample count from its manifest. tarfile's stream mode takes a file
+    cut at a header boundary for the archive's end, so a shard that ends with fewer samples is
+    reported to `handler` as truncated like any other damage.
+    """
+    for source in sources:
+        url, stream = source["url"], source["stream"]
+        limit = (limits or {}).get(url, MAX_MEMBER_BYTES)
+        last = None
+        keys = 0
+        try:
+            with contextlib.closing(stream), tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    check_member(url, info.name, info.size, sparse=info.issparse(), limit=limit)
+                    if not info.isreg():
+                        continue
+                    if last is None or base_plus_ext(last)[0] != base_plus_ext(info.name)[0]:
+                        keys += 1
+                    last = info.name
+                    handle = tar.extractfile(info)
+                    assert handle is not None
+                    yield {"fname": info.name, "data": handle.read(), "__url__": url}
+                    tar.members = []  # a stream holds no member list: memory stays flat over a shard
+            want = (expected or {}).get(url)
+            if want is not None and keys < want:
+                raise ShardError(f"shard {url}: {keys} of the manifest's {want} samples, then the file ends")
+        except Exception as exc:
+            if last is not None:
+                yield {"fname": f"{base_plus_ext(last)[0]}.__bad__", "data": True, "__url__": url}
+            if not handler(_naming(exc, url, "is truncated or corrupt")):
+                break
+        yield {}
+
+
+def _naming(exc: Exception, url: str, problem: str) -> ShardError:
+    """`exc` as a ShardError whose message names the shard; `.url` tells a handler which shard failed."""
+    error = exc if isinstance(exc, ShardError) else ShardError(f"shard {url} {problem}: {exc}")
+    error.url = url  # type: ignore[attr-defined]
+    if error is not exc:
+        error.__cause__ = exc
+    return error
+
+
+def tar_samples(
+    sources: Iterable[dict[str, Any]],
+    handler: Handler,
+    allow_pipe: bool = False,
+    limits: Mapping[str, int] | None = None,
+    expected: Mapping[str, int] | None = None,
+) -> Iterator[Sample]:
+    """`{"url": ...}` dicts -> samples `{"__key__", "__url__", "<ext>": bytes}` (webdataset's
+    `tarfile_to_samples` with `open_shards` and `checked_tar_files` as its first two stages)."""
+    files = checked_tar_files(open_shards(sources, handler, allow_pipe), handler, limits, expected)
+    return group_by_keys(files, handler=handler)  # type: ignore[no-any-return]
+
+
+def raise_error(exc: Exception) -> bool:
+    raise exc
+
+
+def read_shard(url: str, allow_pipe: bool = False, limit: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
+    """The samples of one shard, in order; a damaged or unsafe shard raises ShardError naming it."""
+    return tar_samples([{"url": url}], raise_error, allow_pipe, {url: limit})
+
+
+# ---------------------------------------------------------------- random access: ranged reads
 
 
 def read_range(url: str, start: int, end: int | None, retries: int = RETRIES) -> bytes:
@@ -216,9 +420,7 @@ def read_range(url: str, start: int, end: int | None, retries: int = RETRIES) ->
             if end is None or len(data) == end - start:
                 return data
             problem: BaseException = EOFError(f"got {len(data)} of {end - start} bytes")
-        except ShardError:
-            raise
-        except FileNotFoundError:
+        except (ShardError, FileNotFoundError):
             raise
         except errors as exc:
             problem = exc
@@ -235,15 +437,13 @@ def _read_range_once(url: str, start: int, end: int | None) -> bytes:
             handle.seek(start)
             return handle.read(-1 if end is None else end - start)
     if scheme in ("http", "https"):
-        import requests
-
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
-        resp = requests.get(url, headers={"Range": rng}, timeout=_HTTP_TIMEOUT_S)
+        resp = _session().get(url, headers={"Range": rng}, timeout=_HTTP_TIMEOUT_S)
         if resp.status_code == 200:  # server ignored Range: cut the body ourselves
             return resp.content[start:end]
         if resp.status_code != 206:
             _raise_http_status(f"{url} (range {rng})", resp)
-        return resp.content
+        return resp.content  # type: ignore[no-any-return]
     if scheme == "pipe":
         raise ShardError(f"shard {url}: pipe: URLs cannot be read by range; use a path or URL")
     import fsspec
@@ -252,174 +452,33 @@ def _read_range_once(url: str, start: int, end: int | None) -> bytes:
     return fs.cat_file(path, start=start, end=end)  # type: ignore[no-any-return]
 
 
-def read_text(url: str) -> str:
-    """The whole (small) file at `url` as text: manifests and indexes."""
-    return read_range(url, 0, None).decode("utf-8")
+_pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def split_shards(split_url: str) -> list[dict[str, Any]]:
-    """`{"url", "num_samples", "bytes"}` of every shard of a split, from its manifest.json.
+def _range_pool() -> ThreadPoolExecutor:
+    """This process's pool for ranged reads (a forked loader worker starts its own)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="range-read"))
+    return _pool[1]
 
-    The split must be listed by its dataset's completion record (`check_split_complete`). A brace
-    pattern (webdataset's notation, `s3://b/train-{000000..000063}.tar`) lists the shards directly
-    instead; their sample counts and sizes are then unknown (-1).
+
+def read_ranges(ranges: Sequence[tuple[str, int, int | None]]) -> list[Exception | bytes]:
+    """`read_range` of each (url, start, end), remote ones `RANGE_THREADS` at a time; in order.
+
+    A failed read comes back as its exception (the caller names the sample); local reads stay in
+    this thread, where a page-cache read is faster than a hand-off.
     """
-    if "{" in split_url:
-        from braceexpand import braceexpand  # webdataset's own dependency
 
-        return [{"url": url, "num_samples": -1, "bytes": -1} for url in braceexpand(split_url)]
-    manifest_url = join_url(split_url, "manifest.json")
-    manifest = json.loads(read_text(manifest_url))
-    check_split_complete(split_url, int(manifest["num_samples"]))
-    # a manifest is data, not a command: its names stay plain file names inside the split, so a
-    # crafted one can neither climb out (`..`, `/`) nor become a URL or a `pipe:` command
-    return [
-        {
-            "url": join_url(split_url, check_shard_name(s["name"], manifest_url)),
-            "num_samples": int(s["num_samples"]),
-            "bytes": int(s.get("bytes", -1)),
-        }
-        for s in manifest["shards"]
-    ]
+    def one(r: tuple[str, int, int | None]) -> Exception | bytes:
+        try:
+            return read_range(*r)
+        except Exception as exc:  # returned, not raised: the caller knows which sample it was
+            return exc
 
-
-def shard_urls(split_url: str) -> list[tuple[str, int]]:
-    """(url, num_samples) of every shard of a split (see `split_shards`)."""
-    return [(s["url"], s["num_samples"]) for s in split_shards(split_url)]
-
-
-def check_split_complete(split_url: str, num_samples: int | None = None) -> None:
-    """ShardError unless the dataset folder above `split_url` holds the completion record listing it.
-
-    A build that stopped half way publishes nothing, but a folder copied or synced in part, or one
-    written by an older version, may hold one split without the other: readers refuse it here.
-    """
-    base, _, split = split_url.rstrip("/").rpartition("/")
-    where = join_url(base, COMPLETE)
-    try:
-        record = json.loads(read_text(where))
-    except FileNotFoundError:
-        record = None
-    except ShardError as exc:
-        if "HTTP 404" not in str(exc):
-            raise
-        record = None
-    except ValueError as exc:  # not JSON
-        raise ShardError(f"{where} is not a completion record ({exc})") from exc
-    check_completion(record, where, split, num_samples)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    base = os.path.basename(name)
-    key, _, ext = base.partition(".")
-    return key, ext
-
-
-def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) == n or not data:
-        return data
-    parts = [data]  # sockets and pipes may return less than asked before the end
-    got = len(data)
-    while got < n:
-        more = stream.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def iter_tar_members(
-    stream: IO[bytes], url: str = "<stream>", limit: int = MAX_MEMBER_BYTES
-) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular files of a tar stream, read sequentially.
-
-    A small reader instead of `tarfile`'s streaming mode, which costs ~0.3 ms per sample in header
-    objects: it handles ustar, GNU long names ('L') and pax headers ('x'; path and size), skips
-    other entries, and raises EOFError on a short read or a bad header checksum. Every header passes
-    `pipeline.shard_format.check_member` (no sparse member, at most `limit` bytes) before its data is
-    read: a failing one raises ShardError naming `url` and the member.
-    """
-    long_name: str | None = None
-    pax: dict[str, str] = {}
-    while True:
-        header = _read_exact(stream, _BLOCK)
-        if not header or header == _ZERO_BLOCK:
-            return  # end of archive (a tar that ends exactly at a member boundary is complete too)
-        if len(header) < _BLOCK:
-            raise EOFError(f"header cut at {len(header)} of {_BLOCK} bytes")
-        checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
-        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
-            raise EOFError("bad tar header checksum")
-        if "size" in pax:
-            size = int(pax["size"])
-        else:
-            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        kind = header[156:157]
-        sparse = kind in _SPARSE_TYPES or any(k.startswith(_SPARSE_PAX) for k in pax)
-        member = pax.get("path") or long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        check_member(url, member, size, sparse=sparse, limit=limit)
-        data = _read_exact(stream, size)
-        if len(data) < size:
-            raise EOFError(f"member data cut at {len(data)} of {size} bytes")
-        pad = -size % _BLOCK
-        if pad and len(_read_exact(stream, pad)) < pad:
-            raise EOFError("member padding cut")
-        if kind == b"L":
-            long_name = data.split(b"\0", 1)[0].decode("utf-8")
-            continue
-        if kind == b"x":
-            pax = _parse_pax(data)
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            long_name, pax = None, {}
-            continue
-        name = pax.get("path") or long_name
-        if name is None:
-            prefix = header[345:500].split(b"\0", 1)[0]
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-            if prefix and header[257:262] == b"ustar":
-                name = f"{prefix.decode('utf-8')}/{name}"
-        long_name, pax = None, {}
-        yield name, data
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8")
-        pos += length
-    return out
-
-
-def iter_tar_samples(stream: IO[bytes], url: str, limit: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
-    """Samples `{"__key__", "<ext>": bytes, ...}` of a tar stream, members grouped by key, in order.
-
-    A truncated, corrupt or unsafe tar (see `iter_tar_members`, `limit`) raises ShardError naming
-    `url` after the complete samples before the damage were yielded (a partial sample never is).
-    """
-    current: Sample | None = None
-    try:
-        for name, data in iter_tar_members(stream, url, limit):
-            key, ext = _split_name(name)
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            current[ext] = data
-    except (EOFError, OSError, ValueError) as exc:
-        raise ShardError(f"shard {url} is truncated or corrupt: {exc}") from exc
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-    if current is not None:
-        yield current
+    if len(ranges) < 2 or all(_scheme(url) in ("", "file", "pipe") for url, _, _ in ranges):
+        return [one(r) for r in ranges]
+    return list(_range_pool().map(one, ranges))
 
 
 def parse_tar_fragment(data: bytes, key: str, url: str) -> Sample:
@@ -431,7 +490,7 @@ def parse_tar_fragment(data: bytes, key: str, url: str) -> Sample:
             for member in tar:
                 # checked before extractfile: a sparse or oversized member never reaches a read
                 check_member(url, member.name, member.size, sparse=member.issparse(), limit=len(data))
-                mkey, ext = _split_name(member.name)
+                mkey, ext = base_plus_ext(os.path.basename(member.name))
                 if mkey != key:
                     if len(sample) > 2:
                         break
@@ -445,11 +504,3 @@ def parse_tar_fragment(data: bytes, key: str, url: str) -> Sample:
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ShardError(f"shard {url}: sample {key} is truncated or corrupt: {exc}") from exc
     return sample
-
-
-def local_size(url: str) -> int | None:
-    """Size in bytes of a local shard, None for remote URLs (checked by the reader instead)."""
-    if _scheme(url) in ("", "file"):
-        path = Path(_local_path(url))
-        return path.stat().st_size if path.exists() else -1
-    return None
