@@ -88,6 +88,16 @@ def encoded_image_problem(data: bytes) -> str | None:
         return f"not a readable image ({exc})"
 
 
+def sample_image_problem(sample: Mapping[str, Any]) -> str | None:
+    """Why a sample's `.jpg` or `.label.png` must not be decoded (`encoded_image_problem`, headers only),
+    as ".<ext>: <problem>", or None. Streaming skips such a sample; a ranged read refuses it."""
+    for ext in ("jpg", "label.png"):
+        problem = encoded_image_problem(sample[ext])
+        if problem:
+            return f".{ext}: {problem}"
+    return None
+
+
 def completion_record(dataset: str, protocol: str, splits: Mapping[str, int]) -> dict[str, Any]:
     """The dataset's completion record: written after every split, so its presence means all are complete."""
     return {

@@ -173,6 +173,9 @@ def test_a_bomb_in_a_shard_is_skipped_in_training_and_stops_evaluation(tiny_data
     assert err.count("\n") == 1
     assert f"shard {shards / 'test' / shard}: sample {key}: .jpg: image is too large" in err
     assert not (tmp_path / "r.json").exists()
+    # training-episode manifests read by key through the same reader: the bomb is refused there too
+    with pytest.raises(ShardError, match=rf"sample {train_key}: \.jpg: image is too large"):
+        SampleReader(str(shards / "train")).fetch_many([train_key])
 
 
 def _evaluate_argv(tmp_path: Path, shards: Path, params: Path, manifest: dict) -> list[str]:

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
-from pipeline.shard_format import check_shard_name, encoded_image_problem
+from pipeline.shard_format import check_shard_name, sample_image_problem
 from train.stream.shard_io import (
     ShardError,
     check_split_complete,
@@ -467,16 +467,11 @@ class SampleReader:
         for ext in ("jpg", "label.png"):
             if ext not in sample:
                 raise ShardError(f"shard {url}: sample {key} has no .{ext} member")
-        return sample
-
-
-def check_sample_size(sample: dict[str, Any]) -> None:
-    """ShardError naming shard and key when the sample's image or label header is unreadable or
-    exceeds MAX_IMAGE_PIXELS: a decompression bomb is never decoded."""
-    for ext in ("jpg", "label.png"):
-        problem = encoded_image_problem(sample[ext])
+        # every ranged read (evaluation, training manifests): a decompression bomb is never decoded
+        problem = sample_image_problem(sample)
         if problem:
-            raise ShardError(f"shard {sample['__url__']}: sample {sample['__key__']}: .{ext}: {problem}")
+            raise ShardError(f"shard {url}: sample {key}: {problem}")
+        return sample
 
 
 def eval_query_label(label: np.ndarray, class_ids: Sequence[int], protocol: str) -> np.ndarray:
@@ -540,7 +535,6 @@ class EvalEpisodes(Dataset):
     def _load(
         self, sample: dict[str, Any], keep_label_size: bool, flip: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        check_sample_size(sample)
         img = decode_image(sample["jpg"], self.image_size, self.reduced)
         label = decode_label(sample["label.png"])
         img, small = resize_pair(img, label, self.image_size)

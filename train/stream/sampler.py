@@ -49,7 +49,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.utils import make_seed
 
 from pipeline.folds import binary_label, training_label
-from pipeline.shard_format import encoded_image_problem, member_limit
+from pipeline.shard_format import member_limit, sample_image_problem
 from train.stream.shard_io import Sample, ShardError, split_shards, tar_samples
 from train.stream.transforms import TrainTransform, binary_mask, episode_label
 
@@ -318,7 +318,7 @@ class EpisodeDraw:
             missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
             if not missing and not classes:
                 continue
-            problem = missing[0] if missing else _image_problem(sample)
+            problem = missing[0] if missing else sample_image_problem(sample)
             if problem:
                 self.skips.sample(sample, problem)
                 continue
@@ -331,15 +331,6 @@ class EpisodeDraw:
             while credit >= 1.0 and (episode := pools.draw(s.way, s.shot, self.rng)) is not None:
                 credit -= 1.0
                 yield episode
-
-
-def _image_problem(sample: Sample) -> str | None:
-    """Why a sample's image or label must not be decoded (headers only), or None."""
-    for ext in (JPG, LABEL):
-        problem = encoded_image_problem(sample[ext])
-        if problem:
-            return f".{ext}: {problem}"
-    return None
 
 
 class EpisodeStream(IterableDataset):
