@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -295,6 +295,22 @@ def draw_test_episodes(
     return episodes
 
 
+class TestSplit(NamedTuple):
+    """What test episodes of one fold are drawn from: its novel classes, test.txt pairs and index rows."""
+
+    novel: list[int]
+    pairs: dict[str, list[int]]
+    image_classes: dict[str, dict[int, int]]
+
+
+def read_test_split(shards: str, folds: str, fold: int) -> TestSplit:
+    """The fold's novel classes, `fold<i>/test.txt` pairs and the test split's index.tsv classes."""
+    _, novel = read_fold(folds, fold)
+    pairs = read_pairs(read_text(join_url(folds, f"fold{fold}/test.txt")))
+    image_classes, _ = read_index(join_url(shards, "test"))
+    return TestSplit(novel, pairs, image_classes)
+
+
 def build_manifest(
     shards: str,
     folds: str,
@@ -306,12 +322,12 @@ def build_manifest(
     seed: int,
     count: int,
     shot_key: str = "shot",
+    test: TestSplit | None = None,
 ) -> dict[str, Any]:
     """The design.md test-episode manifest for one (dataset, fold, way, shot); `shot_key` names the
-    params key in errors (`train.shot` for the validation draw)."""
-    _, novel = read_fold(folds, fold)
-    pairs = read_pairs(read_text(join_url(folds, f"fold{fold}/test.txt")))
-    image_classes, _ = read_index(join_url(shards, "test"))
+    params key in errors (`train.shot` for the validation draw); `test`: the fold's `read_test_split`
+    when the caller has it already (one read for several seeds)."""
+    novel, pairs, image_classes = test or read_test_split(shards, folds, fold)
     episodes = draw_test_episodes(
         pairs, image_classes, novel, way=way, shot=shot, count=count, seed=seed, protocol=protocol,
         shot_key=shot_key,
@@ -644,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = load_params(args.params)
+        test = read_test_split(args.shards, args.folds, p.fold)
         manifests = {
             seed: build_manifest(
                 args.shards,
@@ -655,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.protocol,
                 seed,
                 int(p.sampler.test_episodes),
+                test=test,
             )
             for seed in p.evaluate.seeds
         }
@@ -666,15 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, manifest)
         print(f"{path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
     if p.way == 2:
-        print(both_ways_line(args.shards, args.folds, p, manifests))
+        print(both_ways_line(test, p, manifests))
     return 0
 
 
-def both_ways_line(shards: str, folds: str, p: Any, manifests: dict[int, dict[str, Any]]) -> str:
+def both_ways_line(test: TestSplit, p: Any, manifests: dict[int, dict[str, Any]]) -> str:
     """How often the drawn 2-way queries hold both classes, against what the rule implies."""
-    _, novel = read_fold(folds, p.fold)
-    pairs = read_pairs(read_text(join_url(folds, f"fold{p.fold}/test.txt")))
-    image_classes, _ = read_index(join_url(shards, "test"))
+    novel, pairs, image_classes = test
     share = expected_with_every_way(pairs, image_classes, novel, way=2, shot=p.shot, protocol=p.protocol)
     drawn = ", ".join(
         f"{episodes_with_every_way(m['episodes'], pairs)} of {len(m['episodes'])} (seed {seed})"
