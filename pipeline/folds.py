@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.config import NUM_CLASSES, ConfigError, load_params
 from pipeline.io import atomic_write, write_json
+from pipeline.protocol import protocol_rules, void_as_background
 
 IGNORE_INDEX = 255
 NUM_FOLDS = 4
@@ -60,10 +61,7 @@ VOIDS = ("background", "ignore")
 def _void(label: np.ndarray, void: str) -> np.ndarray:
     if void not in VOIDS:
         raise ValueError(f"void rule {void!r} is not background | ignore")
-    out = label.copy()
-    if void == "background":
-        out[label == IGNORE_INDEX] = 0
-    return out
+    return void_as_background(label) if void == "background" else label.copy()
 
 
 def training_label(label: np.ndarray, novel: list[int], protocol: str, void: str = "ignore") -> np.ndarray:
@@ -73,9 +71,8 @@ def training_label(label: np.ndarray, novel: list[int], protocol: str, void: str
     `void="background"` (the DENet release maps 255 to 0 before anything else, voc_sbd.py:207-211),
     else kept as 255; then novel classes become 255 (denet, voc_sbd.py:212-217) or background (standard).
     """
-    fill = {"denet": IGNORE_INDEX, "standard": 0}[protocol]
     out = _void(label, void)
-    out[np.isin(label, novel)] = fill
+    out[np.isin(label, novel)] = protocol_rules(protocol).train_novel_label
     return out
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import NUM_CLASSES
+from pipeline.protocol import protocol_rules
 from pipeline.shard_format import image_size_problem
 
 IGNORE_INDEX = 255
@@ -120,15 +121,15 @@ def pascal_image_sets(raw: str | Path, protocol: str) -> dict[str, list[str]]:
     else:
         log.info("%s is absent: computing it as SBD train minus VOC2012 val", noval_file)
         sbd_noval = sorted(set(sbd_train) - set(voc_val))
-    if protocol == "denet":
-        train = set(voc_train) | set(sbd_noval)
-        test = set(voc_val) | set(sbd_val)
-    elif protocol == "standard":
-        train = (set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val)
-        test = set(voc_val)
-    else:
-        raise ValueError(f"protocol {protocol!r} is not denet | standard")
-    return {"train": sorted(train), "test": sorted(test)}
+    lists = {"voc_train": voc_train, "voc_val": voc_val, "sbd_train": sbd_train, "sbd_val": sbd_val,
+             "sbd_train_noval": sbd_noval}  # fmt: skip
+    rules = protocol_rules(protocol)
+
+    def union(names: tuple[str, ...]) -> set[str]:
+        return set().union(*(lists[n] for n in names))
+
+    train = union(rules.pascal_train) - union(rules.pascal_train_minus)
+    return {"train": sorted(train), "test": sorted(union(rules.pascal_test))}
 
 
 def pascal_samples(raw: str | Path, protocol: str, pascal_masks: str = "voc") -> dict[str, list[Sample]]:

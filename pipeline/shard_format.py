@@ -14,6 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+# Void in every label map the shards hold: VOC's border band, COCO crowd under data.coco_crowd=ignore.
+# Losses and metrics ignore it (or count it as background where the protocol says so).
+IGNORE_INDEX = 255
+
 COMPLETE = "complete.json"  # <dataset>/complete.json: written last by the shards stage (docs/design.md)
 
 # What the shards stage writes (`train-000000.tar`): no path separator, no `..`, no scheme, no `pipe:`.

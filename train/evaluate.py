@@ -28,13 +28,15 @@ from torch.utils.data import DataLoader
 
 from fss_model import model_entry
 from pipeline.classes import class_names
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params
 from pipeline.io import write_json
+from pipeline.protocol import protocol_rules
 from train import distributed
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
+from train.params import load_params
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
 from train.stream import shards_location
@@ -257,12 +259,13 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[name] = cell
     low, high = bootstrap_miou([[run["episode_sums"] for run in seeds.values()] for seeds in folds.values()])
     summary["model"]["miou_ci95"] = [round(low, 4), round(high, 4)]
+    rules = protocol_rules(p.protocol)
     return {
         "source": p.source,
         "dataset": p.dataset,
         "protocol": p.protocol,
-        "eval_resolution": "resized" if p.protocol == "denet" else "original",
-        "void": "background" if p.protocol == "denet" else "ignored",
+        "eval_resolution": "resized" if rules.eval_at_image_size else "original",
+        "void": "background" if rules.eval_void_background else "ignored",
         "way": runs[0]["way"],
         "shot": runs[0]["shot"],
         "model": runs[0]["model_name"],

@@ -30,13 +30,13 @@ from PIL import Image
 from torch import nn
 
 from pipeline.classes import class_name
-from pipeline.config import load_params
 from pipeline.masks import voc_palette
 from pipeline.shard_format import image_size_problem
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import IGNORE_INDEX, FewShotIoU, score_episode
+from train.params import load_params
 
 log = logging.getLogger(__name__)
 WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)

@@ -5,8 +5,9 @@ import shutil
 import pytest
 from train_helpers import REPO_PARAMS, write_params
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
 from train import train as tr
+from train.params import load_params
 from train.stream import episodes
 from train.stream.episodes import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream

@@ -78,3 +78,11 @@ def test_the_cycle_finder_finds_a_cycle():
     graph = {"train.a": {"train.b"}, "train.b": {"train.c"}, "train.c": {"train.a"}, "train.d": set()}
     assert find_cycle(graph) == ["train.a", "train.b", "train.c", "train.a"]
     assert find_cycle({"train.a": {"train.b"}, "train.b": set()}) is None
+
+
+def test_pipeline_imports_neither_train_nor_the_models():
+    """Preparation never depends on training or the networks (lazy imports included)."""
+    graph = import_graph()
+    wrong = {m: sorted(d for d in deps if d.split(".")[0] in ("train", "fss_model"))
+             for m, deps in graph.items() if m.split(".")[0] == "pipeline"}  # fmt: skip
+    assert "pipeline.config" in wrong and not any(wrong.values()), {m: d for m, d in wrong.items() if d}

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pipeline.folds import fold_classes, training_label
 from pipeline.io import sha256_file, write_json
+from pipeline.protocol import protocol_rules
 from pipeline.shard_format import COMPLETE, completion_record
 from pipeline.shards import INDEX_COLUMNS
 from train.stream.episodes import read_fold, read_pairs
@@ -182,7 +183,7 @@ def write_synthetic(
         for key, cls in classes_of.items():
             if key.startswith("2000"):
                 train_lines += [f"{key}__{c:02d}" for c in cls if c in base]
-            elif len(set(cls) & set(novel)) == 1 or protocol == "standard":
+            elif len(set(cls) & set(novel)) == 1 or not protocol_rules(protocol).single_novel_pools:
                 test_lines += [f"{key}__{c:02d}" for c in cls if c in novel]
         (folds / f"fold{fold}").mkdir(parents=True, exist_ok=True)
         (folds / f"fold{fold}" / "train.txt").write_text("".join(f"{x}\n" for x in sorted(train_lines)))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import load_params
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.evaluate import episode_batches, evaluate_model
+from train.params import load_params
 from train.stream.episodes import read_manifest
 
 

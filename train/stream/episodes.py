@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
+from pipeline.protocol import protocol_rules, void_as_background
 from pipeline.shard_format import check_shard_name, sample_image_problem
 from train.stream.shard_io import (
     ShardError,
@@ -140,10 +141,11 @@ def episode_pools(
     unlimited_item_class.pair for way > 1, voc_sbd.py:347-348, 373-377).
     """
     novel_set = set(novel)
+    single_novel = protocol_rules(protocol).single_novel_pools
     pools: dict[int, list[str]] = defaultdict(list)
     for image_id in sorted(pairs):
         present = [c for c in pairs[image_id] if c in novel_set]
-        if protocol == "denet" and way == 1 and len(present) != 1:
+        if single_novel and way == 1 and len(present) != 1:
             continue
         for c in present:
             pools[c].append(image_id)
@@ -158,7 +160,7 @@ def query_allowed(query_novel: set[int], episode: Sequence[int], protocol: str) 
     holding every novel class present at all). 1-way denet and standard: none (PANet-style N-way
     queries hold 1..N of the episode classes).
     """
-    if protocol != "denet" or len(episode) == 1:
+    if not protocol_rules(protocol).query_only_episode_novel or len(episode) == 1:
         return True
     return query_novel <= set(episode)
 
@@ -493,9 +495,7 @@ class SampleReader:
 def eval_query_label(label: np.ndarray, class_ids: Sequence[int], protocol: str) -> np.ndarray:
     """Query label for scoring: 0 bg, k+1 for way k; denet counts void (255) as background."""
     out = episode_label(label, class_ids)
-    if protocol == "denet":
-        out[out == IGNORE_INDEX] = 0
-    return out
+    return void_as_background(out) if protocol_rules(protocol).eval_void_background else out
 
 
 def eval_support_mask(
@@ -506,9 +506,7 @@ def eval_support_mask(
     255, voc_sbd.py:207-209); under standard void and the episode's other classes stay 255
     (`transforms.binary_mask`, PANet's N-way rule)."""
     mask = binary_mask(label, class_id, episode_classes)
-    if protocol == "denet":
-        mask[mask == IGNORE_INDEX] = 0
-    return mask
+    return void_as_background(mask) if protocol_rules(protocol).eval_void_background else mask
 
 
 class EvalEpisodes(Dataset):
@@ -538,6 +536,7 @@ class EvalEpisodes(Dataset):
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url)
         self.image_size, self.protocol, self.reduced = image_size, protocol, reduced
+        self.rules = protocol_rules(protocol)
         per_episode = self.way * self.shot + 1
         self.flips = (
             eval_flips(first + len(self.episodes), per_episode)[first:]
@@ -582,7 +581,7 @@ class EvalEpisodes(Dataset):
                 s_imgs.append(si)
                 s_masks.append(eval_support_mask(sl, c, self.protocol, ep["classes"]))
         img, label = self._load(
-            samples[ep["query"]], keep_label_size=self.protocol == "standard", flip=bool(next(flips))
+            samples[ep["query"]], keep_label_size=not self.rules.eval_at_image_size, flip=bool(next(flips))
         )
         return {
             "query_img": img,
