@@ -11,7 +11,7 @@ per-fold (image, class) pair lists (docs/protocol.md, "Data"):
   the standard preset) an image showing any pixel of a novel class is dropped too;
 - test: every novel-class pair that passes the presence rule, from the test split (the DENet
   release's 2-way pool, `unlimited_item_class.pair`); the per-way query and support rules of each
-  protocol are applied when episodes are drawn (`train.stream.episodes.episode_pools`).
+  protocol are applied when episodes are drawn (`train.stream.draw.episode_pools`).
 The presence rule reads index.tsv's presence columns (class pixels at `data.presence_size`).
 The void / novel rules of training masks are `training_label` and `binary_label` below, applied by
 the sampler.
@@ -30,8 +30,8 @@ import numpy as np
 from pipeline.config import NUM_CLASSES, ConfigError, load_params
 from pipeline.io import atomic_write, write_json
 from pipeline.protocol import protocol_rules, void_as_background
+from pipeline.shard_format import index_rows
 
-IGNORE_INDEX = 255
 NUM_FOLDS = 4
 
 
@@ -97,15 +97,9 @@ def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[i
     The shard writer emits an image's rows together, so memory stays flat for any dataset size.
     """
     with open(path) as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        col = {name: i for i, name in enumerate(header)}
-        rows = (line.rstrip("\n").split("\t") for line in handle)
-        for image_id, group in itertools.groupby(rows, key=lambda r: r[col["image_id"]]):
-            classes = {
-                int(r[col["class_id"]]): (int(r[col["presence_px"]]), int(r[col["presence_total"]]))
-                for r in group
-            }
-            yield image_id, classes
+        rows = (row for _, row in index_rows(handle, str(path)))
+        for image_id, group in itertools.groupby(rows, key=lambda r: r["image_id"]):
+            yield image_id, {r["class_id"]: (r["presence_px"], r["presence_total"]) for r in group}
 
 
 def pair_name(image_id: str, class_id: int) -> str:

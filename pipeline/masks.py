@@ -34,9 +34,8 @@ from PIL import Image
 
 from pipeline.config import NUM_CLASSES
 from pipeline.protocol import protocol_rules
-from pipeline.shard_format import image_size_problem
+from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "test")
 VOC_DIR = Path("VOCdevkit/VOC2012")
 SBD_DIR = Path("benchmark_RELEASE/dataset")
@@ -375,7 +374,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def encode_png(label: np.ndarray) -> bytes:
-    """Mode "L" PNG with fixed settings, so the bytes depend on the label only."""
+    """A shard's label PNG: mode "L" with fixed settings, so the bytes depend on the label only
+    (the toy data's VOC-style palette PNG is pipeline.toy.encode_voc_png)."""
     buf = io.BytesIO()
     Image.fromarray(label, mode="L").save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

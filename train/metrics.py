@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from pipeline.protocol import protocol_rules, void_as_background
-
-IGNORE_INDEX = 255
+from pipeline.shard_format import IGNORE_INDEX
 
 ArrayLike = np.ndarray | torch.Tensor
 

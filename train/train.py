@@ -294,7 +294,7 @@ def train_loop(
 
 def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
     """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
-    from train.stream.episodes import train_manifest
+    from train.stream.manifests import train_manifest
 
     per_class = p.train.episodes_per_class
     return train_manifest(
@@ -374,7 +374,7 @@ def _pool_stream(
     world: int,
 ) -> Any:
     """`train.episodes: stream`: episodes drawn from bounded per-class pools while the shards stream."""
-    from train.stream.episodes import read_pairs
+    from train.stream.index import read_pairs
     from train.stream.sampler import EpisodeStream, dist_rank
     from train.stream.shard_io import shard_urls
 
@@ -423,7 +423,7 @@ def run(
     its own shards (`train.batch_size` episodes per rank and step), rank 0 alone logs and writes.
     """
     import fss_model
-    from train.stream.episodes import normalize
+    from train.stream.normalize import normalize
 
     shards = shards_location(p, shards)
     cfg = train_config_from_params(p)

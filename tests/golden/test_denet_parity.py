@@ -23,16 +23,9 @@ from pipeline import toy
 from pipeline.config import load_params
 from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
-from train.stream.episodes import (
-    SampleReader,
-    episode_pools,
-    episode_queries,
-    eval_flips,
-    eval_query_label,
-    novel_in_images,
-    read_index,
-    read_pairs,
-)
+from train.stream.by_key import SampleReader, eval_query_label
+from train.stream.draw import episode_pools, episode_queries, eval_flips, novel_in_images
+from train.stream.index import read_index, read_pairs
 from train.stream.sampler import Episode, EpisodeDecoder
 from train.stream.transforms import decode_label
 

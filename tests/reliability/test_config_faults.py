@@ -9,7 +9,7 @@ from pipeline.config import ConfigError
 from train import train as tr
 from train.params import load_params
 from train.stream import episodes
-from train.stream.episodes import read_fold, read_pairs
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream
 
 

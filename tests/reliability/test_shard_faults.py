@@ -18,7 +18,8 @@ from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
 from train.params import load_params
-from train.stream.episodes import EvalEpisodes, SampleReader, build_manifest
+from train.stream.by_key import EvalEpisodes, SampleReader
+from train.stream.manifests import build_manifest
 from train.stream.shard_io import ShardError
 
 _copy, _stream = copy_shards, fold0_stream

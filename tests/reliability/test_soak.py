@@ -3,7 +3,7 @@
 import psutil
 from torch.utils.data import DataLoader
 
-from train.stream.episodes import read_fold, read_pairs
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream
 
 EPISODES = 10_000

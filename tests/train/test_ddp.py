@@ -83,7 +83,7 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     from pipeline.io import write_json
     from train import evaluate as ev
     from train.checkpoint import load_checkpoint
-    from train.stream.episodes import build_manifest
+    from train.stream.manifests import build_manifest
 
     # the streaming sampler: each rank must read its own shards (manifest training reads by key)
     steps = {"train.steps": 3, "train.val_every": 3, "train.checkpoint_every": 3, "train.episodes": "stream"}

@@ -16,7 +16,7 @@ from pipeline.masks import voc_palette
 from train import infer
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.stream.episodes import build_manifest
+from train.stream.manifests import build_manifest
 
 
 @pytest.fixture(scope="module")
