@@ -68,6 +68,7 @@ def grouped(pairs: dict[str, list[int]], classes: list[int]) -> dict[str, list[s
     return dict(out)
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
     golden = G.read_json_golden(G.GOLDEN["pools"])[dataset]
@@ -99,6 +100,7 @@ def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
                 assert episode_queries(pools2, novel_of, [c, o], "denet") == expected, f"fold {fold}: {pair}"
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_presence_pixels_equal_the_release(built, dataset):
     """index.tsv's presence_px: the class pixels the release's threshold counts on its resized test masks."""
@@ -109,6 +111,7 @@ def test_presence_pixels_equal_the_release(built, dataset):
     assert ours == theirs
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 def test_two_way_pools_are_not_the_one_way_pools(built):
     """The goldens exercise the 2-way rule: images with two novel classes at >= 2% exist on the toy data."""
     golden = G.read_json_golden(G.GOLDEN["pools"])["pascal"]
@@ -137,6 +140,7 @@ def _sample(reader: SampleReader):
     return read
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_label_maps_equal_the_release(built, dataset):
     header, arrays = G.read_npz_golden(G.GOLDEN["labels"])

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from train import distributed
 from train.metrics import FewShotIoU
+
+pytestmark = pytest.mark.heavy  # torchrun processes
 
 NPROC = 2
 

@@ -17,6 +17,8 @@ from train.stream.by_key import SampleReader
 from train.stream.sampler import EpisodeStream
 from train.stream.shard_io import ShardError, read_shard, shard_urls
 
+pytestmark = pytest.mark.heavy  # HTTP and S3 servers in their own processes
+
 PREFIX = "fss/shards/toy/pascal/denet"
 
 
