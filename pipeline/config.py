@@ -43,6 +43,11 @@ class Download:
     mirror: str | None = None  # URL or folder holding the official archive names; None = official hosts
     retries: int = 5
     timeout_s: float = 60.0
+    # a download ends (one line: URL, bytes, time) below this rate over any rate_window_s of waiting,
+    # or after deadline_s of waiting in all (a 19 GB COCO archive at 1 MB/s takes 5.3 h)
+    min_bytes_per_s: float = 16384.0
+    rate_window_s: float = 30.0
+    deadline_s: float = 86400.0
 
 
 @dataclass
@@ -86,6 +91,14 @@ class Sampler:
     # None = the local shards folder given on the command line (the DVC output); else a URL prefix
     # (http(s)://, s3://, gs://) holding <split>/manifest.json, index.tsv and the tars, streamed
     shards_url: str | None = None
+    # every network read of shards (a stream, a sample, a whole shard) ends with one line (URL, bytes,
+    # time) below min_bytes_per_s over any rate_window_s of waiting, or after deadline_s of it
+    min_bytes_per_s: float = 16384.0
+    rate_window_s: float = 30.0
+    deadline_s: float = 3600.0
+    # whole shards of servers that ignore HTTP Range; null = $XDG_CACHE_HOME/fss-denet/shards
+    cache_dir: str | None = None
+    cache_bytes: int = 20 << 30
 
 
 @dataclass

@@ -37,7 +37,7 @@ from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
-from train.stream import shards_location
+from train.stream import remote_reads, shards_location
 from train.stream.shard_io import join_url
 from train.trivial import TRIVIAL
 
@@ -66,6 +66,7 @@ def episode_batches(
         p.sampler.decode_reduced,
         flip=bool(p.evaluate.flip),
         first=mine.start,  # flips belong to the episode's place in the whole manifest
+        remote=remote_reads(p),
     )
     return DataLoader(
         dataset,

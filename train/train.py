@@ -36,7 +36,7 @@ from train.checkpoint import (
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.step import Batch, autocast_for, binary_focal_loss, forward
-from train.stream import shards_location
+from train.stream import remote_reads, shards_location
 from train.validation import make_validator
 
 LAST = "last.pt"
@@ -371,6 +371,7 @@ def train_batches(
             rank=rank,
             world_size=world,
             gpu_decode=p.sampler.gpu_decode,
+            remote=remote_reads(p),
         )
     else:
         stream = _pool_stream(p, split, folds, base, novel, per_epoch, rank, world)
@@ -431,6 +432,7 @@ def _pool_stream(
         resampled=resampled,
         rank=rank,
         world_size=world,
+        remote=remote_reads(p),
     )
     return stream
 

@@ -41,6 +41,8 @@ from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
 from pipeline.shard_format import check_shard_name, sample_image_problem
 from train.stream.shard_io import (
+    DEFAULT_REMOTE,
+    RemoteReads,
     ShardError,
     check_split_complete,
     join_url,
@@ -441,13 +443,16 @@ def train_manifest(
 class SampleReader:
     """Fetch samples of a split by image id, one ranged read each, never skipping a bad shard."""
 
-    def __init__(self, split_url: str) -> None:
-        self.split_url = split_url
+    def __init__(self, split_url: str, remote: RemoteReads = DEFAULT_REMOTE) -> None:
+        self.split_url, self.remote = split_url, remote
         self.image_classes, self.locations = read_index(split_url)
         manifest_url = join_url(self.split_url, "manifest.json")
-        self.shard_bytes = {
-            check_shard_name(s["name"], manifest_url): int(s["bytes"])
-            for s in json.loads(read_text(manifest_url))["shards"]
+        shards = json.loads(read_text(manifest_url))["shards"]
+        self.shard_bytes = {check_shard_name(s["name"], manifest_url): int(s["bytes"]) for s in shards}
+        # (bytes, sha256) by URL: what a shard fetched whole (a server that ignores Range) must be
+        self.shard_info = {
+            join_url(split_url, name): (size, s.get("sha256"))
+            for (name, size), s in zip(self.shard_bytes.items(), shards, strict=True)
         }
 
     def fetch(self, key: str) -> dict[str, Any]:
@@ -459,7 +464,9 @@ class SampleReader:
         ranges = [self._range(key) for key in unique]
         return {
             key: self._sample(key, url, start, end, data)
-            for key, (url, start, end), data in zip(unique, ranges, read_ranges(ranges), strict=True)
+            for key, (url, start, end), data in zip(
+                unique, ranges, read_ranges(ranges, self.remote, self.shard_info), strict=True
+            )
         }
 
     def _range(self, key: str) -> tuple[str, int, int | None]:
@@ -533,10 +540,11 @@ class EvalEpisodes(Dataset):
         reduced: bool = True,
         flip: bool = False,
         first: int = 0,
+        remote: RemoteReads = DEFAULT_REMOTE,
     ) -> None:
         self.episodes = manifest["episodes"]
         self.way, self.shot = manifest["way"], manifest["shot"]
-        self.reader = SampleReader(split_url)
+        self.reader = SampleReader(split_url, remote)
         self.image_size, self.protocol, self.reduced = image_size, protocol, reduced
         per_episode = self.way * self.shot + 1
         self.flips = (

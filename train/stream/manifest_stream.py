@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset
 
 from train.stream.episodes import SampleReader
 from train.stream.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
+from train.stream.shard_io import DEFAULT_REMOTE, RemoteReads
 
 
 class ManifestEpisodes(IterableDataset):
@@ -46,6 +47,7 @@ class ManifestEpisodes(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         gpu_decode: bool = False,
+        remote: RemoteReads = DEFAULT_REMOTE,
     ) -> None:
         super().__init__()
         self.episodes = [
@@ -55,7 +57,7 @@ class ManifestEpisodes(IterableDataset):
         if not self.episodes:
             raise ValueError("the training-episode manifest is empty")
         self.way, self.shot = manifest["way"], manifest["shot"]
-        self.reader = SampleReader(split_url)
+        self.reader = SampleReader(split_url, remote)
         self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
         self.batch_size, self.batches_per_epoch, self.seed = batch_size, batches_per_epoch, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
