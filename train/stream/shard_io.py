@@ -598,7 +598,9 @@ def _http_range(
     with _probe_guard:
         lock = _probe_locks.setdefault(origin, threading.Lock())
     with lock:  # the first ranged request to this server: the others wait for its answer
-        return _http_request(url, start, end, remote, shard, cache_or_none, meter)
+        if origin not in _ignores_range:
+            return _http_request(url, start, end, remote, shard, cache_or_none, meter)
+    return _http_range(url, start, end, remote, shard, meter)  # answered meanwhile: cache or Range
 
 
 def _http_request(
