@@ -137,6 +137,31 @@ def params_snapshot(p: Params) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(p)))
 
 
+# params that define the data a run trains on: a checkpoint resumes only under the same values
+RESUME_DATA_KEYS = (
+    "dataset", "source", "protocol", "fold", "seed", "sampler.image_size", "train.way", "train.shot",
+    "train.episodes", "train.episodes_per_class", "train.void", "data.coco_split", "data.min_fraction",
+    "data.min_pixels", "data.presence_size", "data.drop_novel_images", "data.pascal_masks", "data.coco_crowd",
+)  # fmt: skip
+
+
+def data_params_changed(saved: dict[str, Any] | None, p: Params) -> list[str]:
+    """`key: checkpoint value -> params value` for every RESUME_DATA_KEYS key that differs (a checkpoint
+    without params, from an older version, is not compared)."""
+    if not saved:
+        return []
+    now = params_snapshot(p)
+    changed = []
+    for dotted in RESUME_DATA_KEYS:
+        old, new = saved, now
+        for name in dotted.split("."):
+            old = old.get(name) if isinstance(old, dict) else None
+            new = new.get(name) if isinstance(new, dict) else None
+        if old is not None and old != new:
+            changed.append(f"{dotted}: {old} -> {new}")
+    return changed
+
+
 def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
     """The trainable parameters in optimizer groups, each with its lr factor.
 
@@ -489,6 +514,12 @@ def run(
             raise CheckpointError(
                 f"checkpoint {last} was written for {ckpt['model_name']} {ckpt['model_kwargs']}, "
                 f"not {p.model} {kwargs}; use another --out"
+            )
+        changed = data_params_changed(ckpt.get("params"), p)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {last} was trained on other data ({'; '.join(changed)}): resuming would "
+                "train it on the new data under its old name; use another --out, or the checkpoint's params"
             )
         saved_optimizer = (ckpt.get("params") or {}).get("train", {}).get("optimizer", cfg.optimizer)
         if saved_optimizer != cfg.optimizer:

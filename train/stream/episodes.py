@@ -471,8 +471,8 @@ class SampleReader:
 
     def _range(self, key: str) -> tuple[str, int, int | None]:
         loc = self.locations.get(key)
-        if loc is None:
-            raise KeyError(f"{key} is not in {self.split_url}/index.tsv")
+        if loc is None:  # a ShardError (one line), never a KeyError traceback
+            raise ShardError(f"{key} is not in {self.split_url}/index.tsv")
         end = loc.end if loc.end is not None else self.shard_bytes.get(loc.shard)
         return join_url(self.split_url, loc.shard), loc.start, end
 

@@ -54,6 +54,8 @@ from train.stream.shard_io import DEFAULT_REMOTE, RemoteReads, Sample, ShardErro
 from train.stream.transforms import TrainTransform, binary_mask, episode_label
 
 log = logging.getLogger(__name__)
+# the cause named when the fold's training keys are in no shard (stream and manifest training alike)
+FOLD_LISTS_ELSEWHERE = "the fold lists do not belong to these shards (rebuild the folds from them)"
 
 JPG, LABEL = "jpg", "label.png"
 # A reader gives up after this many samples in a row without a base class of the fold's train list,
@@ -311,9 +313,8 @@ class EpisodeDraw:
             if useless > self.useless_limit:
                 raise ShardError(
                     f"{useless} samples in a row hold no base class of the fold's train list (last: "
-                    f"{sample['__key__']} of shard {sample.get('__url__')}): the fold lists do not belong "
-                    "to these shards (rebuild the folds from them), or this reader's shards hold no "
-                    "training image of the fold (use fewer loader workers)"
+                    f"{sample['__key__']} of shard {sample.get('__url__')}): {FOLD_LISTS_ELSEWHERE}, or "
+                    "this reader's shards hold no training image of the fold (use fewer loader workers)"
                 )
             missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
             if not missing and not classes:
