@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import tarfile
@@ -35,6 +36,7 @@ from pipeline.cli import run_stage
 from pipeline.config import NUM_CLASSES, Params, load_params
 from pipeline.io import atomic_write, remove_stale_temps, replace_dir, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
+from pipeline.pool_workers import exit_with_parent
 from pipeline.shard_format import COMPLETE, check_member, completion_record, member_limit
 
 INDEX_COLUMNS = [
@@ -113,7 +115,10 @@ def labelling_pool(workers: int) -> Iterator[Executor | None]:
         yield None
         return
     context = get_context("spawn" if sys.platform == "darwin" else "fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    # workers exit when this process dies without cleanup (SIGKILL, the OOM killer): pipeline.pool_workers
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
     try:
         yield pool
     finally:
