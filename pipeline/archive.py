@@ -441,10 +441,16 @@ def extract(
         problems = compare_existing(reader, dest, theirs) if theirs else []
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            record = read_marker(dest, archive.name) or {}
+            ours_changed = sorted(t for t in theirs if t in record.get("created", []))
+            origin = (  # a folder the toolkit extracted and someone changed since is not "not extracted"
+                f"was extracted from {archive.name} by this toolkit and has changed since"
+                if ours_changed
+                else f"was not extracted from {archive.name} by this toolkit"
+            )
             raise ExistingDataError(
-                f"{problems[0]}{more}: {', '.join(sorted(theirs))} in {dest} was not extracted from "
-                f"{archive.name} by this toolkit, so it is left as it is; move it away to extract the "
-                "archive there, or restore it"
+                f"{problems[0]}{more}: {', '.join(sorted(theirs))} in {dest} {origin}, so it is left as it "
+                "is; move it away to extract the archive there, or restore it"
             )
         ours = set(tops) - theirs
         if ours:

@@ -103,6 +103,17 @@ def _label_chunk(args: list[tuple[Sample, int, int | None, str]]) -> list[Labele
 
 
 @contextlib.contextmanager
+def _naming_the_file(path: Path) -> Iterator[None]:
+    """An OSError of a write without a file name (`[Errno 27] File too large`) names `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, f"{path}: {exc.strerror or exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
 def labelling_pool(workers: int) -> Iterator[Executor | None]:
     """A process pool for labelling (None for one worker) that always shuts down the same way.
 
@@ -191,6 +202,7 @@ def write_split(
             counts: Counter[int] = Counter()
             written = 0
             with (
+                _naming_the_file(out_dir / name),
                 atomic_write(out_dir / name, "wb") as handle,
                 shard_writer(hashing := HashingFile(handle)) as writer,  # type: ignore[arg-type]
             ):

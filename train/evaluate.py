@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plans, out = _plan(args)
+        for folder in (out, *out.parents):  # before the compute: the results need a folder to go to
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
         runs = [
             evaluate_fold(p, ckpt, m, shards, p.evaluate.trivial and not args.no_trivial, args.device)
             for p, ckpt, manifests, shards in plans
@@ -458,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     if not main_rank:  # every rank scored its share; rank 0 holds the summed result and writes it
         return 0
     details = summarize(plans[0][0], runs)
-    write_outputs(out, details)
+    try:
+        write_outputs(out, details)
+    except OSError as exc:  # a full disk or a folder without write permission, after all the compute
+        return report(exc)
     print(format_table(details))
     print(f"wrote {out / METRICS_FILE}, {PER_CLASS_FILE}, {DETAILS_FILE}")
     return 0
