@@ -4,6 +4,8 @@ A server that answers `200` to a ranged request (Python's `http.server`, many pl
 sends the whole shard for every sample read. The first such answer for a shard is written here once
 (at most the manifest's bytes for that shard, checked against its sha256 when the manifest gives
 one) and every later read of that shard, in this process or another, is a local `seek` + `read`.
+Which servers ignore Range is remembered here too (`<key>.rangeless`, by origin), and the first
+ranged request to a server is made by one process at a time (`probing`).
 
 Files are `<root>/<key>-<shard name>`, `key` = sha256 of (URL, size, sha256): a shard rebuilt under
 the same name has another key, so a stale copy is never served. One file lock per shard makes
@@ -28,7 +30,7 @@ from typing import IO
 from pipeline.shard_format import ShardError
 
 DEFAULT_CACHE_BYTES = 20 << 30  # 21.5 GB: COCO-20i's test shards (~6.6 GB) and PASCAL's, with room
-PART, LOCK = ".part", ".lock"
+PART, LOCK, RANGELESS = ".part", ".lock", ".rangeless"
 
 
 def default_cache_dir() -> Path:
@@ -87,11 +89,30 @@ class ShardCache:
                 part.unlink(missing_ok=True)
         return path
 
+    def _origin_file(self, origin: str, suffix: str) -> Path:
+        return Path(self.root) / f"{hashlib.sha256(origin.encode()).hexdigest()[:24]}{suffix}"
+
+    def is_rangeless(self, origin: str) -> bool:
+        """Whether a process using this cache found that `origin` ignores Range."""
+        return self._origin_file(origin, RANGELESS).exists()
+
+    def mark_rangeless(self, origin: str) -> None:
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        self._origin_file(origin, RANGELESS).write_text(origin + "\n")
+
+    @contextlib.contextmanager
+    def probing(self, origin: str) -> Iterator[None]:
+        """Held by the one request (of all processes using this cache) that finds out whether
+        `origin` honours Range: loader processes starting together do not all download a shard."""
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        with _locked(self._origin_file(origin, LOCK)):
+            yield
+
     def _make_room(self, size: int, keep: Path) -> None:
         """Remove the least recently read shards until `size` more bytes fit in `max_bytes`."""
         shards = []
         for entry in os.scandir(self.root):
-            if entry.name.endswith(LOCK) or PART in entry.name or entry.path == str(keep):
+            if entry.name.endswith((LOCK, RANGELESS)) or PART in entry.name or entry.path == str(keep):
                 continue
             with contextlib.suppress(FileNotFoundError):  # another process may remove it meanwhile
                 stat = entry.stat()

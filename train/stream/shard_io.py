@@ -586,9 +586,7 @@ def _http_range(
         cache_or_none = cache
         local = cache.cached(url, *shard)
         if local is None and _ignores_range.get(_origin(url)):
-            local = cache.fetch(
-                url, *shard, fill=lambda handle: _fill(url, handle, None, shard[0], remote, meter)
-            )
+            local = _fetch_whole(url, cache, shard, None, remote, meter)
         if local is not None:
             return _read_local(str(local), start, end)
     whole = start == 0 and end is None
@@ -597,10 +595,14 @@ def _http_range(
         return _http_request(url, start, end, remote, shard, cache_or_none, meter)
     with _probe_guard:
         lock = _probe_locks.setdefault(origin, threading.Lock())
-    with lock:  # the first ranged request to this server: the others wait for its answer
+    # the first ranged request to this server (of this process's threads, and of the processes that
+    # share the cache): the others wait for its answer, then read from the cache or by Range
+    with lock, cache.probing(origin):
+        if origin not in _ignores_range and cache.is_rangeless(origin):
+            _ignores_range[origin] = True
         if origin not in _ignores_range:
             return _http_request(url, start, end, remote, shard, cache_or_none, meter)
-    return _http_range(url, start, end, remote, shard, meter)  # answered meanwhile: cache or Range
+    return _http_range(url, start, end, remote, shard, meter)
 
 
 def _http_request(
@@ -624,11 +626,11 @@ def _http_request(
         resp.raw.decode_content = True
         if not whole:
             _ignores_range.setdefault(_origin(url), resp.status_code == 200)
+            if resp.status_code == 200:
+                remote.shard_cache().mark_rangeless(_origin(url))
         if resp.status_code == 200 and not whole:  # the server ignored Range: the body is the whole file
             if cache is not None and shard is not None:
-                local = cache.fetch(
-                    url, *shard, fill=lambda handle: _fill(url, handle, resp, shard[0], remote, meter)
-                )
+                local = _fetch_whole(url, cache, shard, resp, remote, meter)
                 return _read_local(str(local), start, end)
             for _ in iter_body(resp.raw, meter, start):  # skip to `start`; nothing kept
                 pass
@@ -638,6 +640,33 @@ def _http_request(
             return read_body(resp.raw, meter, MAX_TEXT_BYTES, exact=False)
         except ValueError as exc:
             raise ShardError(f"{exc} (a file read whole holds at most {MAX_TEXT_BYTES} bytes)") from exc
+
+
+# Whole-shard fetches that failed for good (too slow, too long), by URL: the threads that waited on
+# that shard's lock meanwhile fail with the same line instead of each trying the link again.
+_fetch_failures: dict[str, tuple[float, str]] = {}
+
+
+def _fetch_whole(
+    url: str, cache: ShardCache, shard: ShardInfo, resp: Any, remote: RemoteReads, meter: RateMeter
+) -> Path:
+    """The shard's cached copy, fetched once (from `resp` when given, else a new GET)."""
+    asked = time.monotonic()
+
+    def fill(handle: IO[bytes]) -> None:
+        failed = _fetch_failures.get(url)
+        if failed is not None and failed[0] >= asked:
+            raise ShardError(failed[1])
+        try:
+            _fill(url, handle, resp, shard[0], remote, meter)
+        except (ShardError, ReadTooSlow) as exc:
+            _fetch_failures[url] = (
+                time.monotonic(),
+                str(exc) if isinstance(exc, ShardError) else f"shard {exc}",
+            )
+            raise
+
+    return cache.fetch(url, *shard, fill=fill)
 
 
 def _fill(url: str, handle: IO[bytes], resp: Any, size: int, remote: RemoteReads, meter: RateMeter) -> None:
