@@ -50,6 +50,11 @@ class Download:
     mirror: str | None = None  # URL or folder holding the official archive names; None = official hosts
     retries: int = 5
     timeout_s: float = 60.0
+    # a download ends (one line: URL, bytes, time) below this rate over any rate_window_s of waiting,
+    # or after deadline_s of waiting in all (a 19 GB COCO archive at 1 MB/s takes 5.3 h)
+    min_bytes_per_s: float = 16384.0
+    rate_window_s: float = 30.0
+    deadline_s: float = 86400.0
 
 
 @dataclass
@@ -93,6 +98,14 @@ class Sampler:
     # None = the local shards folder given on the command line (the DVC output); else a URL prefix
     # (http(s)://, s3://, gs://) holding <split>/manifest.json, index.tsv and the tars, streamed
     shards_url: str | None = None
+    # every network read of shards (a stream, a sample, a whole shard) ends with one line (URL, bytes,
+    # time) below min_bytes_per_s over any rate_window_s of waiting, or after deadline_s of it
+    min_bytes_per_s: float = 16384.0
+    rate_window_s: float = 30.0
+    deadline_s: float = 3600.0
+    # whole shards of servers that ignore HTTP Range; null = $XDG_CACHE_HOME/fss-denet/shards
+    cache_dir: str | None = None
+    cache_bytes: int = 20 << 30
 
 
 @dataclass
@@ -299,14 +312,66 @@ def resolve(params: Params) -> Params:
     return p
 
 
-# counts that must be positive (or non-negative: worker counts, retries)
-_AT_LEAST = {
-    **dict.fromkeys(("train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
-    **dict.fromkeys(("sampler.image_size", "sampler.test_episodes", "sampler.val_episodes"), 1),
-    **dict.fromkeys(("data.shard_max_samples", "data.min_shards", "train.episodes_per_class"), 1),
-    **dict.fromkeys(("sampler.workers", "data.workers", "download.retries"), 0),
-    **dict.fromkeys(("infer.episodes", "infer.worst"), 0),
-}
+# The range of every numeric param, inclusive (the list and mapping items too): a value outside, NaN
+# included, stops `check` with one line, before a stage could run out of memory (image_size: 100000)
+# or train on nothing (lr: .nan). The bounds are wide: they only refuse what no run could use.
+_U32 = 2**32 - 1
+_RANGES: dict[str, tuple[float, float]] = {
+    "fold": (0, 3), "way": (1, 2), "shot": (1, 100), "seed": (0, _U32),
+    "download.retries": (0, 100), "download.timeout_s": (1, 3600),
+    "download.min_bytes_per_s": (0, 1e10), "download.rate_window_s": (0.1, 3600),
+    "download.deadline_s": (1, 1e7),
+    "toy.seed": (0, _U32), "toy.scale": (0.01, 100),
+    "sampler.image_size": (8, 2048), "sampler.pool_size": (2, 1e5), "sampler.workers": (0, 1024),
+    "sampler.test_episodes": (1, 1e6), "sampler.val_episodes": (1, 1e6),
+    "sampler.min_bytes_per_s": (0, 1e10), "sampler.rate_window_s": (0.1, 3600),
+    "sampler.deadline_s": (1, 1e7),
+    "sampler.cache_bytes": (0, 2**50),
+    # data after sampler: presence_size is image_size when auto, and image_size says more
+    "data.workers": (0, 1024), "data.min_fraction": (0, 1), "data.min_pixels": (0, 1e8),
+    "data.shard_max_samples": (1, 1e6), "data.min_shards": (1, 1e5), "data.presence_size": (1, 4096),
+    "train.way": (1, 2), "train.shot": (1, 100), "train.steps": (1, 1e8), "train.batch_size": (1, 4096),
+    "train.lr": (1e-12, 10), "train.momentum": (0, 1), "train.weight_decay": (0, 1),
+    "train.lr_milestones": (1, 1e8), "train.lr_gamma": (1e-6, 10), "train.lr_multipliers": (1e-6, 1e6),
+    "train.grad_accum": (1, 1024), "train.val_every": (1, 1e8), "train.checkpoint_every": (1, 1e8),
+    "train.episodes_per_class": (1, 1e6), "train.log_every": (1, 1e8),
+    "evaluate.batch_size": (1, 4096), "evaluate.seeds": (0, _U32),
+    "infer.episodes": (0, 1e5), "infer.worst": (0, 1e5),
+}  # fmt: skip
+
+
+def numeric_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of every numeric param (int/float, or lists and mappings of them): what _RANGES covers."""
+    cls = cls or Params
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += numeric_keys(hint, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif _is_numeric(hint):
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _is_numeric(hint: Any) -> bool:
+    if hint in (int, float):
+        return True
+    return any(_is_numeric(arg) for arg in typing.get_args(hint) if arg is not str)
+
+
+def _check_ranges(p: Params) -> None:
+    for dotted, (low, high) in _RANGES.items():
+        node: Any = p
+        for name in dotted.split("."):
+            node = getattr(node, name)
+        values = node.values() if isinstance(node, dict) else node if isinstance(node, list) else [node]
+        for value in values:
+            if value is None or isinstance(value, str):  # null where allowed; `auto` left is caught elsewhere
+                continue
+            if value < low:
+                raise ConfigError(f"params: {dotted} = {node!r} must be >= {low:g}")
+            if not value <= high:  # NaN too
+                raise ConfigError(f"params: {dotted} = {node!r} must be <= {high:g} (and a number)")
 
 
 # train keys of the model's recipe that may be `auto` in params.yaml, and what they must be once resolved
@@ -337,11 +402,6 @@ def _check_combinations(p: Params) -> None:
             raise ConfigError(f"params: train.{key} = {value!r} must be a number (or auto)")
         if value < 1:
             raise ConfigError(f"params: train.{key} must be >= 1")
-    for dotted, least in _AT_LEAST.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(p, section), key)
-        if value < least:
-            raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
     _check_plain_recipe(p.train)
     seeds = p.evaluate.seeds
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
@@ -362,10 +422,20 @@ def _check_combinations(p: Params) -> None:
             "params: sampler.shards_url holds credentials; remove them and use the storage client's "
             "own configuration (AWS_* variables or ~/.aws for s3://, a .netrc for https://)"
         )
+    _check_ranges(p)  # last: the checks above say more about the values they know
+
+
+def _check_optimizer_values(t: Train) -> None:
+    """lr and momentum a run could not use; `auto` (filled later from the model's recipe) passes."""
+    if not isinstance(t.lr, str) and float(t.lr) <= 0:
+        raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
+    if not isinstance(t.momentum, str) and float(t.momentum) < 0:
+        raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
 
 
 def _check_plain_recipe(t: Train) -> None:
-    """Optimizer values that no recipe sets, which a run could not use."""
+    """Optimizer values that no recipe sets, which a run could not use (before the ranges: clearer words)."""
+    _check_optimizer_values(t)
     if t.weight_decay < 0:
         raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
     if t.lr_gamma <= 0:
@@ -383,10 +453,7 @@ def check_recipe(p: Params) -> None:
         raise ConfigError("params: train.steps must be >= 1")
     if int(t.batch_size) < 1:
         raise ConfigError(f"params: train.batch_size = {t.batch_size} must be >= 1")
-    if float(t.lr) <= 0:
-        raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
-    if float(t.momentum) < 0:
-        raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
+    _check_optimizer_values(t)
     milestones = list(t.lr_milestones)
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
@@ -404,6 +471,8 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params: {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    except RecursionError as exc:  # a deeply nested document: no params file nests beyond a few levels
+        raise ConfigError(f"params: {path} nests too deeply to be a params file") from exc
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
+import http.client
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from pipeline.archive import ExistingDataError, extract, is_extracted, read_marker, record_placed
 from pipeline.io import atomic_write, remove_stale_temps, write_json
+from pipeline.netread import NetLimits, RateMeter, ReadTooSlow, iter_body
 from pipeline.sources import Source, sources_for
 
 CHUNK = 1 << 20
@@ -152,17 +157,24 @@ def _stream_http(
     progress: bool,
     session: requests.Session,
     limit: int | None = None,
+    meter: RateMeter | None = None,
 ) -> None:
     """Append the rest of `url` to `part` (HTTP Range from its current size); raises on a short read.
 
     Never writes past `limit` bytes: a longer body (announced or sent) is a ChecksumError, at once.
+    `meter`: the download's rate floor and deadline (ReadTooSlow), over all its attempts.
     """
+    meter = meter or RateMeter(url, NetLimits(where="download"))
     have = part.stat().st_size if part.exists() else 0
     if limit is not None and have > limit:
         part.unlink()  # a part longer than the file can be is wrong: start over
         have = 0
     headers = {"Range": f"bytes={have}-"} if have else {}
-    with session.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
+    with meter.waiting():
+        response = session.get(
+            url, headers=headers, stream=True, timeout=meter.limits.socket_timeout(timeout_s)
+        )
+    with response:
         if response.status_code == 416 and have:
             # Range not satisfiable: the part may already be complete; verification decides.
             return
@@ -188,7 +200,8 @@ def _stream_http(
             ) as bar,
         ):
             written = have
-            for block in response.iter_content(NET_CHUNK):
+            response.raw.decode_content = True
+            for block in iter_body(response.raw, meter, None, NET_CHUNK):
                 if limit is not None and written + len(block) > limit:
                     raise _too_long(name, limit, f"at least {written + len(block)}")
                 handle.write(block)
@@ -213,15 +226,57 @@ def fetch(
     backoff_s: float = 1.0,
     progress: bool = True,
     sleep: Callable[[float], None] = time.sleep,
+    limits: NetLimits | None = None,
 ) -> tuple[Path, str]:
     """Download `source` into `archives`, resuming a partial file; returns (path, verified digest).
 
     The bytes go to `<name>.part` and are renamed to `<name>` only after verification, so a
     file under its real name is always complete and correct. A verified file is not fetched again.
     A dropped connection keeps the part to resume from; a failed local write (disk full) deletes it.
+    A link slower than `limits` (params `download.min_bytes_per_s`, ...) ends with one line; the part
+    is kept. Two downloads of one file (two stages, two terminals) take turns on a lock beside it.
     """
     archives = Path(archives)
     archives.mkdir(parents=True, exist_ok=True)
+    part = archives / (source.name + PART_SUFFIX)
+    with _locked_part(part):
+        return _fetch_locked(source, archives, mirror, retries, timeout_s, backoff_s, progress, sleep, limits)
+
+
+@contextlib.contextmanager
+def _locked_part(part: Path) -> Iterator[None]:
+    """An exclusive flock on the `.part` file itself: a second download of the same file waits for
+    the first, then finds the file verified (or resumes the part). An empty part is not left behind."""
+    while True:
+        handle = open(part, "ab")  # noqa: SIM115 -- held open while locked, closed below
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(part))
+        except FileNotFoundError:
+            same = False
+        if same:  # not a part the first download renamed or removed while we waited
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(part)) and part.stat().st_size == 0:
+                part.unlink()
+        handle.close()
+
+
+def _fetch_locked(
+    source: Source,
+    archives: Path,
+    mirror: str | None,
+    retries: int,
+    timeout_s: float,
+    backoff_s: float,
+    progress: bool,
+    sleep: Callable[[float], None],
+    limits: NetLimits | None,
+) -> tuple[Path, str]:
     remove_stale_temps(archives)  # sidecar temp files of a killed run
     dest = archives / source.name
     if dest.exists():
@@ -244,18 +299,23 @@ def fetch(
     location = source_location(source, mirror)
     limit = size_limit(source)
     if location.startswith(("http://", "https://")):
+        meter = RateMeter(location, limits or NetLimits(where="download"))
         with requests.Session() as session:
             for attempt in range(retries + 1):
                 try:
-                    _stream_http(location, part, source.name, timeout_s, progress, session, limit)
+                    _stream_http(location, part, source.name, timeout_s, progress, session, limit, meter)
                     break
                 except ChecksumError:
                     _discard(part)  # more bytes than the file has: nothing of it is worth resuming
                     raise
+                except ReadTooSlow as exc:  # the part is good: a later run on a better link resumes it
+                    raise DownloadError(f"{source.name}: {exc}") from exc
                 except (
                     requests.ConnectionError,
                     requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError,  # the body is read from urllib3 directly (iter_body)
+                    http.client.HTTPException,
                 ) as exc:
                     last: Exception = exc
                 except HTTPStatusError as exc:
@@ -376,6 +436,7 @@ def download_dataset(
     timeout_s: float = 60.0,
     backoff_s: float = 1.0,
     progress: bool = True,
+    limits: NetLimits | None = None,
 ) -> dict[str, str]:
     """Fetch, verify and extract every file of `name` (voc | sbd | coco | pascal) into `root`.
 
@@ -400,7 +461,9 @@ def download_dataset(
                 done[source.name] = verify_offline(source, root)  # never a download to check them
                 offline.add(source.tops[0])
                 continue
-            path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+            path, digest = fetch(
+                source, archives, mirror, retries, timeout_s, backoff_s, progress, limits=limits
+            )
             extract(path, root, digest, source.tops)
         else:
             target = root / source.place / source.name
@@ -408,7 +471,9 @@ def download_dataset(
                 if target.is_file():
                     done[source.name] = _verify_theirs(target, source)
                 continue  # absent beside a user's folder: the shards stage derives it from the lists
-            path, digest = fetch(source, archives, mirror, retries, timeout_s, backoff_s, progress)
+            path, digest = fetch(
+                source, archives, mirror, retries, timeout_s, backoff_s, progress, limits=limits
+            )
             place_file(path, root, source, digest)
         done[source.name] = digest
     return done

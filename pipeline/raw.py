@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.download import DownloadError, download_dataset
 from pipeline.io import write_json
+from pipeline.netread import NetLimits
 from pipeline.toy import build_mirror
 
 TOY_MIRROR = "mirror"  # <archives>/mirror holds the packaged toy archives, served like a lab mirror
@@ -31,6 +32,7 @@ def run_raw(params: Params, out: str | Path, archives: str | Path, progress: boo
     with contextlib.suppress(FileNotFoundError):
         done.unlink()  # a failed re-run must not leave the previous marker behind
     record: dict = {"dataset": params.dataset, "source": params.source}
+    d = params.download
     if params.source == "toy":
         mirror_dir = archives / TOY_MIRROR
         toy = build_mirror(mirror_dir, params.dataset, params.toy.seed, params.toy.scale)
@@ -47,6 +49,7 @@ def run_raw(params: Params, out: str | Path, archives: str | Path, progress: boo
         retries=params.download.retries,
         timeout_s=params.download.timeout_s,
         progress=progress,
+        limits=NetLimits(d.min_bytes_per_s, d.rate_window_s, d.deadline_s, where="download"),
     )
     write_json(done, record)
     return record

@@ -127,12 +127,24 @@ def encoded_image_problem(data: bytes) -> str | None:
 
 def sample_image_problem(sample: Mapping[str, Any]) -> str | None:
     """Why a sample's `.jpg` or `.label.png` must not be decoded (`encoded_image_problem`, headers only),
-    as ".<ext>: <problem>", or None. Streaming skips such a sample; a ranged read refuses it."""
+    as ".<ext>: <problem>", or None. A label of another size than its image is refused too (resized
+    on its own it would score pixels it does not label). Streaming skips such a sample; a ranged read
+    refuses it."""
     for ext in ("jpg", "label.png"):
         problem = encoded_image_problem(sample[ext])
         if problem:
             return f".{ext}: {problem}"
+    image, label = _header_size(sample["jpg"]), _header_size(sample["label.png"])
+    if image != label:
+        return f".label.png is {label[0]}x{label[1]}, its .jpg {image[0]}x{image[1]} (they must match)"
     return None
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
 
 
 def completion_record(dataset: str, protocol: str, splits: Mapping[str, int]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import tarfile
@@ -35,6 +36,7 @@ from pipeline.cli import run_stage
 from pipeline.config import NUM_CLASSES, Params, load_params
 from pipeline.io import atomic_write, remove_stale_temps, replace_dir, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
+from pipeline.pool_workers import exit_with_parent
 from pipeline.shard_format import (
     COMPLETE,
     INDEX_COLUMNS,
@@ -103,6 +105,17 @@ def _label_chunk(args: list[tuple[Sample, int, int | None, str]]) -> list[Labele
 
 
 @contextlib.contextmanager
+def _naming_the_file(path: Path) -> Iterator[None]:
+    """An OSError of a write without a file name (`[Errno 27] File too large`) names `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, f"{path}: {exc.strerror or exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
 def labelling_pool(workers: int) -> Iterator[Executor | None]:
     """A process pool for labelling (None for one worker) that always shuts down the same way.
 
@@ -115,7 +128,10 @@ def labelling_pool(workers: int) -> Iterator[Executor | None]:
         yield None
         return
     context = get_context("spawn" if sys.platform == "darwin" else "fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    # workers exit when this process dies without cleanup (SIGKILL, the OOM killer): pipeline.pool_workers
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
     try:
         yield pool
     finally:
@@ -188,6 +204,7 @@ def write_split(
             counts: Counter[int] = Counter()
             written = 0
             with (
+                _naming_the_file(out_dir / name),
                 atomic_write(out_dir / name, "wb") as handle,
                 shard_writer(hashing := HashingFile(handle)) as writer,  # type: ignore[arg-type]
             ):

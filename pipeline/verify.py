@@ -17,6 +17,7 @@ from pipeline.shard_format import (
     check_shard_name,
     index_rows,
     member_limit,
+    sample_image_problem,
 )
 from pipeline.shards import read_shard_with_offsets
 
@@ -60,9 +61,12 @@ def verify_split(split_dir: str | Path, deep: bool = True) -> list[str]:
                 keys = []
                 for key, off, members in read_shard_with_offsets(path, member_limit(shard["bytes"])):
                     keys.append((key, off))
-                    problems += [
-                        f"{path}: sample {key} has no .{ext} member" for ext in MEMBERS if ext not in members
-                    ]
+                    missing = [ext for ext in MEMBERS if ext not in members]
+                    problems += [f"{path}: sample {key} has no .{ext} member" for ext in missing]
+                    # what the readers refuse, verify reports: a decompression bomb, a label of another size
+                    image_problem = None if missing else sample_image_problem(members)
+                    if image_problem:
+                        problems.append(f"{path}: sample {key}: {image_problem}")
                 n = len(keys)
                 offsets |= {(shard["name"], off): key for key, off in keys}
             except (tarfile.TarError, OSError) as exc:

@@ -54,10 +54,22 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
+    try:
+        with atomic_write(path, "wb") as handle:
+            torch.save(payload, handle)
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) this way
+        raise OSError(
+            f"{path}: cannot write the checkpoint, is the disk full? ({one_line_of(exc)}); "
+            "the previous one is kept"
+        ) from exc
     path.chmod(0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared and read by others
     _fsync_dir(path.parent)
+
+
+def one_line_of(exc: BaseException) -> str:
+    """The last non-empty line of an error message (torch's errors carry C++ context lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -39,7 +39,7 @@ from train.metrics import FewShotIoU, score_episode
 from train.params import load_params
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
-from train.stream import shards_location
+from train.stream import remote_reads, shards_location
 from train.stream.shard_io import join_url
 from train.trivial import TRIVIAL
 
@@ -68,6 +68,7 @@ def episode_batches(
         p.sampler.decode_reduced,
         flip=bool(p.evaluate.flip),
         first=mine.start,  # flips belong to the episode's place in the whole manifest
+        remote=remote_reads(p),
     )
     return DataLoader(
         dataset,
@@ -447,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plans, out = _plan(args)
+        for folder in (out, *out.parents):  # before the compute: the results need a folder to go to
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
         runs = [
             evaluate_fold(p, ckpt, m, shards, p.evaluate.trivial and not args.no_trivial, args.device)
             for p, ckpt, manifests, shards in plans
@@ -460,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     if not main_rank:  # every rank scored its share; rank 0 holds the summed result and writes it
         return 0
     details = summarize(plans[0][0], runs)
-    write_outputs(out, details)
+    try:
+        write_outputs(out, details)
+    except OSError as exc:  # a full disk or a folder without write permission, after all the compute
+        return report(exc)
     print(format_table(details))
     print(f"wrote {out / METRICS_FILE}, {PER_CLASS_FILE}, {DETAILS_FILE}")
     return 0

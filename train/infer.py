@@ -404,7 +404,10 @@ def first_manifest(path: Path, manifest_files: Any) -> Path:
 
 def open_user_image(path: Path) -> Image.Image:
     """A user's image file, refused (ValueError naming it) beyond MAX_IMAGE_PIXELS before decoding."""
-    img = Image.open(path)
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # PIL's own bound, met before ours: name the file too
+        raise ValueError(f"{path}: image is too large to decode ({exc})") from exc
     problem = image_size_problem(*img.size)
     if problem:
         img.close()

@@ -119,10 +119,12 @@ def check_model(p: Params) -> None:
         raise ConfigError(f"params: model: {exc}") from exc
     if p.way not in entry.ways:
         raise ConfigError(f"params: way = {p.way}: model {p.model} supports {entry.ways}-way episodes")
+    kwargs = model_kwargs_from_params(p)
     try:
+        fss_model.registry.check_arguments(f"model {p.model!r}", entry.fn, kwargs)  # as build_model does
         with torch.device("meta"):  # shapes only: a ResNet-50 builds in a fraction of a second
-            entry.fn(**model_kwargs_from_params(p))
-    except (TypeError, ValueError) as exc:
+            entry.fn(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refusing a shape
         raise ConfigError(
             f"params: model {p.model} cannot be built from these params: {exc}".replace("\n", " ")
         ) from exc

@@ -41,6 +41,7 @@ CURVES = {"train/loss": "training loss", "val/miou": "validation mIoU"}
 # params that never make two runs' models differ (or are the table's columns and groups)
 NOT_A_ROW = ("fold", "way", "shot", "model", "source", "dataset", "protocol", "paths.", "evaluate.",
              "infer.", "download.", "sampler.workers", "data.workers", "sampler.shards_url",
+             "sampler.min_bytes_per_s", "sampler.rate_window_s", "sampler.deadline_s", "sampler.cache_",
              "train.device")  # fmt: skip
 
 Group = tuple[str, str, str]  # (source, dataset, protocol)

@@ -38,7 +38,7 @@ from train.errors import USER_ERRORS, report
 from train.params import load_params, model_kwargs_from_params
 from train.params import write_json as write_params_json
 from train.step import Batch, autocast_for, binary_focal_loss, forward
-from train.stream import shards_location
+from train.stream import remote_reads, shards_location
 from train.validation import make_validator
 
 LAST = "last.pt"
@@ -107,6 +107,31 @@ def train_config_from_params(p: Params) -> TrainConfig:
 def params_snapshot(p: Params) -> dict[str, Any]:
     """Plain-dict copy of the resolved params, stored in every checkpoint."""
     return json.loads(json.dumps(dataclasses.asdict(p)))
+
+
+# params that define the data a run trains on: a checkpoint resumes only under the same values
+RESUME_DATA_KEYS = (
+    "dataset", "source", "protocol", "fold", "seed", "sampler.image_size", "train.way", "train.shot",
+    "train.episodes", "train.episodes_per_class", "train.void", "data.coco_split", "data.min_fraction",
+    "data.min_pixels", "data.presence_size", "data.drop_novel_images", "data.pascal_masks", "data.coco_crowd",
+)  # fmt: skip
+
+
+def data_params_changed(saved: dict[str, Any] | None, p: Params) -> list[str]:
+    """`key: checkpoint value -> params value` for every RESUME_DATA_KEYS key that differs (a checkpoint
+    without params, from an older version, is not compared)."""
+    if not saved:
+        return []
+    now = params_snapshot(p)
+    changed = []
+    for dotted in RESUME_DATA_KEYS:
+        old, new = saved, now
+        for name in dotted.split("."):
+            old = old.get(name) if isinstance(old, dict) else None
+            new = new.get(name) if isinstance(new, dict) else None
+        if old is not None and old != new:
+            changed.append(f"{dotted}: {old} -> {new}")
+    return changed
 
 
 def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
@@ -343,6 +368,7 @@ def train_batches(
             rank=rank,
             world_size=world,
             gpu_decode=p.sampler.gpu_decode,
+            remote=remote_reads(p),
         )
     else:
         stream = _pool_stream(p, split, folds, base, novel, per_epoch, rank, world)
@@ -403,6 +429,7 @@ def _pool_stream(
         resampled=resampled,
         rank=rank,
         world_size=world,
+        remote=remote_reads(p),
     )
     return stream
 
@@ -459,6 +486,12 @@ def run(
             raise CheckpointError(
                 f"checkpoint {last} was written for {ckpt['model_name']} {ckpt['model_kwargs']}, "
                 f"not {p.model} {kwargs}; use another --out"
+            )
+        changed = data_params_changed(ckpt.get("params"), p)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {last} was trained on other data ({'; '.join(changed)}): resuming would "
+                "train it on the new data under its old name; use another --out, or the checkpoint's params"
             )
         saved_optimizer = (ckpt.get("params") or {}).get("train", {}).get("optimizer", cfg.optimizer)
         if saved_optimizer != cfg.optimizer:

@@ -1,18 +1,20 @@
 """Fault injectors shared by the reliability tests: a disk that fills up, damaged or crafted shards,
-decompression-bomb headers, and a local HTTP server."""
+decompression-bomb headers, and local HTTP servers (Range-less and counting, trickling, endless)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import json
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -162,3 +164,80 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+class CountingRangelessHandler(SimpleHTTPRequestHandler):
+    """Python's own file server (it ignores `Range`), counting the body bytes it sends per path.
+
+    `sent` and `gets` are set on a subclass (`rangeless_http`); a client that hangs up early is
+    counted up to the bytes that reached the socket."""
+
+    sent: dict[str, int]
+    gets: dict[str, int]
+    count_lock: threading.Lock
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        with self.count_lock:
+            self.gets[self.path] = self.gets.get(self.path, 0) + 1
+        while block := source.read(1 << 16):
+            outputfile.write(block)
+            with self.count_lock:
+                self.sent[self.path] = self.sent.get(self.path, 0) + len(block)
+
+
+@contextlib.contextmanager
+def rangeless_http(root: Path) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
+    """`root` served by a Range-less server on 127.0.0.1; yields (base URL, bytes sent, GETs) by path."""
+    attrs = {"sent": {}, "gets": {}, "count_lock": threading.Lock()}
+    handler = type("Handler", (CountingRangelessHandler,), attrs)
+    with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
+        yield url.rstrip("/"), attrs["sent"], attrs["gets"]
+
+
+class SlowShardHandler(SimpleHTTPRequestHandler):
+    """Serves `root`; `.tar` files come at `rate` bytes/s (`stall`: headers, then no byte at all), or
+    (`endless`) as the file followed by zeros for ever, with no Content-Length. Range is ignored."""
+
+    rate: float = 50.0
+    stall: bool = False
+    endless: bool = False
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if not self.path.endswith(".tar"):
+            super().do_GET()
+            return
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        if not self.endless:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            if self.endless:
+                self.wfile.write(data)
+                while True:
+                    self.wfile.write(bytes(1 << 16))
+            step = max(1, int(self.rate / 10))
+            for i in range(0, len(data), step):
+                time.sleep(3600 if self.stall else 0.1)
+                self.wfile.write(data[i : i + step])
+                self.wfile.flush()
+        except OSError:  # the client hung up: what it is meant to do
+            pass
+
+
+@contextlib.contextmanager
+def slow_http(root: Path, **attrs: object) -> Iterator[str]:
+    """`root` on 127.0.0.1 through SlowShardHandler with `attrs` (rate, stall, endless); the base URL."""
+    handler = type("Handler", (SlowShardHandler,), attrs)
+    with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
+        yield url.rstrip("/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -319,3 +320,35 @@ def test_requires_python_excludes_pythons_without_the_filter():
     spec = SpecifierSet(found[1])
     assert not any(v in spec for v in ("3.9.18", "3.10.11", "3.11.0", "3.11.3"))
     assert all(v in spec for v in ("3.10.12", "3.11.4", "3.12.0", "3.13.1"))
+
+
+def test_a_symlink_escape_by_ordering_is_refused(tmp_path):
+    """`a/b/s -> p/../..` is inside while `a/b/p` is a plain name (a/b/p/../.. = a); the later
+    `a/b/p -> ..` (= a, inside) makes the kernel read s as a/.. /.. = the root's parent. Checked
+    against the final tree, s is refused; nothing is written (the stdlib filter alone lets it pass)."""
+    archive = tmp_path / "VOCtrainval_11-May-2012.tar"
+    archive.write_bytes(
+        make_tar([("a/keep.txt", b"ok"), symlink("a/b/s", "p/../.."), symlink("a/b/p", "..")])
+    )
+    with (
+        tarfile.open(archive) as tar,
+        pytest.raises(UnsafeArchiveError, match=re.escape("'a/b/s' -> 'p/../..' points outside")),
+    ):
+        check_tar(archive, tar)
+    dest = tmp_path / "deep" / "raw"
+    with pytest.raises(UnsafeArchiveError):
+        extract(archive, dest, "sha256:order")
+    assert list(dest.iterdir()) == []
+
+
+def test_an_archive_with_too_many_members_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive_mod, "MAX_ARCHIVE_MEMBERS", 1000)  # the bound, scaled down for speed
+    archive = tmp_path / "VOCtrainval_11-May-2012.tar"
+    archive.write_bytes(make_tar({f"VOCdevkit/e{i}": b"" for i in range(1001)}, gz=True))
+    dest = tmp_path / "raw"
+    with pytest.raises(UnsafeArchiveError, match="more than 1000 members") as info:
+        extract(archive, dest, "sha256:many")
+    assert "\n" not in str(info.value) and not (dest / "VOCdevkit").exists()
+    archive.write_bytes(make_tar({f"VOCdevkit/e{i}": b"" for i in range(1000)}, gz=True))
+    with tarfile.open(archive) as tar:
+        check_tar(archive, tar)  # at the bound: accepted

@@ -3,11 +3,13 @@ and a failing build always exits (no pool shutdown hang)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,57 @@ def test_failing_builds_always_exit_within_a_bound(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.killpg(proc.pid, 0)  # no worker of the build is left behind
         assert not (tmp_path / f"out{run}").exists()
+
+
+# ---------------------------------------------------------------- 6. the build's main process SIGKILLed
+
+SLOW_WORKERS = """
+import os, sys, time
+import pipeline.masks as masks
+from pipeline.shards import main
+parent, real = os.getpid(), masks.read_jpeg
+def read_jpeg(path):
+    if os.getpid() != parent:
+        time.sleep(300)  # a worker busy with a large image when the main process is killed
+    return real(path)
+masks.read_jpeg = read_jpeg
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_pool_workers_exit_when_the_main_process_is_sigkilled(tmp_path):
+    """SIGKILL (the OOM killer) runs no cleanup in the main process: its two workers notice and exit."""
+    raw = make_pascal_raw(tmp_path / "raw")
+    argv = [
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "out"),
+        "--params",
+        str(write_params(tmp_path, workers=2)),
+    ]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WORKERS, *argv], cwd=REPO, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_children(proc.pid)) == 2, "the pool never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # the workers are in the build's process group
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # no worker outlived the main process by 10 s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

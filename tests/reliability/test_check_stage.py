@@ -20,8 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
         ({"model": "denett"}, "model: unknown model 'denett'; known: amp, canet, denet"),
         (
             {"model_kwargs": {"deep": 3}},
-            "model denet cannot be built from these params: DENet.__init__() got an",
+            "model denet cannot be built from these params: model 'denet' has no argument 'deep'",
         ),
+        ({"model_kwargs": {"depth": -3}}, "argument depth=-3 must be >= 1"),
+        ({"sampler.image_size": 100000}, "sampler.image_size = 100000 must be <= 2048"),
+        ({"train.lr": float("nan")}, "train.lr = nan must be <= 10 (and a number)"),
+        ({"data.workers": 100000}, "data.workers = 100000 must be <= 1024"),
+        ({"sampler.pool_size": 10**11}, "sampler.pool_size = 100000000000 must be <= 100000"),
+        ({"sampler.min_bytes_per_s": -1}, "sampler.min_bytes_per_s = -1.0 must be >= 0"),
         ({"backbone.name": "resnet5"}, "unknown backbone 'resnet5'"),
         ({"evaluate.seeds": [0, 0]}, "evaluate.seeds = [0, 0] must list distinct test-draw seeds"),
     ],
@@ -64,3 +70,10 @@ def test_every_stage_depends_on_the_check_through_raw():
         direct = {other for other, outs in produced.items() if outs & deps}
         upstream[name] = direct | {u for d in direct for u in upstream[d]}
         assert "check" in upstream[name], name
+
+
+def test_every_numeric_param_has_a_range():
+    """A rule, not a list: a numeric key added to Params without a range in config._RANGES fails here."""
+    from pipeline import config
+
+    assert sorted(config.numeric_keys()) == sorted(config._RANGES)

@@ -129,3 +129,27 @@ def test_fewer_shards_than_loader_workers_still_trains(tmp_path, capsys):
     batches.close()
     assert all(b["query_img"].shape[0] == p.train.batch_size for b in got)
     assert "fewer shards than the 2 readers; each reader resamples shards" in capsys.readouterr().out
+
+
+def test_a_full_disk_under_torch_save_itself_is_an_oserror_in_one_line(tmp_path, monkeypatch):
+    """torch's zip writer turns a failed write into a RuntimeError with C++ context: the CLIs print
+    OSErrors as one line, so the checkpoint writer reports it as one."""
+    import contextlib
+
+    from faults import FullDisk
+
+    path = tmp_path / "last.pt"
+    model = nn.Linear(300, 300)
+    save_checkpoint(path, model_name="m", model_kwargs={}, model=model, step=1)
+    before, real = path.read_bytes(), ck.atomic_write
+
+    @contextlib.contextmanager
+    def full_disk(target, mode="wb"):
+        with real(target, mode) as handle:
+            yield FullDisk(handle, 1000)
+
+    monkeypatch.setattr(ck, "atomic_write", full_disk)
+    with pytest.raises(OSError, match="cannot write the checkpoint, is the disk full") as info:
+        save_checkpoint(path, model_name="m", model_kwargs={}, model=model, step=2)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -10,10 +10,25 @@ decodes and resizes image/label pairs, and `episodes` is the DVC stage that writ
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import Params
+
+if TYPE_CHECKING:
+    from train.stream.shard_io import RemoteReads
 
 
 def shards_location(p: Params, shards: str | Path) -> str:
     """Where shards are read from: `sampler.shards_url` when set (http(s)://, s3://, ...), else `shards`."""
     return p.sampler.shards_url or str(shards)
+
+
+def remote_reads(p: Params) -> RemoteReads:
+    """How shards are read over the network: params `sampler.min_bytes_per_s`, ... and the shard cache."""
+    from pipeline.netread import NetLimits
+    from train.stream.shard_cache import ShardCache, default_cache_dir
+    from train.stream.shard_io import RemoteReads
+
+    s = p.sampler
+    limits = NetLimits(s.min_bytes_per_s, s.rate_window_s, s.deadline_s)
+    return RemoteReads(limits, ShardCache(s.cache_dir or str(default_cache_dir()), s.cache_bytes))

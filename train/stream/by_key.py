@@ -27,6 +27,8 @@ from pipeline.shard_format import IGNORE_INDEX, check_shard_name, sample_image_p
 from train.stream.draw import eval_flips
 from train.stream.index import read_index
 from train.stream.shard_io import (
+    DEFAULT_REMOTE,
+    RemoteReads,
     ShardError,
     join_url,
     parse_tar_fragment,
@@ -46,13 +48,16 @@ from train.stream.transforms import (
 class SampleReader:
     """Fetch samples of a split by image id, one ranged read each, never skipping a bad shard."""
 
-    def __init__(self, split_url: str) -> None:
-        self.split_url = split_url
+    def __init__(self, split_url: str, remote: RemoteReads = DEFAULT_REMOTE) -> None:
+        self.split_url, self.remote = split_url, remote
         self.image_classes, self.locations = read_index(split_url)
         manifest_url = join_url(self.split_url, "manifest.json")
-        self.shard_bytes = {
-            check_shard_name(s["name"], manifest_url): int(s["bytes"])
-            for s in json.loads(read_text(manifest_url))["shards"]
+        shards = json.loads(read_text(manifest_url))["shards"]
+        self.shard_bytes = {check_shard_name(s["name"], manifest_url): int(s["bytes"]) for s in shards}
+        # (bytes, sha256) by URL: what a shard fetched whole (a server that ignores Range) must be
+        self.shard_info = {
+            join_url(split_url, name): (size, s.get("sha256"))
+            for (name, size), s in zip(self.shard_bytes.items(), shards, strict=True)
         }
 
     def fetch(self, key: str) -> dict[str, Any]:
@@ -64,13 +69,15 @@ class SampleReader:
         ranges = [self._range(key) for key in unique]
         return {
             key: self._sample(key, url, start, end, data)
-            for key, (url, start, end), data in zip(unique, ranges, read_ranges(ranges), strict=True)
+            for key, (url, start, end), data in zip(
+                unique, ranges, read_ranges(ranges, self.remote, self.shard_info), strict=True
+            )
         }
 
     def _range(self, key: str) -> tuple[str, int, int | None]:
         loc = self.locations.get(key)
-        if loc is None:
-            raise KeyError(f"{key} is not in {self.split_url}/index.tsv")
+        if loc is None:  # a ShardError (one line), never a KeyError traceback
+            raise ShardError(f"{key} is not in {self.split_url}/index.tsv")
         end = loc.end if loc.end is not None else self.shard_bytes.get(loc.shard)
         return join_url(self.split_url, loc.shard), loc.start, end
 
@@ -134,10 +141,11 @@ class EvalEpisodes(Dataset):
         reduced: bool = True,
         flip: bool = False,
         first: int = 0,
+        remote: RemoteReads = DEFAULT_REMOTE,
     ) -> None:
         self.episodes = manifest["episodes"]
         self.way, self.shot = manifest["way"], manifest["shot"]
-        self.reader = SampleReader(split_url)
+        self.reader = SampleReader(split_url, remote)
         self.image_size, self.protocol, self.reduced = image_size, protocol, reduced
         self.rules = protocol_rules(protocol)
         per_episode = self.way * self.shot + 1

@@ -23,7 +23,15 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from train.stream.by_key import SampleReader
-from train.stream.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
+from train.stream.sampler import (
+    FOLD_LISTS_ELSEWHERE,
+    Episode,
+    EpisodeDecoder,
+    collate_train,
+    dist_rank,
+    worker_split,
+)
+from train.stream.shard_io import DEFAULT_REMOTE, RemoteReads, ShardError
 
 
 class ManifestEpisodes(IterableDataset):
@@ -46,6 +54,7 @@ class ManifestEpisodes(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         gpu_decode: bool = False,
+        remote: RemoteReads = DEFAULT_REMOTE,
     ) -> None:
         super().__init__()
         self.episodes = [
@@ -55,7 +64,14 @@ class ManifestEpisodes(IterableDataset):
         if not self.episodes:
             raise ValueError("the training-episode manifest is empty")
         self.way, self.shot = manifest["way"], manifest["shot"]
-        self.reader = SampleReader(split_url)
+        self.reader = SampleReader(split_url, remote)
+        keys = {k for ep in self.episodes for k in (ep.query, *(s for way in ep.supports for s in way))}
+        missing = sorted(keys - self.reader.locations.keys())
+        if missing:  # a fixed set never shrinks: one missing image stops the run before step 1
+            raise ShardError(
+                f"{len(missing)} of the {len(keys)} images of the training episodes are in no shard of "
+                f"{split_url} (first: {missing[0]}): {FOLD_LISTS_ELSEWHERE}"
+            )
         self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
         self.batch_size, self.batches_per_epoch, self.seed = batch_size, batches_per_epoch, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0

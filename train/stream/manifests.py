@@ -84,9 +84,42 @@ def manifest_files(folder: str | Path) -> list[Path]:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """A manifest, checked against its own digest (a hand-edited manifest is refused)."""
     manifest = json.loads(Path(path).read_text())
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     if episodes_digest(manifest["episodes"]) != manifest["sha256_of_episodes"]:
         raise ValueError(f"{path}: episodes do not match sha256_of_episodes")
     return manifest
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What makes `manifest` unusable (a wrong type or shape, said in a few words), or None."""
+    if not isinstance(manifest, dict):
+        return "not a manifest (a JSON object)"
+    kinds = {
+        "way": int,
+        "shot": int,
+        "fold": int,
+        "protocol": str,
+        "sha256_of_episodes": str,
+        "episodes": list,
+    }
+    for key, kind in kinds.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            return f"{key} = {manifest.get(key)!r} must be a {kind.__name__}"
+    way, shot = manifest["way"], manifest["shot"]
+    for i, ep in enumerate(manifest["episodes"]):
+        ok = (
+            isinstance(ep, dict) and isinstance(ep.get("query"), str)
+            and isinstance(ep.get("classes"), list) and len(ep["classes"]) == way
+            and all(isinstance(c, int) for c in ep["classes"])
+            and isinstance(ep.get("supports"), list) and len(ep["supports"]) == way
+            and all(isinstance(s, list) and len(s) == shot and all(isinstance(k, str) for k in s)
+                    for s in ep["supports"])
+        )  # fmt: skip
+        if not ok:
+            return f"episode {i} is not {{query, {way} classes, {way} lists of {shot} supports}}"
+    return None
 
 
 def train_manifest(

@@ -50,10 +50,12 @@ from webdataset.utils import make_seed
 
 from pipeline.folds import binary_label, training_label
 from pipeline.shard_format import member_limit, sample_image_problem
-from train.stream.shard_io import Sample, ShardError, split_shards, tar_samples
+from train.stream.shard_io import DEFAULT_REMOTE, RemoteReads, Sample, ShardError, split_shards, tar_samples
 from train.stream.transforms import TrainTransform, binary_mask, episode_label
 
 log = logging.getLogger(__name__)
+# the cause named when the fold's training keys are in no shard (stream and manifest training alike)
+FOLD_LISTS_ELSEWHERE = "the fold lists do not belong to these shards (rebuild the folds from them)"
 
 JPG, LABEL = "jpg", "label.png"
 # A reader gives up after this many samples in a row without a base class of the fold's train list,
@@ -311,9 +313,8 @@ class EpisodeDraw:
             if useless > self.useless_limit:
                 raise ShardError(
                     f"{useless} samples in a row hold no base class of the fold's train list (last: "
-                    f"{sample['__key__']} of shard {sample.get('__url__')}): the fold lists do not belong "
-                    "to these shards (rebuild the folds from them), or this reader's shards hold no "
-                    "training image of the fold (use fewer loader workers)"
+                    f"{sample['__key__']} of shard {sample.get('__url__')}): {FOLD_LISTS_ELSEWHERE}, or "
+                    "this reader's shards hold no training image of the fold (use fewer loader workers)"
                 )
             missing = [f"no .{ext} member" for ext in (JPG, LABEL) if ext not in sample]
             if not missing and not classes:
@@ -369,9 +370,13 @@ class EpisodeStream(IterableDataset):
         world_size: int | None = None,
         allow_pipe: bool = False,
         gpu_decode: bool = False,
+        remote: RemoteReads = DEFAULT_REMOTE,
     ) -> None:
         super().__init__()
         listed = split_shards(shards) if isinstance(shards, str) else [{"url": u} for u in shards]
+        self.remote = remote
+        # a remote stream may not go beyond its shard's size from the manifest
+        self.shard_sizes = {s["url"]: int(s["bytes"]) for s in listed if int(s.get("bytes", -1)) >= 0}
         self.urls = [s["url"] for s in listed]
         if not self.urls:
             raise ValueError(f"no shards in {shards!r}")
@@ -439,8 +444,8 @@ class EpisodeStream(IterableDataset):
 
     def samples(self, shards: Iterator[dict[str, Any]]) -> Iterator[Sample]:
         """`{"url"}` dicts -> samples: webdataset's tar stages with train.stream.shard_io's member checks."""
-        expected = self.expected_samples
-        return tar_samples(shards, self.skips.shard, self.allow_pipe, self.member_limits, expected)
+        limits, expected, sizes = self.member_limits, self.expected_samples, self.shard_sizes
+        return tar_samples(shards, self.skips.shard, self.allow_pipe, limits, expected, self.remote, sizes)
 
     def pipeline(self, gid: int, total: int, rng: np.random.Generator) -> wds.DataPipeline:
         """The reader's webdataset pipeline; one comment per stage says what flows after it."""

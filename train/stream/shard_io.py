@@ -7,6 +7,9 @@ connection at the byte reached (`ResumingReader`). `checked_tar_files` is webdat
 stage is ours); webdataset's `group_by_keys` turns its members into samples.
 Random access (evaluation, training manifests): `read_ranges` fetches many `index.tsv` byte ranges at
 once on a bounded thread pool; `parse_tar_fragment` reads one sample's members from such a range.
+Every network read is bounded (`RemoteReads`): bodies are read as streams of what has arrived, never
+beyond the bytes the manifest gives, under `pipeline.netread`'s rate floor and deadline; a server that
+ignores `Range` gets each shard fetched once into `train.stream.shard_cache`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import io
 import json
 import logging
 import os
+import stat
 import subprocess
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -31,6 +36,7 @@ import webdataset as wds
 from webdataset.gopen import gopen, gopen_schemes
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
+from pipeline.netread import NetLimits, RateMeter, ReadTooSlow, iter_body, read1, read_body
 from pipeline.shard_format import (
     COMPLETE,
     MAX_MEMBER_BYTES,
@@ -39,6 +45,7 @@ from pipeline.shard_format import (
     check_member,
     check_shard_name,
 )
+from train.stream.shard_cache import ShardCache, default_cache_dir
 
 # Samples are grouped by key: `<key>.<ext>`; the key holds no dots (design.md).
 Sample = dict[str, Any]
@@ -49,6 +56,24 @@ RETRIES = 3  # reconnects per shard read after a dropped connection, with doubli
 RETRY_BACKOFF_S = 0.25
 RANGE_THREADS = 16  # ranged reads in flight per process: one batch of 5-shot 2-way episodes is 88 reads
 FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+# members of one sample: the format writes .jpg, .label.png and .json (docs/design.md); room for more
+MAX_MEMBERS_PER_KEY = 16
+MAX_TEXT_BYTES = 256 << 20  # a manifest, index.tsv or fold list read whole (COCO's index.tsv: ~6 MB)
+
+
+@dataclass(frozen=True)
+class RemoteReads:
+    """How remote shards are read: network limits (params `sampler.min_bytes_per_s`, ...) and the
+    cache of whole shards for servers that ignore `Range` (None: `default_cache_dir()`, 20 GiB)."""
+
+    limits: NetLimits = field(default_factory=NetLimits)
+    cache: ShardCache | None = None
+
+    def shard_cache(self) -> ShardCache:
+        return self.cache or ShardCache(str(default_cache_dir()))
+
+
+DEFAULT_REMOTE = RemoteReads()
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +183,27 @@ class ResumingReader(io.RawIOBase):
     `reopen(offset)` returns (stream positioned at `offset`, total size or None). An early end of
     the body (fewer bytes than the size) counts as a drop too. After `retries` failed reconnects
     in a row the error propagates (the sampler then skips the shard; evaluation stops).
+    Every read is metered against `limits` (a trickling link is a ShardError naming the URL, the
+    bytes and the time); `expected`: the shard's bytes from its manifest, beyond which a body that
+    goes on is a ShardError too (never more memory or disk).
     """
 
-    def __init__(self, url: str, reopen: Callable[[int], tuple[IO[bytes], int | None]], retries: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        reopen: Callable[[int], tuple[IO[bytes], int | None]],
+        retries: int,
+        limits: NetLimits | None = None,
+        expected: int | None = None,
+    ) -> None:
         super().__init__()
         self.url, self._reopen, self.retries = url, reopen, retries
         self.pos, self.reconnects = 0, 0
         self._errors = _transient_errors()
         self._stream: IO[bytes] | None = None  # connected by the first read, under the same retries
         self.size: int | None = None
+        self.meter = RateMeter(url, limits or NetLimits())
+        self.expected = expected if expected is not None and expected >= 0 else None
 
     def readable(self) -> bool:
         return True
@@ -176,15 +213,21 @@ class ResumingReader(io.RawIOBase):
         while True:
             try:
                 if self._stream is None:
-                    self._stream, self.size = self._reopen(self.pos)
+                    with self.meter.waiting():
+                        self._stream, self.size = self._reopen(self.pos)
                 # read1 returns what has arrived: bytes before a drop are kept, a reconnect resumes after them
-                read = getattr(self._stream, "read1", self._stream.read)
-                data = read(len(buffer))
+                data = read1(self._stream, len(buffer), self.meter)
                 if not data and self.size is not None and self.pos < self.size:
                     raise http.client.IncompleteRead(b"", self.size - self.pos)
+                if self.expected is not None and self.pos + len(data) > self.expected:
+                    raise ShardError(
+                        f"shard {self.url}: the stream goes on beyond the manifest's {self.expected} bytes"
+                    )
                 break
             except ShardError:
                 raise
+            except ReadTooSlow as exc:
+                raise ShardError(f"shard {exc}") from exc
             except self._errors as exc:
                 failures += 1
                 if failures > self.retries:
@@ -233,10 +276,12 @@ def _raise_http_status(url: str, resp: Any) -> None:
     raise ShardError(f"shard {url}: HTTP {resp.status_code}")
 
 
-def _http_reopen(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
+def _http_reopen(url: str, limits: NetLimits) -> Callable[[int], tuple[IO[bytes], int | None]]:
+    timeout = limits.socket_timeout(_HTTP_TIMEOUT_S)
+
     def reopen(offset: int) -> tuple[IO[bytes], int | None]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = _session().get(url, stream=True, timeout=_HTTP_TIMEOUT_S, headers=headers)
+        resp = _session().get(url, stream=True, timeout=timeout, headers=headers)
         if resp.status_code not in (200, 206):
             resp.close()
             _raise_http_status(url, resp)
@@ -244,12 +289,8 @@ def _http_reopen(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
         length = resp.headers.get("Content-Length")
         size = int(length) + (offset if resp.status_code == 206 else 0) if length is not None else None
         if offset and resp.status_code == 200:  # the server ignored Range: skip what was read already
-            skip = offset
-            while skip > 0:
-                got = len(resp.raw.read(min(skip, _READ_CHUNK)))
-                if not got:
-                    break
-                skip -= got
+            for _ in iter_body(resp.raw, RateMeter(url, limits), offset):
+                pass
         return resp.raw, size  # type: ignore[return-value]
 
     return reopen
@@ -272,14 +313,22 @@ def _fsspec_reopen(url: str) -> Callable[[int], tuple[IO[bytes], int | None]]:
 
 
 def gopen_resuming(
-    url: str, mode: str = "rb", bufsize: int = _READ_CHUNK, retries: int = RETRIES
+    url: str,
+    mode: str = "rb",
+    bufsize: int = _READ_CHUNK,
+    retries: int = RETRIES,
+    limits: NetLimits | None = None,
+    expected: int | None = None,
 ) -> IO[bytes]:
-    """webdataset gopen handler: a buffered, byte-resuming stream over an http(s) or fsspec URL."""
+    """webdataset gopen handler: a buffered, byte-resuming, metered stream over an http(s) or fsspec URL
+    (`expected`: the shard's size from its manifest, when known)."""
     if mode != "rb":
         raise ValueError(f"{url}: shards are read only (mode {mode!r})")
-    reopen = _http_reopen(url) if _scheme(url) in ("http", "https") else _fsspec_reopen(url)
+    limits = limits or NetLimits()
+    reopen = _http_reopen(url, limits) if _scheme(url) in ("http", "https") else _fsspec_reopen(url)
+    reader = ResumingReader(url, reopen, retries, limits, expected)
     # urllib3's read() costs ~10 us a call and tarfile makes several per member: buffer it
-    return io.BufferedReader(ResumingReader(url, reopen, retries), buffer_size=max(bufsize, _READ_CHUNK))
+    return io.BufferedReader(reader, buffer_size=max(bufsize, _READ_CHUNK))
 
 
 def register_gopen_handlers() -> None:
@@ -291,7 +340,13 @@ def register_gopen_handlers() -> None:
 register_gopen_handlers()
 
 
-def open_stream(url: str, allow_pipe: bool = False, retries: int = RETRIES) -> IO[bytes]:
+def open_stream(
+    url: str,
+    allow_pipe: bool = False,
+    retries: int = RETRIES,
+    remote: RemoteReads = DEFAULT_REMOTE,
+    expected: int | None = None,
+) -> IO[bytes]:
     """A sequential binary stream over `url` through webdataset's `gopen` (never a download first).
 
     `pipe:CMD` runs a shell command and reads its stdout; only a user's own code may ask for it
@@ -304,8 +359,9 @@ def open_stream(url: str, allow_pipe: bool = False, retries: int = RETRIES) -> I
         assert proc.stdout is not None
         return proc.stdout
     if _scheme(url) in ("", "file"):
-        return open(_local_path(url), "rb", buffering=_READ_CHUNK)  # gopen's own, with a larger buffer
-    return gopen(url, "rb", bufsize=_READ_CHUNK, retries=retries)  # type: ignore[no-any-return]
+        return open_regular(_local_path(url), buffering=_READ_CHUNK)  # gopen's own, larger buffer, no FIFO
+    stream = gopen(url, "rb", bufsize=_READ_CHUNK, retries=retries, limits=remote.limits, expected=expected)
+    return stream  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- samples: webdataset pipeline stages
@@ -314,12 +370,21 @@ Handler = Callable[[Exception], bool]  # webdataset's: True = go on, False = sto
 
 
 def open_shards(
-    sources: Iterable[dict[str, Any]], handler: Handler, allow_pipe: bool = False
+    sources: Iterable[dict[str, Any]],
+    handler: Handler,
+    allow_pipe: bool = False,
+    remote: RemoteReads = DEFAULT_REMOTE,
+    sizes: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """webdataset's `url_opener` through `open_stream` (which refuses `pipe:` unless allowed)."""
+    """webdataset's `url_opener` through `open_stream` (which refuses `pipe:` unless allowed);
+    `sizes[url]`: a shard's bytes from its manifest, beyond which a remote stream is a shard error."""
     for source in sources:
         try:
-            yield {**source, "stream": open_stream(source["url"], allow_pipe)}
+            expected = (sizes or {}).get(source["url"])
+            yield {
+                **source,
+                "stream": open_stream(source["url"], allow_pipe, remote=remote, expected=expected),
+            }
         except (ShardError, OSError) as exc:
             if not handler(_naming(exc, source["url"], "cannot open")):
                 break
@@ -346,7 +411,7 @@ def checked_tar_files(
         url, stream = source["url"], source["stream"]
         limit = (limits or {}).get(url, MAX_MEMBER_BYTES)
         last = None
-        keys = 0
+        keys = members = 0
         try:
             with contextlib.closing(stream), tarfile.open(fileobj=stream, mode="r|") as tar:
                 for info in tar:
@@ -354,7 +419,13 @@ def checked_tar_files(
                     if not info.isreg():
                         continue
                     if last is None or base_plus_ext(last)[0] != base_plus_ext(info.name)[0]:
-                        keys += 1
+                        keys, members = keys + 1, 0
+                    members += 1
+                    if members > MAX_MEMBERS_PER_KEY:  # group_by_keys would grow one sample for ever
+                        raise ShardError(
+                            f"shard {url}: sample {base_plus_ext(info.name)[0]} has more than "
+                            f"{MAX_MEMBERS_PER_KEY} members"
+                        )
                     last = info.name
                     handle = tar.extractfile(info)
                     assert handle is not None
@@ -386,10 +457,14 @@ def tar_samples(
     allow_pipe: bool = False,
     limits: Mapping[str, int] | None = None,
     expected: Mapping[str, int] | None = None,
+    remote: RemoteReads = DEFAULT_REMOTE,
+    sizes: Mapping[str, int] | None = None,
 ) -> Iterator[Sample]:
     """`{"url": ...}` dicts -> samples `{"__key__", "__url__", "<ext>": bytes}` (webdataset's
-    `tarfile_to_samples` with `open_shards` and `checked_tar_files` as its first two stages)."""
-    files = checked_tar_files(open_shards(sources, handler, allow_pipe), handler, limits, expected)
+    `tarfile_to_samples` with `open_shards` and `checked_tar_files` as its first two stages);
+    `sizes[url]`: the shard's bytes from its manifest (a remote stream may not go beyond them)."""
+    opened = open_shards(sources, handler, allow_pipe, remote, sizes)
+    files = checked_tar_files(opened, handler, limits, expected)
     return group_by_keys(files, handler=handler)  # type: ignore[no-any-return]
 
 
@@ -405,23 +480,39 @@ def read_shard(url: str, allow_pipe: bool = False, limit: int = MAX_MEMBER_BYTES
 # ---------------------------------------------------------------- random access: ranged reads
 
 
-def read_range(url: str, start: int, end: int | None, retries: int = RETRIES) -> bytes:
+ShardInfo = tuple[int, "str | None"]  # a shard's (bytes, sha256) from its manifest
+
+
+def read_range(
+    url: str,
+    start: int,
+    end: int | None,
+    retries: int = RETRIES,
+    remote: RemoteReads = DEFAULT_REMOTE,
+    shard: ShardInfo | None = None,
+) -> bytes:
     """Bytes [start, end) of `url` (to the end when `end` is None) with one read / one ranged request.
 
     A remote read that fails or comes back short is retried `retries` times (doubling back-off);
-    then the error propagates: test data is never silently dropped.
+    then the error propagates: test data is never silently dropped. All attempts together are held
+    to `remote.limits` (a ShardError naming the URL, bytes and time). The body is read as a stream,
+    never beyond `end` (a whole file: at most MAX_TEXT_BYTES). `shard`: the shard's (bytes, sha256)
+    from its manifest; a server that ignores Range then has the shard fetched once into the cache.
     """
     if _scheme(url) in ("", "file", "pipe"):
-        return _read_range_once(url, start, end)
+        return _read_range_once(url, start, end, remote, shard, None)
     errors = _transient_errors()
+    meter = RateMeter(url, remote.limits)
     for attempt in range(retries + 1):
         try:
-            data = _read_range_once(url, start, end)
+            data = _read_range_once(url, start, end, remote, shard, meter)
             if end is None or len(data) == end - start:
                 return data
             problem: BaseException = EOFError(f"got {len(data)} of {end - start} bytes")
         except (ShardError, FileNotFoundError):
             raise
+        except ReadTooSlow as exc:
+            raise ShardError(f"shard {exc}") from exc
         except errors as exc:
             problem = exc
         if attempt < retries:
@@ -430,26 +521,173 @@ def read_range(url: str, start: int, end: int | None, retries: int = RETRIES) ->
     raise ShardError(f"shard {url}: ranged read {start}..{end} failed {retries + 1} times: {problem}")
 
 
-def _read_range_once(url: str, start: int, end: int | None) -> bytes:
+def open_regular(path: str, buffering: int = -1) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file; a FIFO, device or socket is a ShardError
+    (opening a FIFO blocks until a writer comes, reading a device may never end). O_NONBLOCK makes
+    the open itself return at once; it changes nothing for a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ShardError(f"shard {path} is not a regular file (a FIFO, device or socket)")
+    return os.fdopen(fd, "rb", buffering=buffering)
+
+
+def _read_local(path: str, start: int, end: int | None) -> bytes:
+    with open_regular(_local_path(path)) as handle:
+        handle.seek(start)
+        return handle.read(-1 if end is None else end - start)
+
+
+def _read_range_once(
+    url: str,
+    start: int,
+    end: int | None,
+    remote: RemoteReads,
+    shard: ShardInfo | None,
+    meter: RateMeter | None,
+) -> bytes:
     scheme = _scheme(url)
     if scheme in ("", "file"):
-        with open(_local_path(url), "rb") as handle:
-            handle.seek(start)
-            return handle.read(-1 if end is None else end - start)
-    if scheme in ("http", "https"):
-        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
-        resp = _session().get(url, headers={"Range": rng}, timeout=_HTTP_TIMEOUT_S)
-        if resp.status_code == 200:  # server ignored Range: cut the body ourselves
-            return resp.content[start:end]
-        if resp.status_code != 206:
-            _raise_http_status(f"{url} (range {rng})", resp)
-        return resp.content  # type: ignore[no-any-return]
+        return _read_local(url, start, end)
     if scheme == "pipe":
         raise ShardError(f"shard {url}: pipe: URLs cannot be read by range; use a path or URL")
+    assert meter is not None
+    if scheme in ("http", "https"):
+        return _http_range(url, start, end, remote, shard, meter)
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
-    return fs.cat_file(path, start=start, end=end)  # type: ignore[no-any-return]
+    with meter.waiting():  # the client's own timeouts end a hung request; the meter checks what it took
+        data: bytes = fs.cat_file(path, start=start, end=end)
+        meter.add(len(data))
+    return data
+
+
+# Servers that answered a ranged request with 200 (they ignore Range), by origin, in this process;
+# the first ranged request to an origin goes alone, so the others know before they ask.
+_ignores_range: dict[str, bool] = {}
+_probe_locks: dict[str, threading.Lock] = {}
+_probe_guard = threading.Lock()
+
+
+def _origin(url: str) -> str:
+    parsed = urlparse(url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _http_range(
+    url: str, start: int, end: int | None, remote: RemoteReads, shard: ShardInfo | None, meter: RateMeter
+) -> bytes:
+    """One HTTP read of [start, end): from the shard cache when the server ignores Range."""
+    cache = remote.shard_cache()
+    if shard is None or not 0 <= shard[0] <= cache.max_bytes:
+        cache_or_none = None
+    else:
+        cache_or_none = cache
+        local = cache.cached(url, *shard)
+        if local is None and _ignores_range.get(_origin(url)):
+            local = _fetch_whole(url, cache, shard, None, remote, meter)
+        if local is not None:
+            return _read_local(str(local), start, end)
+    whole = start == 0 and end is None
+    origin = _origin(url)
+    if whole or origin in _ignores_range:
+        return _http_request(url, start, end, remote, shard, cache_or_none, meter)
+    with _probe_guard:
+        lock = _probe_locks.setdefault(origin, threading.Lock())
+    # the first ranged request to this server (of this process's threads, and of the processes that
+    # share the cache): the others wait for its answer, then read from the cache or by Range
+    with lock, cache.probing(origin):
+        if origin not in _ignores_range and cache.is_rangeless(origin):
+            _ignores_range[origin] = True
+        if origin not in _ignores_range:
+            return _http_request(url, start, end, remote, shard, cache_or_none, meter)
+    return _http_range(url, start, end, remote, shard, meter)
+
+
+def _http_request(
+    url: str,
+    start: int,
+    end: int | None,
+    remote: RemoteReads,
+    shard: ShardInfo | None,
+    cache: ShardCache | None,
+    meter: RateMeter,
+) -> bytes:
+    whole = start == 0 and end is None
+    rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+    headers = {} if whole else {"Range": rng}
+    timeout = remote.limits.socket_timeout(_HTTP_TIMEOUT_S)
+    with meter.waiting():
+        resp = _session().get(url, headers=headers, stream=True, timeout=timeout)
+    with contextlib.closing(resp):
+        if resp.status_code not in (200, 206):
+            _raise_http_status(f"{url} (range {rng})", resp)
+        resp.raw.decode_content = True
+        if not whole:
+            _ignores_range.setdefault(_origin(url), resp.status_code == 200)
+            if resp.status_code == 200:
+                remote.shard_cache().mark_rangeless(_origin(url))
+        if resp.status_code == 200 and not whole:  # the server ignored Range: the body is the whole file
+            if cache is not None and shard is not None:
+                local = _fetch_whole(url, cache, shard, resp, remote, meter)
+                return _read_local(str(local), start, end)
+            for _ in iter_body(resp.raw, meter, start):  # skip to `start`; nothing kept
+                pass
+        if end is not None:
+            return read_body(resp.raw, meter, end - start, exact=True)
+        try:
+            return read_body(resp.raw, meter, MAX_TEXT_BYTES, exact=False)
+        except ValueError as exc:
+            raise ShardError(f"{exc} (a file read whole holds at most {MAX_TEXT_BYTES} bytes)") from exc
+
+
+# Whole-shard fetches that failed for good (too slow, too long), by URL: the threads that waited on
+# that shard's lock meanwhile fail with the same line instead of each trying the link again.
+_fetch_failures: dict[str, tuple[float, str]] = {}
+
+
+def _fetch_whole(
+    url: str, cache: ShardCache, shard: ShardInfo, resp: Any, remote: RemoteReads, meter: RateMeter
+) -> Path:
+    """The shard's cached copy, fetched once (from `resp` when given, else a new GET)."""
+    asked = time.monotonic()
+
+    def fill(handle: IO[bytes]) -> None:
+        failed = _fetch_failures.get(url)
+        if failed is not None and failed[0] >= asked:
+            raise ShardError(failed[1])
+        try:
+            _fill(url, handle, resp, shard[0], remote, meter)
+        except (ShardError, ReadTooSlow) as exc:
+            _fetch_failures[url] = (
+                time.monotonic(),
+                str(exc) if isinstance(exc, ShardError) else f"shard {exc}",
+            )
+            raise
+
+    return cache.fetch(url, *shard, fill=fill)
+
+
+def _fill(url: str, handle: IO[bytes], resp: Any, size: int, remote: RemoteReads, meter: RateMeter) -> None:
+    """Write the whole shard at `url` (`size` bytes by its manifest) to `handle`, from `resp` or a new GET."""
+    own = resp is None
+    if own:
+        timeout = remote.limits.socket_timeout(_HTTP_TIMEOUT_S)
+        with meter.waiting():
+            resp = _session().get(url, stream=True, timeout=timeout)
+        if resp.status_code != 200:
+            resp.close()
+            _raise_http_status(url, resp)
+        resp.raw.decode_content = True
+    try:
+        for chunk in iter_body(resp.raw, meter, size):
+            handle.write(chunk)
+        if read1(resp.raw, 1, meter):
+            raise ShardError(f"shard {url}: the body goes on beyond the manifest's {size} bytes")
+    finally:
+        if own:
+            resp.close()
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
@@ -463,16 +701,21 @@ def _range_pool() -> ThreadPoolExecutor:
     return _pool[1]
 
 
-def read_ranges(ranges: Sequence[tuple[str, int, int | None]]) -> list[Exception | bytes]:
+def read_ranges(
+    ranges: Sequence[tuple[str, int, int | None]],
+    remote: RemoteReads = DEFAULT_REMOTE,
+    shards: Mapping[str, ShardInfo] | None = None,
+) -> list[Exception | bytes]:
     """`read_range` of each (url, start, end), remote ones `RANGE_THREADS` at a time; in order.
 
     A failed read comes back as its exception (the caller names the sample); local reads stay in
-    this thread, where a page-cache read is faster than a hand-off.
+    this thread, where a page-cache read is faster than a hand-off. `shards[url]`: (bytes, sha256)
+    from the split's manifest (see `read_range`).
     """
 
     def one(r: tuple[str, int, int | None]) -> Exception | bytes:
         try:
-            return read_range(*r)
+            return read_range(*r, remote=remote, shard=(shards or {}).get(r[0]))
         except Exception as exc:  # returned, not raised: the caller knows which sample it was
             return exc
 
