@@ -597,8 +597,9 @@ def _http_range(
         lock = _probe_locks.setdefault(origin, threading.Lock())
     # the first ranged request to this server (of this process's threads, and of the processes that
     # share the cache): the others wait for its answer, then read from the cache or by Range
-    with lock, cache.probing(origin):
-        if origin not in _ignores_range and cache.is_rangeless(origin):
+    shared = cache.probing(origin) if cache_or_none is not None else contextlib.nullcontext()
+    with lock, shared:
+        if origin not in _ignores_range and cache_or_none is not None and cache.is_rangeless(origin):
             _ignores_range[origin] = True
         if origin not in _ignores_range:
             return _http_request(url, start, end, remote, shard, cache_or_none, meter)
@@ -626,8 +627,8 @@ def _http_request(
         resp.raw.decode_content = True
         if not whole:
             _ignores_range.setdefault(_origin(url), resp.status_code == 200)
-            if resp.status_code == 200:
-                remote.shard_cache().mark_rangeless(_origin(url))
+            if resp.status_code == 200 and cache is not None:
+                cache.mark_rangeless(_origin(url))
         if resp.status_code == 200 and not whole:  # the server ignored Range: the body is the whole file
             if cache is not None and shard is not None:
                 local = _fetch_whole(url, cache, shard, resp, remote, meter)
