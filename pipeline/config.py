@@ -426,11 +426,22 @@ def _check_combinations(p: Params) -> None:
 
 
 def _check_optimizer_values(t: Train) -> None:
-    """lr and momentum a run could not use; `auto` (filled later from the model's recipe) passes."""
+    """Optimizer and schedule values a run could not use; `auto` (filled later from the recipe) passes."""
     if not isinstance(t.lr, str) and float(t.lr) <= 0:
         raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
     if not isinstance(t.momentum, str) and float(t.momentum) < 0:
         raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
+    if not isinstance(t.lr_milestones, str):
+        milestones = list(t.lr_milestones)
+        if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ConfigError(
+                f"params: train.lr_milestones = {milestones} must be increasing steps >= 1 "
+                "(e.g. [10000, 20000])"
+            )
+    if not isinstance(t.lr_multipliers, str):
+        for pattern, factor in dict(t.lr_multipliers).items():
+            if factor <= 0:
+                raise ConfigError(f"params: train.lr_multipliers.{pattern} = {factor} must be > 0")
 
 
 def _check_plain_recipe(t: Train) -> None:
@@ -454,14 +465,6 @@ def check_recipe(p: Params) -> None:
     if int(t.batch_size) < 1:
         raise ConfigError(f"params: train.batch_size = {t.batch_size} must be >= 1")
     _check_optimizer_values(t)
-    milestones = list(t.lr_milestones)
-    if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
-        raise ConfigError(
-            f"params: train.lr_milestones = {milestones} must be increasing steps >= 1 (e.g. [10000, 20000])"
-        )
-    for pattern, factor in dict(t.lr_multipliers).items():
-        if factor <= 0:
-            raise ConfigError(f"params: train.lr_multipliers.{pattern} = {factor} must be > 0")
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
