@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class Data:
     """Masks, per-class index, folds and shards."""
 
     skip_bad: bool = False  # skip and report bad raw files instead of stopping
-    workers: int = 2
+    workers: int | str = AUTO  # labelling processes of the shards stage; auto: usable_cpus()
     coco_split: Literal["interleaved", "contiguous"] = "interleaved"
     min_fraction: float | str = AUTO  # class present if area >= this fraction of the image (denet preset)
     min_pixels: int | str = AUTO  # ... or >= this many pixels (standard preset)
@@ -315,6 +316,14 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS keeps one): `data.workers: auto`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def resolve(params: Params) -> Params:
     """Fill `auto` values from the presets and check combinations; returns a new Params."""
     p = dataclasses.replace(params)
@@ -348,6 +357,8 @@ def resolve(params: Params) -> Params:
             p.model_kwargs = dict(_RELEASE_MODEL_KWARGS.get(p.model, {})) if p.protocol == "denet" else {}
     if p.data.min_fraction is None:
         p.data.min_fraction = _DENET_MIN_FRACTION[p.dataset]
+    if p.data.workers == AUTO:
+        p.data.workers = usable_cpus()
     if p.data.presence_size == AUTO:
         p.data.presence_size = int(p.sampler.image_size) if p.protocol == "denet" else None
     _check_combinations(p)
@@ -396,6 +407,8 @@ def _check_combinations(p: Params) -> None:
     for dotted, least in _AT_LEAST.items():
         section, key = dotted.split(".")
         value = getattr(getattr(p, section), key)
+        if isinstance(value, str):  # `auto` was resolved: a string left is a typo
+            raise ConfigError(f"params: {dotted} = {value!r} must be a number (or auto)")
         if value < least:
             raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
     _check_recipe(p.train)

@@ -3,7 +3,8 @@ stage's processes and peak RSS of its main process, per worker count.
 
 `write_synthetic_coco` writes the synthetic raw tree: annotation files of COCO 2014's sizes (82,783 +
 40,504 images, 604,907 + 291,875 annotations, ~685 MB of JSON in all) over tiny images, one 32 px
-JPEG hard-linked under every file name. Only the JSON is full size: it is what the stage holds.
+JPEG hard-linked under every file name (a copy per 50,000 names). Only the JSON is full size: it is
+what the stage holds.
 The stage runs as `python -m pipeline.shards` in a child process, from this checkout or (`--baseline
 REV`) from a git revision exported to a temp folder, so before and after run side by side.
 """
@@ -30,7 +31,7 @@ from pipeline.classes import COCO_CATEGORIES
 # COCO 2014 as published: images and annotations per annotation file
 COCO_2014 = {"train": (82_783, 604_907), "val": (40_504, 291_875)}
 SIDE = 32  # px: every synthetic image is SIDE x SIDE
-POINTS = 46  # polygon vertices per annotation: with two decimals this gives ~685 MB of JSON
+POINTS = 54  # polygon vertices per annotation: with two decimals this gives ~685 MB of JSON
 CROWD_EVERY = 100  # every 100th annotation is a crowd region in uncompressed RLE, as ~1% are in COCO
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,8 +73,7 @@ def write_synthetic_coco(root: str | Path, fraction: float = 1.0, seed: int = 0)
     jpeg = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    template = root / "annotations" / "image.jpg"
-    template.write_bytes(jpeg.getvalue())
+    linked = 0
     categories = [{"supercategory": s, "id": i, "name": n} for i, n, s in COCO_CATEGORIES]
     stats, ann_id, first_image = {}, 1, 1
     for split, (num_images, num_anns) in COCO_2014.items():
@@ -86,7 +86,11 @@ def write_synthetic_coco(root: str | Path, fraction: float = 1.0, seed: int = 0)
         names = [f"COCO_{split}2014_{i:012d}.jpg" for i in ids]
         for name in names:
             if not (folder / name).exists():
+                template = root / "annotations" / f"image{linked // 50_000}.jpg"  # under ext4's 65k links
+                if not template.exists():
+                    template.write_bytes(jpeg.getvalue())
                 os.link(template, folder / name)
+                linked += 1
         owners = np.sort(rng.choice(ids, num_anns))  # annotations grouped by image, as COCO's files are
         cats = rng.choice([c[0] for c in COCO_CATEGORIES], num_anns)
         picks = rng.integers(0, len(polygons), num_anns)
