@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import struct
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -383,9 +384,11 @@ def coco_label(
     return label
 
 
-def label_counts(label: np.ndarray) -> np.ndarray:
-    """Pixels per value 0..255: counted once per label map, for `validate_label` and `label_stats`."""
-    return np.bincount(label.ravel(), minlength=256)
+def label_counts(label: np.ndarray | Image.Image) -> np.ndarray:
+    """Pixels per value 0..255 of a uint8 map: counted once per label map, for `validate_label`,
+    `label_stats` and `presence_stats`. PIL's histogram, ~2x faster than np.bincount on uint8."""
+    image = label if isinstance(label, Image.Image) else Image.fromarray(label, mode="L")
+    return np.array(image.histogram(), dtype=np.int64)
 
 
 def validate_label(
@@ -428,14 +431,27 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def encode_png(label: np.ndarray) -> bytes:
-    """Mode "L" PNG with fixed settings, so the bytes depend on the label only.
+    """An 8-bit greyscale PNG of `label` (PIL reads it as mode "L"), bytes that depend on the label only.
 
-    zlib's run-length strategy (Z_RLE) suits label maps, long runs of one value: on the toy and
-    COCO-sized maps it encodes ~1.7x faster than the default strategy at level 6 and the files are
-    no larger (docs/performance.md, "Shards stage CPU per sample")."""
-    buf = io.BytesIO()
-    Image.fromarray(label, mode="L").save(buf, format="PNG", compress_level=6, compress_type=zlib.Z_RLE)
-    return buf.getvalue()
+    Written with zlib directly: no row filter and zlib's run-length strategy (Z_RLE), which suit a
+    label map's long runs of one value. On VOC-sized maps this is ~2x faster than PIL's encoder at
+    level 6 (whose adaptive row filters break those runs) and the files are no larger
+    (docs/performance.md, "Shards stage: CPU per sample")."""
+    height, width = label.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter type 0 (None), then pixels
+    rows[:, 1:] = label
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = packer.compress(rows.tobytes()) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, greyscale, no interlace
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """length, type, data, CRC-32 of type + data (the PNG specification's chunk layout)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def presence_stats(
@@ -446,10 +462,11 @@ def presence_stats(
     do not depend on any later per-value relabelling (void or novel -> 0 / 255). `counts`: the
     unresized label's `label_counts`, when already made."""
     if size is not None and label.shape != (size, size):
-        label = np.asarray(Image.fromarray(label, mode="L").resize((size, size), Image.NEAREST))
-        counts = None
-    counts = label_counts(label) if counts is None else counts
-    return {int(c): int(counts[c]) for c in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1}, int(label.size)
+        resized = Image.fromarray(label, mode="L").resize((size, size), Image.NEAREST)
+        counts, pixels = label_counts(resized), size * size
+    else:
+        counts, pixels = (label_counts(label) if counts is None else counts), label.size
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1}, int(pixels)
 
 
 def make_label(sample: Sample, num_classes: int, coco_crowd: str = "ignore") -> np.ndarray:
