@@ -65,6 +65,21 @@ def run_once(code: Path, raw: Path, dataset: str, out: Path, workers: int, prese
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def bench(
+    raw: Path, dataset: str, workers: list[int], repeat: int = 2, presence: int = 321
+) -> dict[int, float]:
+    """Best-of-`repeat` images/s of `write_split` over the train split of `raw`, per worker count."""
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in workers:
+            runs = [
+                run_once(REPO, Path(raw), dataset, Path(tmp) / f"w{n}-{i}", n, presence)
+                for i in range(repeat)
+            ]
+            rates[n] = max(r["n"] / r["wall_s"] for r in runs)
+    return rates
+
+
 def read_back(split_dir: Path) -> dict[str, tuple[bytes, bytes, bytes]]:
     """key -> (JPEG bytes, JSON bytes, decoded label map bytes) of every sample in the split's shards."""
     out = {}
