@@ -179,3 +179,20 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(pascal_raw, tmp_pa
     # the failed rebuild published nothing: the previous complete build is untouched, no temp is left
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+
+
+def test_pool_workers_send_no_jpeg_and_the_writer_refuses_a_jpeg_changed_meanwhile(pascal_raw):
+    from pipeline.masks import pascal_samples
+    from pipeline.shards import _label_chunk, _with_jpeg
+
+    sample = pascal_samples(pascal_raw, "denet")["train"][0]
+    (rec,) = _label_chunk([(sample, 20, None, "ignore")])
+    assert rec.jpeg == b""  # the image's bytes never go through the pool's pipe
+    original = Path(sample.image).read_bytes()
+    assert _with_jpeg(rec, sample).jpeg == original
+    (rec,) = _label_chunk([(sample, 20, None, "ignore")])
+    Path(sample.image).write_bytes(original + b"\x00")  # another file than the one the worker checked
+    assert _with_jpeg(rec, sample) == (
+        sample,
+        f"{sample.image}: image file changed while the shards were written",
+    )
