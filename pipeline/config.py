@@ -15,6 +15,7 @@ Values written as `auto` are filled in two places, each where it can see what de
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Data:
     """Masks, per-class index, folds and shards."""
 
     skip_bad: bool = False  # skip and report bad raw files instead of stopping
-    workers: int = 2
+    workers: int | str = AUTO  # labelling processes of the shards stage; auto: usable_cpus()
     coco_split: Literal["interleaved", "contiguous"] = "interleaved"
     min_fraction: float | str = AUTO  # class present if area >= this fraction of the image (denet preset)
     min_pixels: int | str = AUTO  # ... or >= this many pixels (standard preset)
@@ -284,6 +285,14 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS keeps one): `data.workers: auto`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def resolve(params: Params) -> Params:
     """Fill the `auto` values that do not depend on the model (by `source` and the protocol's rules)
     and check them; returns a new Params. The model's keys (MODEL_KEYS) stay `auto` here:
@@ -306,6 +315,8 @@ def resolve(params: Params) -> Params:
             setattr(obj, key, getattr(rules, rule))
     if p.data.min_fraction == AUTO:
         p.data.min_fraction = rules.min_fraction[p.dataset]
+    if p.data.workers == AUTO:
+        p.data.workers = usable_cpus()
     if p.data.presence_size == AUTO:
         p.data.presence_size = int(p.sampler.image_size) if rules.presence_at_image_size else None
     _check_combinations(p)
@@ -366,8 +377,11 @@ def _check_ranges(p: Params) -> None:
             node = getattr(node, name)
         values = node.values() if isinstance(node, dict) else node if isinstance(node, list) else [node]
         for value in values:
-            if value is None or isinstance(value, str):  # null where allowed; `auto` left is caught elsewhere
+            if value is None or value == AUTO:  # null where allowed; `auto` is resolved later (recipes)
                 continue
+            if isinstance(value, str):  # `auto` was resolved: any other string is a typo
+                expected = _RECIPE_KEYS.get(dotted.removeprefix("train."), "a number")
+                raise ConfigError(f"params: {dotted} = {value!r} must be {expected} (or auto)")
             if value < low:
                 raise ConfigError(f"params: {dotted} = {node!r} must be >= {low:g}")
             if not value <= high:  # NaN too

@@ -21,9 +21,12 @@ DENet release checks presence at: dataset/voc_sbd.py:353-359 reads masks through
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import struct
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +66,8 @@ class Sample:
     kind: str  # "png" | "mat" | "coco"
     height: int = 0  # COCO: the size the annotation file declares
     width: int = 0
-    anns: tuple[tuple[int, int, Any], ...] = field(default=())  # COCO: (class id, iscrowd, segmentation)
+    # COCO: (class id, iscrowd, segmentation) in file order; polygons as float64 arrays (coco_samples)
+    anns: tuple[tuple[int, int, Any], ...] = field(default=())
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Labeled:
     ignore_px: int
     presence_areas: dict[int, int]  # class id -> pixels of the map at the presence size (0: resized away)
     presence_total: int  # pixels of the map at the presence size
+    jpeg_crc32: int  # of the JPEG bytes checked: a pool worker sends this back instead of the bytes
 
     def meta(self) -> dict[str, Any]:
         """The sample's `.json` member (docs/design.md)."""
@@ -164,10 +169,31 @@ def pascal_samples(raw: str | Path, protocol: str, pascal_masks: str = "voc") ->
     return out
 
 
+def _compact_annotation(obj: dict[str, Any]) -> Any:
+    """`json` object hook: an annotation becomes (id, image_id, category_id, iscrowd, segmentation) as
+    soon as it is parsed, its polygons float64 arrays and its RLE run lengths uint32 arrays.
+
+    A parsed float is a 24-byte Python object and each list slot 8 more; the real COCO 2014 files
+    would take ~4 GB that way (docs/performance.md, "COCO annotation memory"). float64 holds every
+    parsed value exactly, so the painted masks are those of the parsed lists. Other objects (images,
+    categories, an annotation without a segmentation) are kept as they are, for the checks that follow.
+    """
+    if "image_id" not in obj or "segmentation" not in obj:
+        return obj
+    seg = obj["segmentation"]
+    if isinstance(seg, list) and all(isinstance(poly, list) for poly in seg):
+        with contextlib.suppress(TypeError, ValueError):  # not numbers: the painter's error names the image
+            seg = tuple(np.array(poly, dtype=np.float64) for poly in seg)
+    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            seg = {"counts": np.array(seg["counts"], dtype=np.uint32), "size": seg.get("size")}
+    return (obj.get("id"), obj["image_id"], obj.get("category_id"), obj.get("iscrowd", 0), seg)
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     try:
         with open(path) as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_hook=_compact_annotation)
     except FileNotFoundError:
         raise DataError(f"{path}: annotation file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -184,13 +210,37 @@ def coco_category_map(categories: list[dict[str, Any]]) -> dict[int, int]:
     return {cat: i + 1 for i, cat in enumerate(ids)}
 
 
+def _annotation_problem(ann: Any, images: dict[int, Any], cat_map: dict[int, int]) -> str | None:
+    """Why an entry of the annotations list cannot be painted (None if it can)."""
+    if not isinstance(ann, tuple):  # the object hook found no image_id or no segmentation
+        get = ann.get if isinstance(ann, dict) else {}.get
+        ann_id, image_id, category_id = get("id"), get("image_id", -1), get("category_id", -1)
+    else:
+        ann_id, image_id, category_id = ann[:3]
+    if _as_int(image_id) not in images:
+        return f"annotation {ann_id} points at missing image id {image_id}"
+    if _as_int(category_id) not in cat_map:
+        return f"annotation {ann_id} has unknown category {category_id}"
+    if not isinstance(ann, tuple):
+        return f"annotation {ann_id} has no segmentation"
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def coco_samples(
     raw: str | Path, skip_bad: bool = False, bad: list[dict[str, str]] | None = None
 ) -> dict[str, list[Sample]]:
     """Samples per split: COCO train2014 -> train, val2014 -> test, one per image in the json.
 
     An annotation pointing at a missing image id or an unknown category is an error (or, with
-    `skip_bad`, recorded in `bad` and dropped).
+    `skip_bad`, recorded in `bad` and dropped). Each sample holds its own annotations in compact form
+    (`_compact_annotation`), so the whole of COCO 2014 stays near 1 GB, not ~4 GB of Python floats.
     """
     raw = Path(raw)
     out: dict[str, list[Sample]] = {}
@@ -202,24 +252,20 @@ def coco_samples(
             raise DataError(f"{ann_path}: {len(cat_map)} categories, expected {NUM_CLASSES['coco']}")
         images = {int(im["id"]): im for im in data["images"]}
         per_image: dict[int, list[tuple[int, int, Any]]] = defaultdict(list)
-        for ann in data["annotations"]:
-            problem = None
-            if int(ann.get("image_id", -1)) not in images:
-                problem = f"annotation {ann.get('id')} points at missing image id {ann.get('image_id')}"
-            elif int(ann.get("category_id", -1)) not in cat_map:
-                problem = f"annotation {ann.get('id')} has unknown category {ann.get('category_id')}"
-            elif "segmentation" not in ann:
-                problem = f"annotation {ann.get('id')} has no segmentation"
+        annotations = data.pop("annotations")
+        for i, ann in enumerate(annotations):
+            annotations[i] = None  # each parsed annotation is freed once its compact copy is kept
+            problem = _annotation_problem(ann, images, cat_map)
             if problem:
                 if not skip_bad:
                     raise DataError(f"{ann_path}: {problem}")
                 if bad is not None:
                     bad.append({"split": split, "file": str(ann_path), "problem": problem})
                 continue
-            per_image[int(ann["image_id"])].append(
-                (cat_map[int(ann["category_id"])], int(ann.get("iscrowd", 0)), ann["segmentation"])
-            )
+            _, image_id, category_id, iscrowd, seg = ann
+            per_image[int(image_id)].append((cat_map[int(category_id)], int(iscrowd), seg))
         samples = []
+        mask = str(ann_path)
         for image_id, im in images.items():
             name = str(im["file_name"])
             samples.append(
@@ -227,14 +273,14 @@ def coco_samples(
                     key=Path(name).stem,
                     split=split,
                     image=str(raw / COCO_IMAGE_DIRS[split] / name),
-                    mask=str(ann_path),
+                    mask=mask,
                     kind="coco",
                     height=int(im["height"]),
                     width=int(im["width"]),
-                    anns=tuple(per_image.get(image_id, ())),
+                    anns=tuple(per_image.pop(image_id, ())),
                 )
             )
-        del data, images, per_image
+        del data, images, per_image, annotations
         out[split] = sorted(samples, key=lambda s: s.key)
     return out
 
@@ -323,9 +369,9 @@ def coco_label(
         for cid, iscrowd, seg in anns:
             if bool(iscrowd) != bool(crowd_pass):
                 continue
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if seg else None
-            elif isinstance(seg.get("counts"), list):  # uncompressed RLE (crowd)
+            if isinstance(seg, (list, tuple)):  # polygons: lists, or float64 arrays (coco_samples)
+                rle = mask_utils.merge(mask_utils.frPyObjects(list(seg), height, width)) if seg else None
+            elif isinstance(seg.get("counts"), (list, np.ndarray)):  # uncompressed RLE (crowd)
                 rle = mask_utils.frPyObjects(seg, height, width)
             else:
                 rle = seg
@@ -338,17 +384,28 @@ def coco_label(
     return label
 
 
-def validate_label(label: np.ndarray, num_classes: int, path: str | Path) -> None:
+def label_counts(label: np.ndarray | Image.Image) -> np.ndarray:
+    """Pixels per value 0..255 of a uint8 map: counted once per label map, for `validate_label`,
+    `label_stats` and `presence_stats`. PIL's histogram, ~2x faster than np.bincount on uint8."""
+    image = label if isinstance(label, Image.Image) else Image.fromarray(label, mode="L")
+    return np.array(image.histogram(), dtype=np.int64)
+
+
+def validate_label(
+    label: np.ndarray, num_classes: int, path: str | Path, counts: np.ndarray | None = None
+) -> None:
     """Values must be 0, 1..num_classes or 255; anything else means a wrong or foreign mask."""
-    values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    values = np.flatnonzero(label_counts(label) if counts is None else counts)
     bad = [int(v) for v in values if v > num_classes and v != IGNORE_INDEX]
     if bad:
         raise DataError(f"{path}: mask values {bad[:5]} are not classes (allowed 0..{num_classes}, 255)")
 
 
-def label_stats(label: np.ndarray) -> tuple[dict[int, int], dict[int, tuple[int, int, int, int]], int]:
+def label_stats(
+    label: np.ndarray, counts: np.ndarray | None = None
+) -> tuple[dict[int, int], dict[int, tuple[int, int, int, int]], int]:
     """Per-class area and bounding box (x0, y0, x1, y1; x1/y1 exclusive) and the ignore-pixel count."""
-    counts = np.bincount(label.ravel(), minlength=256)
+    counts = label_counts(label) if counts is None else counts
     areas, bboxes = {}, {}
     for cid in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1:
         m = label == cid
@@ -374,21 +431,43 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def encode_png(label: np.ndarray) -> bytes:
-    """A shard's label PNG: mode "L" with fixed settings, so the bytes depend on the label only
-    (the toy data's VOC-style palette PNG is pipeline.toy.encode_voc_png)."""
-    buf = io.BytesIO()
-    Image.fromarray(label, mode="L").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
+    """A shard's label PNG: 8-bit greyscale (PIL reads it as mode "L"), bytes that depend on the label
+    only (the toy data's VOC-style palette PNG is pipeline.toy.encode_voc_png).
+
+    Written with zlib directly: no row filter and zlib's run-length strategy (Z_RLE), which suit a
+    label map's long runs of one value. On VOC-sized maps this is ~2x faster than PIL's encoder at
+    level 6 (whose adaptive row filters break those runs) and the files are no larger
+    (docs/performance.md, "Shards stage: CPU per sample")."""
+    height, width = label.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter type 0 (None), then pixels
+    rows[:, 1:] = label
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = packer.compress(rows.tobytes()) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, greyscale, no interlace
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
-def presence_stats(label: np.ndarray, size: int | None) -> tuple[dict[int, int], int]:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """length, type, data, CRC-32 of type + data (the PNG specification's chunk layout)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def presence_stats(
+    label: np.ndarray, size: int | None, counts: np.ndarray | None = None
+) -> tuple[dict[int, int], int]:
     """Per-class pixels of `label` resized (PIL nearest) to size x size, and that map's pixel count;
     at the original size when `size` is None. Nearest resizing picks source pixels, so these counts
-    do not depend on any later per-value relabelling (void or novel -> 0 / 255)."""
+    do not depend on any later per-value relabelling (void or novel -> 0 / 255). `counts`: the
+    unresized label's `label_counts`, when already made."""
     if size is not None and label.shape != (size, size):
-        label = np.asarray(Image.fromarray(label, mode="L").resize((size, size), Image.NEAREST))
-    counts = np.bincount(label.ravel(), minlength=256)
-    return {int(c): int(counts[c]) for c in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1}, int(label.size)
+        resized = Image.fromarray(label, mode="L").resize((size, size), Image.NEAREST)
+        counts, pixels = label_counts(resized), size * size
+    else:
+        counts, pixels = (label_counts(label) if counts is None else counts), label.size
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts[1:IGNORE_INDEX]) + 1}, int(pixels)
 
 
 def make_label(sample: Sample, num_classes: int, coco_crowd: str = "ignore") -> np.ndarray:
@@ -417,9 +496,10 @@ def process(
             f"{sample.mask}: mask size {label.shape[1]}x{label.shape[0]} differs from image "
             f"{sample.image} size {width}x{height}"
         )
-    validate_label(label, num_classes, sample.mask)
-    areas, bboxes, ignore_px = label_stats(label)
-    presence, total = presence_stats(label, presence_size)
+    counts = label_counts(label)
+    validate_label(label, num_classes, sample.mask, counts)
+    areas, bboxes, ignore_px = label_stats(label, counts)
+    presence, total = presence_stats(label, presence_size, counts)
     presence = {c: presence.get(c, 0) for c in areas}
     return Labeled(
         sample.key,
@@ -433,6 +513,7 @@ def process(
         ignore_px,
         presence,
         total,
+        zlib.crc32(jpeg),
     )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -20,6 +22,7 @@ import os
 import shutil
 import sys
 import tarfile
+import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -29,7 +32,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 from pipeline.cli import run_stage
@@ -88,10 +90,42 @@ class HashingFile:
         return self.size
 
 
-def shard_writer(handle: BinaryIO) -> wds.TarWriter:
-    """webdataset's TarWriter with headers that depend on name and size only (mtime 0, root-less
-    owner, mode 644, raw bytes, no encoder): identical input gives identical shards."""
-    return wds.TarWriter(handle, encoder=False, user="", group="", mode=0o644, mtime=0)
+class ShardTarWriter:
+    """Samples into one WebDataset tar, as webdataset's `TarWriter(handle, encoder=False, user="",
+    group="", mode=0o644, mtime=0)` writes them, byte for byte: a member `<key>.<ext>` per entry in
+    sorted order, headers that depend on name and size only, so identical input gives identical shards.
+
+    Not webdataset's own class: importing webdataset imports torch (+0.7 GB RSS and 1.3 CPU-s in
+    every data stage, docs/performance.md), and its writer is this much `tarfile`.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        # closed by close() / __exit__; `.offset` is where the next sample's first header goes
+        self.tarstream = tarfile.open(fileobj=handle, mode="w|")  # noqa: SIM115
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Write `sample`'s entries (bytes; names starting with "_" are metadata and skipped)."""
+        key = sample["__key__"]
+        for ext in sorted(sample):
+            if ext.startswith("_"):
+                continue
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(sample[ext]), 0, 0o644, "", ""
+            self.tarstream.addfile(info, io.BytesIO(sample[ext]))
+
+    def close(self) -> None:
+        self.tarstream.close()
+
+    def __enter__(self) -> ShardTarWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shard_writer(handle: BinaryIO) -> ShardTarWriter:
+    """The shard writer over an open binary handle (`ShardTarWriter`)."""
+    return ShardTarWriter(handle)
 
 
 def sample_members(rec: Labeled) -> dict[str, Any]:
@@ -101,7 +135,29 @@ def sample_members(rec: Labeled) -> dict[str, Any]:
 
 
 def _label_chunk(args: list[tuple[Sample, int, int | None, str]]) -> list[Labeled | tuple[Sample, str]]:
-    return [process_or_error(a) for a in args]
+    """Pool task: labelled samples without their JPEG bytes, which the writer reads itself
+    (`_with_jpeg`): sending an image back through the pool's pipe costs more CPU than reading it."""
+    out = []
+    for a in args:
+        rec = process_or_error(a)
+        if isinstance(rec, Labeled):
+            rec.jpeg = b""
+        out.append(rec)
+    return out
+
+
+def _with_jpeg(rec: Labeled | tuple[Sample, str], sample: Sample) -> Labeled | tuple[Sample, str]:
+    """`rec` with its JPEG bytes read back from `sample.image`; the bytes must be those the worker checked."""
+    if isinstance(rec, tuple) or rec.jpeg:
+        return rec
+    try:
+        data = Path(sample.image).read_bytes()
+    except OSError as exc:
+        return sample, f"{sample.image}: image file became unreadable while the shards were written ({exc})"
+    if zlib.crc32(data) != rec.jpeg_crc32:
+        return sample, f"{sample.image}: image file changed while the shards were written"
+    rec.jpeg = data
+    return rec
 
 
 @contextlib.contextmanager
@@ -128,6 +184,10 @@ def labelling_pool(workers: int) -> Iterator[Executor | None]:
         yield None
         return
     context = get_context("spawn" if sys.platform == "darwin" else "fork")
+    # Forked workers share the parent's memory until either side writes to a page. The samples
+    # (all of COCO's annotations) are old objects: frozen, no garbage collection in a worker walks
+    # them, which would write to every object's header and copy ~all of it into each worker.
+    gc.freeze()
     # workers exit when this process dies without cleanup (SIGKILL, the OOM killer): pipeline.pool_workers
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
@@ -136,6 +196,7 @@ def labelling_pool(workers: int) -> Iterator[Executor | None]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
 
 
 def _labelled(
@@ -146,18 +207,26 @@ def _labelled(
     Tasks are submitted in a sliding window, so at most `_WINDOW` labelled images are ever held,
     whatever the dataset size; the pool's owner shuts it down (`labelling_pool`), never this generator.
     """
-    args = [(s, num_classes, presence_size, coco_crowd) for s in samples]
     if pool is None:
-        yield from map(process_or_error, args)
+        yield from (process_or_error((s, num_classes, presence_size, coco_crowd)) for s in samples)
         return
-    chunks = iter([args[i : i + _CHUNK] for i in range(0, len(args), _CHUNK)])
-    pending = deque(pool.submit(_label_chunk, c) for c in itertools.islice(chunks, max(1, _WINDOW // _CHUNK)))
+    # tasks are made as they are submitted: no per-sample object outlives its window
+    chunks = (
+        [(s, num_classes, presence_size, coco_crowd) for s in samples[i : i + _CHUNK]]
+        for i in range(0, len(samples), _CHUNK)
+    )
+
+    def submit(chunk: list[tuple[Sample, int, int | None, str]]) -> tuple[Any, list[Sample]]:
+        return pool.submit(_label_chunk, chunk), [a[0] for a in chunk]
+
+    pending = deque(submit(c) for c in itertools.islice(chunks, max(1, _WINDOW // _CHUNK)))
     while pending:
-        done = pending.popleft().result()
+        future, chunk_samples = pending.popleft()
+        done = future.result()
         following = next(chunks, None)
         if following is not None:
-            pending.append(pool.submit(_label_chunk, following))
-        yield from done
+            pending.append(submit(following))
+        yield from map(_with_jpeg, done, chunk_samples)
 
 
 def write_split(

@@ -67,6 +67,12 @@ def test_protocol_presets_follow_the_release_under_denet():
     )
 
 
+def test_data_workers_auto_is_every_usable_cpu(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert load_params(REPO_PARAMS).data.workers == 3
+    assert load_params(REPO_PARAMS, {"data.workers": 1}).data.workers == 1
+
+
 def test_explicit_value_beats_preset():
     p = load_params(REPO_PARAMS, {"source": "official", "train.steps": 10, "protocol": "standard"})
     assert p.train.steps == 10 and p.data.min_pixels == 2048
@@ -121,6 +127,7 @@ def test_unknown_key_is_one_line_naming_it(tmp_path):
         ({"train": {"val_every": 0}}, r"train.val_every must be >= 1"),
         ({"paths": 3}, r"paths must be a mapping"),
         ({"train": {"compile": True}}, r"train.compile = True is not one of auto \| none \| default"),
+        ({"data": {"workers": "many"}}, r"data.workers = 'many' must be a number \(or auto\)"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, data, match):

@@ -28,8 +28,11 @@ from pipeline.masks import (
     coco_category_map,
     coco_label,
     coco_samples,
+    encode_png,
+    label_counts,
     pascal_image_sets,
     pascal_samples,
+    presence_stats,
     process,
 )
 from pipeline.shards import build_shards, read_shard_with_offsets
@@ -114,6 +117,53 @@ def test_coco_masks_match_ann_to_mask(coco_raw, tmp_path, crowd):
             label = seen[Path(info["file_name"]).stem][0]
             np.testing.assert_array_equal(label, expected)
             assert (label == 255).any() == (crowd == "ignore") and 0 < label[label < 255].max() <= 80
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (375, 500), (640, 427)])
+def test_label_png_reads_back_exactly_and_its_counts_match_bincount(shape):
+    rng = np.random.default_rng(shape)
+    label = rng.choice(np.array([0, 1, 7, 20, 80, 255], dtype=np.uint8), size=shape)
+    label[: shape[0] // 2] = 3  # runs, as label maps hold, and noise
+    png = encode_png(label)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), label)
+    assert encode_png(label.copy()) == png  # bytes depend on the label only
+    np.testing.assert_array_equal(label_counts(label), np.bincount(label.ravel(), minlength=256))
+    resized = np.asarray(Image.fromarray(label).resize((161, 161), Image.NEAREST))
+    counts = np.bincount(resized.ravel(), minlength=256)
+    expected = {c: int(counts[c]) for c in range(1, 255) if counts[c]}
+    assert presence_stats(label, 161) == (expected, 161 * 161)
+
+
+def test_coco_annotations_are_held_as_float64_arrays_equal_to_the_parsed_json(coco_raw):
+    ann_file = coco_raw / "annotations" / "instances_val2014.json"
+    data = json.loads(ann_file.read_text())
+    # two decimals, as in COCO's files: float32 would change them
+    data["annotations"][0]["segmentation"] = [[2.37, 2.11, 30.93, 2.05, 30.41, 25.67, 2.29, 25.83]]
+    ann_file.write_text(json.dumps(data))
+    samples = coco_samples(coco_raw)
+    parsed = json.loads(ann_file.read_text())
+    by_image: dict[int, list] = {}
+    for ann in parsed["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["segmentation"])
+    names = {Path(im["file_name"]).stem: im["id"] for im in parsed["images"]}
+    polygons = crowds = 0
+    for sample in samples["test"]:
+        segs = [seg for _, _, seg in sample.anns]
+        assert len(segs) == len(by_image.get(names[sample.key], []))
+        for held, original in zip(segs, by_image.get(names[sample.key], []), strict=True):
+            if isinstance(original, list):
+                assert all(isinstance(p, np.ndarray) and p.dtype == np.float64 for p in held)
+                assert [p.tolist() for p in held] == original  # every parsed value, exactly
+                polygons += 1
+            elif isinstance(original["counts"], list):  # uncompressed RLE (crowd)
+                assert isinstance(held["counts"], np.ndarray) and held["counts"].dtype == np.uint32
+                assert held["counts"].tolist() == original["counts"]
+                crowds += 1
+            else:
+                assert held == original  # compressed RLE: a string already
+    assert polygons > 0 and crowds > 0
 
 
 def test_coco_overlap_and_crowd_rules():

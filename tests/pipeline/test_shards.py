@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +25,10 @@ from pipeline.shards import (
     plan_shards,
     query_index,
     read_shard_with_offsets,
+    shard_writer,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +54,27 @@ def test_rerun_is_byte_identical_across_worker_counts(pascal_raw, tmp_path, monk
         infos = tar.getmembers()
     assert all((i.mtime, i.uid, i.gid, i.uname, i.gname, i.mode) == (0, 0, 0, "", "", 0o644) for i in infos)
     assert [i.name.split(".", 1)[1] for i in infos[:3]] == ["jpg", "json", "label.png"]
+
+
+def test_shard_writer_writes_webdataset_tarwriters_bytes_without_importing_torch():
+    samples = [
+        {"__key__": "2007_000001", "jpg": b"\xff\xd8" * 700, "json": b"{}", "label.png": b"png"},
+        {"__key__": "COCO_val2014_000000042", "label.png": b"", "jpg": bytes(range(256)) * 3, "json": b""},
+    ]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    offsets = []
+    with shard_writer(ours) as writer:
+        for sample in samples:
+            offsets.append(writer.tarstream.offset)
+            writer.write(sample)
+    with wds.TarWriter(theirs, encoder=False, user="", group="", mode=0o644, mtime=0) as writer:
+        for sample in samples:
+            writer.write(sample)
+    assert ours.getvalue() == theirs.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tar:
+        assert [m.offset for m in tar.getmembers()][::3] == offsets
+    code = "import sys, pipeline.shards; sys.exit('torch' in sys.modules or 'webdataset' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_manifest_checksums_come_from_the_writing_pass_and_stock_webdataset_reads_the_shards(
@@ -152,3 +179,20 @@ def test_interrupted_split_leaves_nothing_that_looks_complete(pascal_raw, tmp_pa
     # the failed rebuild published nothing: the previous complete build is untouched, no temp is left
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+
+
+def test_pool_workers_send_no_jpeg_and_the_writer_refuses_a_jpeg_changed_meanwhile(pascal_raw):
+    from pipeline.masks import pascal_samples
+    from pipeline.shards import _label_chunk, _with_jpeg
+
+    sample = pascal_samples(pascal_raw, "denet")["train"][0]
+    (rec,) = _label_chunk([(sample, 20, None, "ignore")])
+    assert rec.jpeg == b""  # the image's bytes never go through the pool's pipe
+    original = Path(sample.image).read_bytes()
+    assert _with_jpeg(rec, sample).jpeg == original
+    (rec,) = _label_chunk([(sample, 20, None, "ignore")])
+    Path(sample.image).write_bytes(original + b"\x00")  # another file than the one the worker checked
+    assert _with_jpeg(rec, sample) == (
+        sample,
+        f"{sample.image}: image file changed while the shards were written",
+    )

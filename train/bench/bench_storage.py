@@ -77,34 +77,59 @@ def s3_server(shards: Path) -> Iterator[str]:
             os.environ.update(saved)
 
 
-def _rate(batches: Iterator[dict[str, Any]], seconds: float, warmup: int = 2) -> float:
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its live child processes (the servers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.times()
+    kids = 0.0
+    for task in os.listdir("/proc/self/task"):
+        for pid in Path(f"/proc/self/task/{task}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                kids += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return me.user + me.system, kids
+
+
+def _rate(batches: Iterator[dict[str, Any]], seconds: float, warmup: int = 2) -> tuple[float, float, float]:
+    """(episodes/s, client CPU-ms and server CPU-ms per episode) over `seconds` after `warmup` batches."""
     for _ in range(warmup):
         next(batches)
-    t0, n = time.perf_counter(), 0
+    (c0, s0), t0, n = _cpu_s(), time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         n += len(next(batches)["query_id"])
-    return n / (time.perf_counter() - t0)
+    (c1, s1), wall = _cpu_s(), time.perf_counter() - t0
+    return n / wall, (c1 - c0) * 1e3 / n, (s1 - s0) * 1e3 / n
 
 
-def measure(shards: str, folds: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """(training, evaluation) episodes/s of one process reading `shards` (a dataset folder or URL)."""
+def measure(shards: str, folds: Path, args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
+    """Training, evaluation (first pass) and evaluation again (second pass over the same episodes) of
+    one process reading `shards` (a dataset folder or URL): `_rate`'s triple each."""
     base, novel = read_fold(str(folds), 0)
     pairs = read_pairs((folds / "fold0" / "train.txt").read_text())
     stream = EpisodeStream(
         f"{shards}/train", pairs, base, novel, batch_size=8, image_size=args.size, pool_size=32,
         episodes_per_epoch=10**9, resampled=True,
     )  # fmt: skip
-    train = _rate(iter(stream), args.seconds)
-    manifest = build_manifest(shards, str(folds), "pascal", 0, 1, 1, "denet", 0, 1000)
+    out = {"training": _rate(iter(stream), args.seconds)}
+    manifest = build_manifest(shards, str(folds), "pascal", 0, 1, 1, "denet", 0, args.eval_episodes)
     episodes = EvalEpisodes(manifest, f"{shards}/test", args.size, "denet")
-    loader = DataLoader(episodes, batch_size=8, num_workers=0, collate_fn=collate_eval)
-    return train, _rate(iter(loader), args.seconds)
+    for name in ("evaluation, 1st pass", "evaluation, 2nd pass"):  # one reader: a cache would serve pass 2
+        loader = DataLoader(episodes, batch_size=8, num_workers=0, collate_fn=collate_eval)
+        n = len(episodes)
+        batches = iter(loader)
+        (c0, s0), t0 = _cpu_s(), time.perf_counter()
+        for _ in batches:
+            pass
+        (c1, s1), wall = _cpu_s(), time.perf_counter() - t0
+        out[name] = (n / wall, (c1 - c0) * 1e3 / n, (s1 - s0) * 1e3 / n)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=321)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--eval-episodes", type=int, default=300, help="episodes per evaluation pass")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(TESTS))  # the tests' moto helper: one way to start a local S3
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         with s3_server(shards) as s3_url:
             rows["S3 (moto, own process)"] = measure(s3_url, folds, args)
     print(f"\none process, workers=0, size {args.size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    print(f"{'':24s} {'training':>10s} {'evaluation':>11s}   episodes/s (ratio to local)")
+    print("episodes/s (ratio to local); CPU-ms per episode in the loader process / in the server process")
     local = rows["local tars"]
-    for name, (tr, ev) in rows.items():
-        print(f"{name:24s} {tr:10.1f} {ev:11.1f}   ({tr / local[0]:.2f}, {ev / local[1]:.2f})")
+    for name, row in rows.items():
+        for what, (rate, client, server) in row.items():
+            ratio = rate / local[what][0]
+            print(f"{name:24s} {what:22s} {rate:8.1f} ({ratio:.2f})   {client:6.1f} / {server:6.1f}")
 
 
 if __name__ == "__main__":

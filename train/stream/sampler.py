@@ -173,11 +173,12 @@ class EpisodeDecoder:
             for k in keys:
                 si, sl = self.transform(*sample(k), rng)
                 s_imgs.append(si)
-                s_masks.append(mask_lut[sl])
+                s_masks.append(np.take(mask_lut, sl))
         return {
             "query_img": img,
-            "query_label": episode_label(self.binary_lut, episode.class_ids)[label],
-            "query_full_label": self.full_lut[label],
+            # np.take: the same lookup as lut[label] at about half the cost (no intp index copy)
+            "query_label": np.take(episode_label(self.binary_lut, episode.class_ids), label),
+            "query_full_label": np.take(self.full_lut, label),
             "support_imgs": np.stack(s_imgs),
             "support_masks": np.stack(s_masks),
             "class_ids": episode.class_ids,
@@ -198,14 +199,14 @@ class EpisodeDecoder:
                 s_jpg, s_png = sample(k)
                 sl, sflip = self.transform.label_only(s_png, rng)
                 s_jpgs.append(s_jpg)
-                s_masks.append(mask_lut[sl])
+                s_masks.append(np.take(mask_lut, sl))
                 flips.append(sflip)
         return {
             "query_jpeg": jpg,
             "support_jpegs": s_jpgs,
             "img_flips": flips,
-            "query_label": episode_label(self.binary_lut, episode.class_ids)[label],
-            "query_full_label": self.full_lut[label],
+            "query_label": np.take(episode_label(self.binary_lut, episode.class_ids), label),
+            "query_full_label": np.take(self.full_lut, label),
             "support_masks": np.stack(s_masks),
             "class_ids": episode.class_ids,
             "query_id": episode.query,
