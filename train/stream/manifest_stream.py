@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from train.stream.by_key import SampleReader
+from train.stream.manifests import ManifestError
 from train.stream.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
 
 
@@ -53,7 +54,7 @@ class ManifestEpisodes(IterableDataset):
             for ep in manifest["episodes"]
         ]
         if not self.episodes:
-            raise ValueError("the training-episode manifest is empty")
+            raise ManifestError("the training-episode manifest is empty")
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url)
         self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
