@@ -53,7 +53,8 @@ import torchvision.models as tvm
 from torch import Tensor
 from torchvision.models import WeightsEnum
 
-from fss_model.registry import Registry
+from fss_model.registry import ModelArgumentError, Registry
+from pipeline.errors import UserError
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
@@ -104,7 +105,9 @@ class Backbone(nn.Module):
         self.out_layers = tuple(out_layers or self.default_out)
         unknown = [n for n in self.out_layers if n not in self.channels]
         if unknown:
-            raise ValueError(f"{type(self).__name__} has no layer {unknown}; known: {list(self.channels)}")
+            raise ModelArgumentError(
+                f"{type(self).__name__} has no layer {unknown}; known: {list(self.channels)}"
+            )
         self.frozen = frozen
         self.freeze_bn = freeze_bn
         self._plan: list[tuple[str | None, nn.Module]] = []
@@ -410,12 +413,12 @@ def small(**kw: Any) -> Backbone:
 def imagenet_cache_path(backbone: Backbone) -> str:
     """Where torchvision's ImageNet file for this backbone must be: <torch hub dir>/checkpoints/<file>."""
     if backbone.imagenet_weights is None:
-        raise ValueError(f"backbone {backbone.name} has no ImageNet weights; use 'none' or a file path")
+        raise WeightsError(f"backbone {backbone.name} has no ImageNet weights; use 'none' or a file path")
     filename = os.path.basename(backbone.imagenet_weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weights file that cannot be loaded into the backbone; the message names the file and why."""
 
 

@@ -92,11 +92,11 @@ class CANet(EmbeddingPairModel):
 
 
 # Official: DENet's re-implementation (config/train_config_can.template) on a frozen ResNet-50.
-# Toy: width 128 (at the released 256, ~1.0 s per step on 2 cores; at 128, 0.43 s) and lr 0.05: a deep
-# head without normalisation on a random-init backbone stays at all-background at lr 0.01 (validation
-# mIoU 0.0 at steps 50 and 100, foreground-minus-background logit -1.81 on foreground vs -1.87 on
-# background pixels at step 100); at 0.05 the two separate (-1.0 vs -3.2 at step 100; fold 0,
-# validation draw, never the test episodes).
+# Toy: width 128 (at the released 256, ~1.0 s per step on 2 cores; at 128, 0.43 s) and lr 0.05: a
+# deep head without normalisation on a random-init backbone stays at all-background at lr 0.01
+# (validation mIoU 0.0 at steps 50 and 100, foreground-minus-background logit -1.81 on foreground vs
+# -1.87 on background pixels at step 100; dropout 0 did not change it); at 0.05 the two separate
+# (-1.0 vs -3.2 at step 100; fold 0, validation draw, never the test episodes).
 @register_model(
     "canet",
     official=DENET_TEMPLATE,

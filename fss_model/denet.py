@@ -190,8 +190,9 @@ class DENet(nn.Module):
 
 
 # The release (config/train_config_denet.template) on a frozen ImageNet ResNet-50; its paper trains
-# 200k steps on COCO. Toy: the neck at width 128 learns the toy task as well as at 256 (53.6 vs
-# 53.4 novel mIoU, fold 0, 600 steps) in about half the step time on 2 cores.
+# 200k steps on COCO (the baselines' templates keep 150k). Toy: the neck at width 128 learns the toy
+# task as well as at 256 (53.6 vs 53.4 novel mIoU, fold 0, 600 steps) in about half the step time on
+# 2 cores.
 @register_model(
     "denet",
     official=DENET_TEMPLATE.replace(steps_by_dataset={"coco": 200_000}),

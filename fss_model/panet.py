@@ -146,7 +146,11 @@ class PANet(nn.Module):
 @register_model(
     "panet",
     official=Recipe(
-        lr=1e-3, steps=30_000, batch_size=1, lr_milestones=(10_000, 20_000), backbone="vgg16_panet",
+        lr=1e-3,
+        steps=30_000,
+        batch_size=1,
+        lr_milestones=(10_000, 20_000),
+        backbone="vgg16_panet",
         backbone_frozen=False,
     ),
     toy=TOY,

@@ -36,8 +36,14 @@ from typing import Any, Generic, TypeVar, overload
 import torch.nn as nn
 
 from fss_model.recipe import Recipe, Recipes
+from pipeline.errors import UserError
 
 T = TypeVar("T")
+
+
+class ModelArgumentError(UserError, ValueError):
+    """An unknown model or backbone name, or constructor arguments that do not fit; one line."""
+
 
 # The largest integer a constructor argument may take. The registered methods' widths are at most 2048
 # channels (ResNet layer4), class counts 81 (COCO) and iteration counts single digits; a 200000-wide
@@ -80,7 +86,9 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry[T]:
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}")
+            raise ModelArgumentError(
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}"
+            )
         return self._entries[name]
 
     def build(self, name: str, **kwargs: Any) -> T:
@@ -137,15 +145,15 @@ def _ints(value: Any) -> list[int]:
 
 
 def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    """ValueError (one line) before building when `kwargs` do not fit `fn`'s constructor: an unknown
-    name, a value whose type differs from the default's, a negative value (or 0) where the default is
-    a count, or an integer beyond MAX_INT_ARGUMENT."""
+    """ModelArgumentError (one line) before building when `kwargs` do not fit `fn`'s constructor: an
+    unknown name, a value whose type differs from the default's, a negative value (or 0) where the
+    default is a count, or an integer beyond MAX_INT_ARGUMENT."""
     params = constructor_parameters(fn)
     if params is not None:
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             known = ", ".join(sorted(params))
-            raise ValueError(f"{what} has no argument {unknown[0]!r} (its arguments: {known})")
+            raise ModelArgumentError(f"{what} has no argument {unknown[0]!r} (its arguments: {known})")
         for key, value in kwargs.items():
             default = params[key].default
             if default is inspect.Parameter.empty or default is None or value is None:
@@ -157,15 +165,15 @@ def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]
                 continue
             if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
                 got, kind = type(value).__name__, type(default).__name__
-                raise ValueError(f"{what}: argument {key}={value!r} is a {got}, not a {kind}")
+                raise ModelArgumentError(f"{what}: argument {key}={value!r} is a {got}, not a {kind}")
             # a size or count (a positive default) is positive; a rate or weight (>= 0) is not negative
             if isinstance(default, (int, float)) and not isinstance(default, bool) and default >= 0:
                 least = 1 if isinstance(default, int) and default > 0 else 0
                 if value < least:
-                    raise ValueError(f"{what}: argument {key}={value!r} must be >= {least}")
+                    raise ModelArgumentError(f"{what}: argument {key}={value!r} must be >= {least}")
     for key, value in kwargs.items():
         if any(abs(v) > MAX_INT_ARGUMENT for v in _ints(value)):
-            raise ValueError(
+            raise ModelArgumentError(
                 f"{what}: argument {key}={value!r} is beyond {MAX_INT_ARGUMENT} "
                 "(fss_model.registry.MAX_INT_ARGUMENT): refused before building"
             )

@@ -111,7 +111,12 @@ class SGOne(PairwiseFewShot):
 @register_model(
     "sgone",
     official=Recipe(
-        lr=1e-5, steps=100_000, momentum=0.99, batch_size=1, backbone="vgg16_sgone", backbone_frozen=False,
+        lr=1e-5,
+        steps=100_000,
+        momentum=0.99,
+        batch_size=1,
+        backbone="vgg16_sgone",
+        backbone_frozen=False,
         lr_multipliers={"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0},
     ),
     toy=TOY,

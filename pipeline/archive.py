@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from pipeline.errors import UserError
 from pipeline.io import remove_stale_temps, temp_dir, write_json
 
 MARKER_DIR = ".extracted"  # <dest>/.extracted/<archive name>.json records what was published
@@ -46,11 +47,11 @@ _MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one path (
 _COMPARE_CHUNK = 1 << 20
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """An archive member would land outside the target, expand implausibly, or clash with other data."""
 
 
-class ExistingDataError(ValueError):
+class ExistingDataError(UserError, ValueError):
     """A folder or file the toolkit did not create differs from what it would write; nothing was changed."""
 
 

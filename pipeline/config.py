@@ -25,13 +25,14 @@ from urllib.parse import urlparse
 
 import yaml
 
+from pipeline.errors import UserError
 from pipeline.protocol import PROTOCOLS, protocol_rules
 
 AUTO = "auto"
 PARAMS_FILE = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params.yaml problem; the message is one line that names the key."""
 
 
@@ -224,6 +225,24 @@ MODEL_KEYS: tuple[str, ...] = (
     "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs",
 )  # fmt: skip
 NUM_CLASSES = {"pascal": 20, "coco": 80}
+
+
+# The data outputs' layout, as dvc.yaml writes it (tests/pipeline/test_config.py renders dvc.yaml and
+# checks that both agree): keyed by source/dataset/protocol, manifests also by fold/way/shot.
+def shards_dir(p: Params) -> Path:
+    """`${paths.shards}/${source}/${dataset}/${protocol}`: the shards stage's output."""
+    return Path(p.paths.shards, p.source, p.dataset, p.protocol)
+
+
+def folds_dir(p: Params) -> Path:
+    """`${paths.folds}/${source}/${dataset}/${protocol}`: the folds stage's output."""
+    return Path(p.paths.folds, p.source, p.dataset, p.protocol)
+
+
+def episodes_dir(p: Params) -> Path:
+    """`${paths.episodes}/${source}/${dataset}/${protocol}/fold${fold}_${way}way_${shot}shot`: the
+    episodes stage's output, one `seed<k>.json` per test seed."""
+    return Path(p.paths.episodes, p.source, p.dataset, p.protocol, f"fold{p.fold}_{p.way}way_{p.shot}shot")
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

@@ -23,6 +23,7 @@ import urllib3
 from tqdm import tqdm
 
 from pipeline.archive import ExistingDataError, extract, is_extracted, read_marker, record_placed
+from pipeline.errors import UserError
 from pipeline.io import atomic_write, remove_stale_temps, write_json
 from pipeline.netread import NetLimits, RateMeter, ReadTooSlow, iter_body
 from pipeline.sources import Source, sources_for
@@ -35,7 +36,7 @@ VERIFIED_SUFFIX = ".verified.json"  # sidecar: a file already hashed is not hash
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed for good (bad status, retries exhausted, bad mirror)."""
 
 

@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data, dataset, fold = args.data, args.dataset, args.fold
         if data is None or dataset is None or fold is None:
-            from pipeline.config import load_params
+            from dataclasses import replace
+
+            from pipeline.config import folds_dir, load_params
 
             p = load_params(args.params)
             dataset = dataset or p.dataset
             fold = p.fold if fold is None else fold
-            data = data or Path(p.paths.folds, p.source, dataset, p.protocol)
+            data = data or folds_dir(replace(p, dataset=dataset))
         lines = read_pairs(data, dataset, fold, args.split)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lists: {exc}", file=sys.stderr)

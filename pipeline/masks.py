@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import NUM_CLASSES
+from pipeline.errors import UserError
 from pipeline.protocol import protocol_rules
 from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 
@@ -51,7 +52,7 @@ COCO_ANNOTATIONS = {
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad raw file: the message names the file and the problem."""
 
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.shard_format import IGNORE_INDEX
 
 L = TypeVar("L")  # a label map: numpy array or torch tensor
@@ -107,9 +108,13 @@ def void_as_background(label: L) -> L:
     return out  # type: ignore[return-value]
 
 
+class ProtocolError(UserError, ValueError):
+    """A protocol name (from params, a manifest or a checkpoint) that is not in PROTOCOLS."""
+
+
 def protocol_rules(name: str) -> Protocol:
-    """The protocol called `name`; ValueError naming the known ones."""
+    """The protocol called `name`; ProtocolError naming the known ones."""
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"protocol {name!r} is not {' | '.join(PROTOCOLS)}") from None
+        raise ProtocolError(f"protocol {name!r} is not {' | '.join(PROTOCOLS)}") from None

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from pipeline.errors import UserError
+
 # Void in every label map the shards hold: VOC's border band, COCO crowd under data.coco_crowd=ignore.
 # Losses and metrics ignore it (or count it as background where the protocol says so).
 IGNORE_INDEX = 255
@@ -35,7 +37,7 @@ MAX_MEMBER_BYTES = 64 << 20
 MAX_IMAGE_PIXELS = 6000 * 6000
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard or shards folder is missing, incomplete, truncated, corrupt or unsafe; the message names it."""
 
 

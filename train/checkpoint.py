@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
 from pipeline.io import atomic_write
 
 FORMAT = "fss-checkpoint"
@@ -18,7 +19,7 @@ VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model_name", "model_kwargs", "model", "step")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
@@ -135,7 +136,10 @@ def build_model_from_checkpoint(
     import fss_model
 
     ckpt = load_checkpoint(path, map_location)
-    model = fss_model.build_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    try:
+        model = fss_model.build_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    except (TypeError, ValueError) as exc:  # a constructor's own checks of its arguments
+        raise CheckpointError(f"{path}: its model {ckpt['model_name']} cannot be built: {exc}") from exc
     load_model_state(model, ckpt, path)
     return model, ckpt
 

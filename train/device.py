@@ -3,10 +3,12 @@ is loaded anyway (`train.params.resolve_machine` for the printed params, `train.
 
 from __future__ import annotations
 
+from pipeline.errors import UserError
+
 AUTO = "auto"
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """`train.device` names a device this machine does not have; the message says what it has."""
 
 

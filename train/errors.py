@@ -1,5 +1,6 @@
-"""Errors a user can fix (data, files, params, devices, weights): `train`, `evaluate` and `infer` print
-them as one line and exit 2; anything else is a bug and keeps its traceback."""
+"""Errors a user can fix (data, files, params, devices, weights, inputs): `train`, `evaluate` and `infer`
+print them as one line and exit 2; anything else (a plain ValueError included) is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -7,22 +8,12 @@ import sys
 
 from PIL import Image
 
-from fss_model.backbones import WeightsError
-from pipeline.config import ConfigError
-from train.checkpoint import CheckpointError
-from train.stream.shard_io import ShardError
+from pipeline.errors import UserError
 
-# ValueError covers ConfigError, DeviceError and bad model_kwargs; OSError covers missing files, full
-# disks and PIL's unreadable images; DecompressionBombError is PIL's refusal of a huge image.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    CheckpointError,
-    ShardError,
-    WeightsError,
-    ValueError,
-    OSError,
-    Image.DecompressionBombError,
-)
+# UserError: ConfigError, ShardError, CheckpointError, WeightsError, DeviceError, ModelArgumentError,
+# ManifestError, InputError, ...; OSError covers missing files, full disks and PIL's unreadable images;
+# DecompressionBombError is PIL's refusal of a huge image.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, Image.DecompressionBombError)
 
 
 def one_line(exc: BaseException) -> str:

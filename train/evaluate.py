@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from fss_model import model_entry
 from pipeline.classes import class_names
-from pipeline.config import ConfigError, Params
+from pipeline.config import ConfigError, Params, episodes_dir, folds_dir, shards_dir
 from pipeline.io import write_json
 from pipeline.protocol import protocol_rules
 from train import distributed
@@ -40,6 +40,7 @@ from train.params import load_params
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
 from train.stream import remote_reads, shards_location
+from train.stream.manifests import ManifestError
 from train.stream.shard_io import join_url
 from train.trivial import TRIVIAL
 
@@ -139,7 +140,7 @@ def evaluate_model(
         if math.isnan(ious[0]):
             # every episode's query was drawn for its first class: without it the scores would lack the
             # episode (and an evaluation without any scored class would report NaN)
-            raise ValueError(
+            raise ManifestError(
                 f"episode {count} (query {batch['query_id'][j]}, classes {class_ids}): the query's label "
                 f"holds no pixel of class {class_ids[0]}, the class it was drawn for; the test shards and "
                 "the episode manifest do not belong together (rebuild the episodes from these shards)"
@@ -152,7 +153,7 @@ def evaluate_model(
         count += 1
     distributed.all_reduce_metric(metric)
     if not metric.count:
-        raise ValueError("no episode was scored: the episode manifest is empty")
+        raise ManifestError("no episode was scored: the episode manifest is empty")
     result = metric.compute()
     offset, merged = 0, []
     for n, part in distributed.all_gather_object((count, records)):
@@ -384,7 +385,7 @@ def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -
 def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> list[Path]:
     """`given` (a manifest, or a folder of seed<k>.json) or the setting's manifests for `evaluate.seeds`
     under paths.episodes, drawn first where missing."""
-    from train.stream.manifests import manifest_dir, manifest_file, manifest_files
+    from train.stream.manifests import manifest_file, manifest_files
 
     if given is not None:
         path = Path(given)
@@ -392,7 +393,7 @@ def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> lis
         if not files:
             raise ConfigError(f"{path}: no manifest there (a seed<k>.json file or a folder of them)")
         return files
-    folder = manifest_dir(p.paths.episodes, p.source, p.dataset, p.protocol, p.fold, p.way, p.shot)
+    folder = episodes_dir(p)
     for seed in p.evaluate.seeds:
         if not manifest_file(folder, seed).exists():
             _draw_manifest(p, shards, folds, seed, manifest_file(folder, seed))
@@ -409,8 +410,8 @@ def _plan(args: argparse.Namespace) -> tuple[list[tuple[Params, Path, list[Path]
     plans = []
     for i, checkpoint in enumerate(map(Path, args.checkpoint)):
         p = resolve_params(args.params, load_checkpoint(checkpoint), flags)
-        shards = shards_location(p, args.shards or Path(p.paths.shards, p.source, p.dataset, p.protocol))
-        folds = Path(args.folds or Path(p.paths.folds, p.source, p.dataset, p.protocol))
+        shards = shards_location(p, args.shards or shards_dir(p))
+        folds = Path(args.folds or folds_dir(p))
         manifests = manifests_for(p, args.manifest[i] if args.manifest else None, shards, folds)
         plans.append((p, checkpoint, manifests, shards))
     first = plans[0][0]

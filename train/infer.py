@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from pipeline.classes import class_name
+from pipeline.errors import UserError
 from pipeline.masks import voc_palette
 from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 from train.checkpoint import build_model_from_checkpoint
@@ -39,6 +40,12 @@ from train.metrics import FewShotIoU, score_episode
 from train.params import load_params
 
 log = logging.getLogger(__name__)
+
+
+class InputError(UserError, ValueError):
+    """A user's image or mask that cannot serve as an episode; the message names the file."""
+
+
 WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)
 GT_OUTLINE = np.array([255, 230, 0], dtype=np.float32)  # ground truth drawn over the prediction
 IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.float32)
@@ -403,15 +410,15 @@ def first_manifest(path: Path, manifest_files: Any) -> Path:
 
 
 def open_user_image(path: Path) -> Image.Image:
-    """A user's image file, refused (ValueError naming it) beyond MAX_IMAGE_PIXELS before decoding."""
+    """A user's image file, refused (InputError naming it) beyond MAX_IMAGE_PIXELS before decoding."""
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:  # PIL's own bound, met before ours: name the file too
-        raise ValueError(f"{path}: image is too large to decode ({exc})") from exc
+        raise InputError(f"{path}: image is too large to decode ({exc})") from exc
     problem = image_size_problem(*img.size)
     if problem:
         img.close()
-        raise ValueError(f"{path}: {problem}")
+        raise InputError(f"{path}: {problem}")
     return img
 
 
@@ -420,7 +427,7 @@ def read_user_mask(path: Path, image: Path) -> np.ndarray:
 
     A cut-out PNG (an alpha channel that is not fully opaque) is read by its alpha: opaque = object.
     Any other mask: pixels > 0 are the object. A mask whose size differs from its image is resized
-    (nearest) with a warning; a mask without any object pixel is refused (ValueError).
+    (nearest) with a warning; a mask without any object pixel is refused (InputError).
     """
     with open_user_image(image) as im:
         size = im.size
@@ -431,7 +438,7 @@ def read_user_mask(path: Path, image: Path) -> np.ndarray:
         obj = (a > 127) if cutout else (np.asarray(m.convert("L")) > 0)
     if not obj.any():
         kind = "its alpha channel is fully transparent" if cutout else "all its pixels are 0"
-        raise ValueError(f"mask {path} marks no object ({kind}): give a mask whose object pixels are > 0")
+        raise InputError(f"mask {path} marks no object ({kind}): give a mask whose object pixels are > 0")
     mask = obj.astype(np.uint8)
     if (mask.shape[1], mask.shape[0]) != size:
         log.warning(
@@ -455,7 +462,7 @@ def load_user_episode(
     def mask(path: Path, image: Path) -> torch.Tensor:
         m = np.asarray(Image.fromarray(read_user_mask(path, image)).resize((size, size), Image.NEAREST))
         if not m.any():
-            raise ValueError(f"the object of mask {path} is too small: it vanishes at {size}x{size} px")
+            raise InputError(f"the object of mask {path} is too small: it vanishes at {size}x{size} px")
         return torch.from_numpy(m.copy())
 
     q = image(query)
@@ -483,7 +490,7 @@ def infer_user_images(
     from train.stream.normalize import normalize
 
     if len(supports) != len(masks) or not supports:
-        raise ValueError("give one --mask per --support (and at least one)")
+        raise InputError("give one --mask per --support (and at least one)")
     device = resolve_device(device)
     model, ckpt = build_model_from_checkpoint(checkpoint)
     model.to(device).eval()

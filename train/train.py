@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import Params
+from pipeline.config import ConfigError, Params
 from pipeline.io import write_json
 from train import distributed
 from train.checkpoint import (
@@ -151,7 +151,7 @@ def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...
         by_factor.setdefault(factor, []).append(param)
     unused = [g for g, _ in multipliers if g not in used]
     if unused:
-        raise ValueError(f"train.lr_multipliers: {unused} match no trainable parameter of the model")
+        raise ConfigError(f"params: train.lr_multipliers: {unused} match no trainable parameter of the model")
     return [{"params": ps, "lr_factor": f} for f, ps in by_factor.items() if ps]
 
 
@@ -169,7 +169,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # torch's defaults otherwise (alpha 0.99, eps 1e-8), as AMP's release
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"train.optimizer = {cfg.optimizer!r} is not one of sgd | rmsprop")
+    raise ConfigError(f"params: train.optimizer = {cfg.optimizer!r} is not one of sgd | rmsprop")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

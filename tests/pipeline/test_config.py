@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import MODEL_KEYS, ConfigError, Params, load_params, resolve
+from pipeline.config import (
+    MODEL_KEYS,
+    ConfigError,
+    Params,
+    episodes_dir,
+    folds_dir,
+    load_params,
+    resolve,
+    shards_dir,
+)
 from pipeline.protocol import PROTOCOLS
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -160,3 +169,26 @@ def test_test_seeds_are_a_list_of_distinct_seeds(seeds, message):
     p = load_params(REPO_PARAMS, {"evaluate.seeds": [2, 0, 1], "seed": 5})
     assert p.evaluate.seeds == [2, 0, 1] and p.seed == 5
     assert load_params(REPO_PARAMS).evaluate.seeds == [0]
+
+
+def test_the_data_layout_in_code_is_dvc_yamls():
+    """dvc.yaml names every data output; the code's copy of the layout (evaluation or lists run by hand
+    find the same folders) renders to the same paths."""
+    import re
+
+    stages = yaml.safe_load((REPO_PARAMS.parent / "dvc.yaml").read_text())["stages"]
+    p = load_params(REPO_PARAMS, {"fold": 2, "way": 2, "shot": 5, "dataset": "coco", "protocol": "standard"})
+
+    def value(dotted: str) -> str:
+        obj = p
+        for name in dotted.split("."):
+            obj = getattr(obj, name)
+        return str(obj)
+
+    def render(template: str) -> str:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: value(m.group(1)), template)
+
+    assert render(stages["shards"]["outs"][0]) == str(shards_dir(p)) == "shards/toy/coco/standard"
+    assert render(stages["folds"]["outs"][0]) == str(folds_dir(p))
+    assert render(stages["episodes"]["outs"][0]) == str(episodes_dir(p))
+    assert str(episodes_dir(p)).endswith("coco/standard/fold2_2way_5shot")

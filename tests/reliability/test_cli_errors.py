@@ -134,3 +134,17 @@ def test_infer_cli_prints_one_line_and_exits_2(eval_files, tmp_path, capsys):
     assert infer.main([*base, "--query", str(tmp_path / "s.jpg"), "--device", "cuda:99"]) == 2
     _one_line(capsys, "train.device: cuda:99 is not available")
     assert not (tmp_path / "out" / "panel.png").exists()
+
+
+def test_a_bug_keeps_its_traceback(eval_files, tmp_path, monkeypatch):
+    """Only UserError (and OSError) become one line: a plain ValueError is a bug and propagates."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(ev, "evaluate_model", broken)
+    argv = ["--params", str(eval_files["params"]), "--shards", str(eval_files["shards"]),
+            "--checkpoint", str(eval_files["ckpt"]), "--manifest", str(eval_files["manifest"]),
+            "--out", str(tmp_path / "r.json"), "--no-trivial"]  # fmt: skip
+    with pytest.raises(ValueError, match="an internal mistake"):
+        ev.main(argv)

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.errors import UserError
 from pipeline.protocol import protocol_rules
+
+
+class DrawError(UserError, ValueError):
+    """Too few images for the episodes asked for (lower sampler.test_episodes or use more data)."""
 
 
 # -- test-episode manifest -----------------------------------------------------------------------
@@ -174,7 +179,7 @@ def draw_test_episodes(
     while len(episodes) < count:
         attempts += 1
         if attempts > 100 * count + 1000:
-            raise ValueError(f"could not draw {count} test episodes that satisfy the {protocol} query rule")
+            raise DrawError(f"could not draw {count} test episodes that satisfy the {protocol} query rule")
         if not order:
             order = [usable[int(i)] for i in rng.permutation(len(usable))]
         first = order[0]

@@ -13,12 +13,10 @@ import argparse
 import sys
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.io import write_json
 from train.stream.draw import episodes_with_every_way, expected_with_every_way
 from train.stream.manifests import TestSplit, build_manifest, manifest_file, read_test_split
-from train.stream.shard_io import (
-    ShardError,
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for seed in p.evaluate.seeds
         }
-    except (ValueError, ShardError) as exc:  # ConfigError is a ValueError
+    except UserError as exc:  # params, shards, fold lists, too few images
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for seed, manifest in manifests.items():

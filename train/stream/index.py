@@ -7,12 +7,17 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 
+from pipeline.errors import UserError
 from pipeline.shard_format import check_shard_name, index_rows
 from train.stream.shard_io import (
     check_split_complete,
     join_url,
     read_text,
 )
+
+
+class FoldListError(UserError, ValueError):
+    """A line of a fold's pair list that is not `<image_id>__<class>`."""
 
 
 # -- fold pair lists ---------------------------------------------------------------------------
@@ -25,7 +30,7 @@ def read_pairs(text: str) -> dict[str, list[int]]:
             continue
         image_id, sep, cls = line.rpartition("__")
         if not sep:
-            raise ValueError(f"pair line {line!r} is not <image_id>__<class>")
+            raise FoldListError(f"pair line {line!r} is not <image_id>__<class>")
         out[image_id].append(int(cls))
     return {k: sorted(v) for k, v in out.items()}
 

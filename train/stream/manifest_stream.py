@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from train.stream.by_key import SampleReader
+from train.stream.manifests import ManifestError
 from train.stream.sampler import (
     FOLD_LISTS_ELSEWHERE,
     Episode,
@@ -62,7 +63,7 @@ class ManifestEpisodes(IterableDataset):
             for ep in manifest["episodes"]
         ]
         if not self.episodes:
-            raise ValueError("the training-episode manifest is empty")
+            raise ManifestError("the training-episode manifest is empty")
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url, remote)
         keys = {k for ep in self.episodes for k in (ep.query, *(s for way in ep.supports for s in way))}

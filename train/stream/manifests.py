@@ -8,12 +8,17 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipeline.errors import UserError
 from train.stream.draw import draw_test_episodes, draw_train_episodes, episodes_digest
 from train.stream.index import read_fold, read_index, read_pairs
 from train.stream.shard_io import (
     join_url,
     read_text,
 )
+
+
+class ManifestError(UserError, ValueError):
+    """An episode manifest that is empty, altered, or does not belong to the shards it is read with."""
 
 
 class TestSplit(NamedTuple):
@@ -65,12 +70,6 @@ def build_manifest(
     }
 
 
-def manifest_dir(episodes: str | Path, source: str, dataset: str, protocol: str, fold: int, way: int,
-                 shot: int) -> Path:  # fmt: skip
-    """The folder of one setting's manifests (the DVC `episodes` stage's output): `seed<k>.json` inside."""
-    return Path(episodes, source, dataset, protocol, f"fold{fold}_{way}way_{shot}shot")
-
-
 def manifest_file(folder: str | Path, seed: int) -> Path:
     return Path(folder, f"seed{seed}.json")
 
@@ -86,9 +85,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest = json.loads(Path(path).read_text())
     problem = manifest_problem(manifest)
     if problem:
-        raise ValueError(f"{path}: {problem}")
+        raise ManifestError(f"{path}: {problem}")
     if episodes_digest(manifest["episodes"]) != manifest["sha256_of_episodes"]:
-        raise ValueError(f"{path}: episodes do not match sha256_of_episodes")
+        raise ManifestError(f"{path}: episodes do not match sha256_of_episodes")
     return manifest
 
 

@@ -380,7 +380,7 @@ class EpisodeStream(IterableDataset):
         self.shard_sizes = {s["url"]: int(s["bytes"]) for s in listed if int(s.get("bytes", -1)) >= 0}
         self.urls = [s["url"] for s in listed]
         if not self.urls:
-            raise ValueError(f"no shards in {shards!r}")
+            raise ShardError(f"no shards in {shards!r}")
         # a member may claim at most its shard's size from the manifest (MAX_MEMBER_BYTES if unknown)
         self.member_limits = {s["url"]: member_limit(s.get("bytes")) for s in listed}
         # a shard that ends early at a header boundary is truncated, not short (manifest counts)
@@ -433,7 +433,7 @@ class EpisodeStream(IterableDataset):
             yield from (s["url"] for s in shards)
             return
         if len(self.urls) < total:
-            raise ValueError(
+            raise ShardError(
                 f"{len(self.urls)} shards for {total} readers (ranks x workers): every reader needs its own "
                 "shard; write more shards (data.min_shards), use fewer workers, or set resampled=True"
             )
