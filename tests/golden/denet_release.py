@@ -36,6 +36,7 @@ IMAGE_SIZE = 161  # the toy default sampler.image_size: presence checks and labe
 WEIGHT_SEED = 14
 FORWARD_SIZE = 41  # tiny input: ResNet-50 (dilated) -> 6 x 6 features
 FORWARD_CASES = {"1w1s": (1, 1), "1w5s": (1, 5), "2w1s": (2, 1)}
+VOID_ROWS = (3, 20)  # ignored label rows per episode of the forward inputs (1,558 and 861 valid pixels)
 NUM_CLASSES = 21
 
 

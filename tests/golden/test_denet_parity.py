@@ -23,6 +23,7 @@ from pipeline import toy
 from pipeline.config import load_params
 from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
+from train.train import model_kwargs_from_params
 from train.stream.episodes import (
     SampleReader,
     episode_pools,
@@ -185,13 +186,21 @@ def _normalized(img: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(img).float() / 255.0 - mean) / std
 
 
+def preset_kwargs() -> dict:
+    """The DENet constructor kwargs `dvc repro` uses on official PASCAL under `protocol: denet`: this
+    repository's params.yaml resolved by the presets, mapped by the train stage's own function."""
+    overrides = {"source": "official", "protocol": "denet", "model": "denet", "dataset": "pascal"}
+    return model_kwargs_from_params(load_params(REPO_PARAMS, overrides))
+
+
 @functools.lru_cache(maxsize=2)
 def _built_denet(joint_pass: bool) -> torch.nn.Module:
-    """One ResNet-50 DENet per pass mode, built once (a random init of 14 M weights is slow on 2 cores)."""
-    return build_model(
-        "denet", num_classes=G.NUM_CLASSES, backbone="resnet50", frozen=True, freeze_bn=False,
-        joint_pass=joint_pass,
-    )  # fmt: skip
+    """One ResNet-50 DENet per pass mode, built once (a random init of 14 M weights is slow on 2 cores):
+    through the preset (as `dvc repro` builds it); `joint_pass` is the only argument added, by the test of
+    the option the preset leaves off."""
+    kwargs = preset_kwargs()
+    assert kwargs["num_classes"] == G.NUM_CLASSES and kwargs["backbone"] == "resnet50"
+    return build_model("denet", **(kwargs | {"joint_pass": True} if joint_pass else kwargs))
 
 
 @functools.lru_cache(maxsize=1)
@@ -246,6 +255,13 @@ def test_denet_forward_and_loss_equal_the_release(case):
             }
             losses = model.loss(out, batch)
             assert losses["ce"].item() == pytest.approx(float(a[f"{case}/train/loss_k"]), abs=1e-4)
+            # the inputs tell the release's per-episode CE mean from a mean over all pixels of the batch
+            logits = torch.nn.functional.interpolate(
+                out["logits_full"].detach(), size=batch["query_full_label"].shape[-2:], mode="bilinear",
+                align_corners=True,
+            )  # fmt: skip
+            pooled = torch.nn.functional.cross_entropy(logits, batch["query_full_label"], ignore_index=255)
+            assert abs(pooled.item() - float(a[f"{case}/train/loss_k"])) > 1e-2, "inputs do not discriminate"
             assert losses["focal"].item() == pytest.approx(float(a[f"{case}/train/loss_p"]), abs=1e-4)
 
 
