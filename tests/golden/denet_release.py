@@ -29,6 +29,7 @@ GOLDEN = {
     "flips": DATA / "denet_golden_flips.json",
     "labels": DATA / "denet_golden_labels.npz",
     "forward": DATA / "denet_golden_forward.npz",
+    "fiou": DATA / "denet_golden_fiou.npz",
 }
 # The toy raw data the goldens were made from (pipeline.toy.generate) and the release's img_size.
 TOY = {"pascal": {"seed": 0, "scale": 0.3}, "coco": {"seed": 0, "scale": 0.3}}
