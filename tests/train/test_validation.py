@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from train_helpers import tiny_params
+
 from train.stream import episodes as ep
 from train.train import train_config_from_params
 from train.validation import VAL_SEED_OFFSET, validation_episodes
-from train_helpers import tiny_params
 
 
 def test_default_validation_avoids_the_test_queries(tiny_data):
