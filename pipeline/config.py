@@ -100,7 +100,7 @@ class Backbone:
 
 @dataclass
 class Train:
-    way: int = 1  # training episodes; the release trains 1-way 1-shot and reuses the model for all settings
+    way: int = 1  # training episodes: 1w1s reused by every setting (DENet's release); PANet: per setting
     shot: int = 1
     # the recipe: `auto` = the method's release on official data (_RELEASE_RECIPE), the toy recipe on toy
     steps: int | str = AUTO
@@ -124,9 +124,10 @@ class Train:
     device: str = AUTO  # auto = cuda if available else cpu, resolved by train.device.resolve_device
     nan_policy: Literal["stop", "skip"] = "stop"
     select_on_test: bool = False  # the release picks the best checkpoint on test classes
-    # void (255) pixels of training labels: background (the release) | ignore. auto: denet background,
-    # standard ignore
-    void: Literal["auto", "background", "ignore"] = AUTO
+    # void (255) pixels of training labels: background (the DENet release) | ignore | query_ignore
+    # (PANet's release: background in supports, ignored in the query) | foreground (SG-One's release:
+    # void is foreground, 1-way). auto: standard ignore; denet the method's release (_RELEASE_VOID)
+    void: Literal["auto", "background", "ignore", "query_ignore", "foreground"] = AUTO
     # training episodes: stream (drawn from bounded per-class pools while shards stream) | manifest (a
     # fixed set drawn once, episodes_per_class per base class, reshuffled every epoch, read by key from
     # the shards: the release's recipe). auto: see _BY_PROTOCOL
@@ -251,6 +252,17 @@ _TOY_MODEL_KWARGS: dict[str, dict[str, Any]] = {
 # foreground vs -1.87 on background pixels at step 100 (dropout 0 did not change it). At lr 0.05 the
 # two separate (-1.0 vs -3.2 at step 100, CANet; fold 0, validation draw, never the test episodes).
 _TOY_LR: dict[str, float] = {"canet": 0.05, "pgnet": 0.05}
+# Void pixels in training labels as each method's release trains them, for train.void = auto under
+# `protocol: denet` (docs/methods.md "Void"); a method not listed trains void as background, as the DENet
+# release (and its CANet, PGNet, AMP). PANet: background in a support's background mask
+# (dataloaders/customized.py getMask), ignored by the query loss (train.py:78, ignore_index 255). SG-One:
+# every mask pixel > 0 is foreground, void included (utils/mydataset.py:48-56).
+_RELEASE_VOID: dict[str, str] = {"panet": "query_ignore", "sgone": "foreground"}
+# Methods whose release trains one model per test setting: PANet's test reads the way and shot from the
+# snapshot it loads (config.py:89-90), each trained with them. The others (DENet's code) train 1-way
+# 1-shot and reuse the model. `train.experiments` trains these per setting (train.way/train.shot = the
+# cell's way/shot); a hand-run `dvc exp run -S way=2 -S shot=5` does so with `-S train.way=2 -S train.shot=5`.
+PER_SETTING_TRAINING: frozenset[str] = frozenset({"panet"})
 _DENET_MIN_FRACTION = {"pascal": 0.02, "coco": 0.01}
 _DENET_COCO_STEPS = 200_000  # DENet's paper on COCO; the baselines' templates keep 150k
 NUM_CLASSES = {"pascal": 20, "coco": 80}
@@ -331,6 +343,8 @@ def resolve(params: Params) -> Params:
             setattr(p.train, key, copy.deepcopy(value))
     if params.train.steps == AUTO and p.source == "official" and p.dataset == "coco" and p.model == "denet":
         p.train.steps = _DENET_COCO_STEPS
+    if p.train.void == AUTO and p.protocol == "denet" and p.model in _RELEASE_VOID:
+        p.train.void = _RELEASE_VOID[p.model]
     for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):
         for (section, key), choices in table.items():
             obj = getattr(p, section)
@@ -386,6 +400,8 @@ def _check_combinations(p: Params) -> None:
         raise ConfigError(f"params: train.way = {p.train.way} is not supported: use 1 or 2")
     if p.train.shot < 1:
         raise ConfigError(f"params: train.shot = {p.train.shot} must be >= 1")
+    if p.train.void == "foreground" and p.train.way != 1:
+        raise ConfigError("params: train.void = foreground (SG-One's rule) needs train.way = 1")
     for key, expected in _TRAIN_AUTO_KEYS.items():  # `auto` was resolved: a string left is a typo
         value = getattr(p.train, key)
         if isinstance(value, str):

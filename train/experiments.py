@@ -63,8 +63,14 @@ def plan(models: Sequence[str], settings: Sequence[str]) -> tuple[list[Run], lis
 
 
 def overrides(run: Run, fold: int, extra: Sequence[str] = ()) -> list[str]:
-    """The cell's `-S` values: model, fold, way, shot, then the extra KEY=VALUE pairs."""
-    return [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}", *extra]
+    """The cell's `-S` values: model, fold, way, shot (and train.way, train.shot for a method whose release
+    trains one model per setting, `PER_SETTING_TRAINING`: PANet), then the extra KEY=VALUE pairs."""
+    from pipeline.config import PER_SETTING_TRAINING
+
+    cell = [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}"]
+    if run.model in PER_SETTING_TRAINING:
+        cell += [f"train.way={run.way}", f"train.shot={run.shot}"]
+    return [*cell, *extra]
 
 
 def dvc_command(run: Run, fold: int, extra: Sequence[str] = (), queue: bool = False) -> list[str]:
