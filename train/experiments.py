@@ -64,11 +64,12 @@ def plan(models: Sequence[str], settings: Sequence[str]) -> tuple[list[Run], lis
 
 def overrides(run: Run, fold: int, extra: Sequence[str] = ()) -> list[str]:
     """The cell's `-S` values: model, fold, way, shot (and train.way, train.shot for a method whose release
-    trains one model per setting, `PER_SETTING_TRAINING`: PANet), then the extra KEY=VALUE pairs."""
-    from pipeline.config import PER_SETTING_TRAINING
+    trains one model per setting, `Recipe.per_setting_training`: PANet), then the extra KEY=VALUE pairs."""
+    from fss_model import model_entry
 
     cell = [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}"]
-    if run.model in PER_SETTING_TRAINING:
+    recipe = model_entry(run.model).recipes.official
+    if recipe is not None and recipe.per_setting_training:
         cell += [f"train.way={run.way}", f"train.shot={run.shot}"]
     return [*cell, *extra]
 
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     for run in skipped:
         print(f"skip {run.model} {run.setting}: the model does not support {run.way}-way episodes (n/a)")
-    from pipeline.config import ConfigError, load_params
+    from pipeline.config import ConfigError
+    from train.params import load_params
 
     try:
         load_params(args.params)  # a params.yaml mistake stops here, not once per cell

@@ -535,7 +535,8 @@ def make_sampler_inputs(work: Path) -> dict[str, np.ndarray]:
     from pipeline.config import load_params
     from pipeline.folds import write_folds
     from pipeline.shards import build_shards
-    from train.stream.episodes import SampleReader, read_fold
+    from train.stream.by_key import SampleReader
+    from train.stream.index import read_fold
     from train.stream.transforms import decode_label
 
     shutil.rmtree(work, ignore_errors=True)

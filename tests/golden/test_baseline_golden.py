@@ -35,7 +35,7 @@ from baseline_golden import (
 
 from fss_model import build_model
 from fss_model.pairwise import encode_episode
-from pipeline.config import load_params
+from train.params import load_params
 from train.stream.transforms import binary_mask, episode_label, load_pair
 
 SUB = 4  # image-size outputs are stored at every 4th pixel

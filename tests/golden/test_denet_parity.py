@@ -25,19 +25,13 @@ from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
 from train.evaluate import full_prediction
 from train.metrics import FullIoU
-from train.stream.episodes import (
-    SampleReader,
-    episode_pools,
-    episode_queries,
-    eval_flips,
-    eval_query_label,
-    novel_in_images,
-    read_index,
-    read_pairs,
-)
+from train.params import load_params as load_run_params
+from train.params import model_kwargs_from_params
+from train.stream.by_key import SampleReader, eval_query_label
+from train.stream.draw import episode_pools, episode_queries, eval_flips, novel_in_images
+from train.stream.index import read_index, read_pairs
 from train.stream.sampler import Episode, EpisodeDecoder
 from train.stream.transforms import decode_label
-from train.train import model_kwargs_from_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -78,6 +72,7 @@ def grouped(pairs: dict[str, list[int]], classes: list[int]) -> dict[str, list[s
     return dict(out)
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
     golden = G.read_json_golden(G.GOLDEN["pools"])[dataset]
@@ -109,6 +104,7 @@ def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
                 assert episode_queries(pools2, novel_of, [c, o], "denet") == expected, f"fold {fold}: {pair}"
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_presence_pixels_equal_the_release(built, dataset):
     """index.tsv's presence_px: the class pixels the release's threshold counts on its resized test masks."""
@@ -119,6 +115,7 @@ def test_presence_pixels_equal_the_release(built, dataset):
     assert ours == theirs
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 def test_two_way_pools_are_not_the_one_way_pools(built):
     """The goldens exercise the 2-way rule: images with two novel classes at >= 2% exist on the toy data."""
     golden = G.read_json_golden(G.GOLDEN["pools"])["pascal"]
@@ -147,6 +144,7 @@ def _sample(reader: SampleReader):
     return read
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_label_maps_equal_the_release(built, dataset):
     header, arrays = G.read_npz_golden(G.GOLDEN["labels"])
@@ -192,7 +190,7 @@ def preset_kwargs() -> dict:
     """The DENet constructor kwargs `dvc repro` uses on official PASCAL under `protocol: denet`: this
     repository's params.yaml resolved by the presets, mapped by the train stage's own function."""
     overrides = {"source": "official", "protocol": "denet", "model": "denet", "dataset": "pascal"}
-    return model_kwargs_from_params(load_params(REPO_PARAMS, overrides))
+    return model_kwargs_from_params(load_run_params(REPO_PARAMS, overrides))
 
 
 @functools.lru_cache(maxsize=2)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from train_helpers import tiny_params
 
-from train.stream import episodes as ep
+from train.stream import index as ep
+from train.stream.manifests import build_manifest
 from train.train import train_config_from_params
 from train.validation import VAL_SEED_OFFSET, validation_episodes
 
@@ -12,7 +13,7 @@ from train.validation import VAL_SEED_OFFSET, validation_episodes
 def test_default_validation_avoids_the_test_queries(tiny_data):
     p = tiny_params()
     val = validation_episodes(p, tiny_data["shards"], tiny_data["folds"])
-    test = ep.build_manifest(
+    test = build_manifest(
         str(tiny_data["shards"]), str(tiny_data["folds"]), p.dataset, p.fold, p.train.way, p.train.shot,
         p.protocol, p.seed, int(p.sampler.test_episodes), shot_key="train.shot",
     )  # fmt: skip

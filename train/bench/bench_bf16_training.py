@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import load_params
 from pipeline.io import write_json
 from train import train as tr
 from train.checkpoint import build_model_from_checkpoint
 from train.evaluate import episode_batches, evaluate_model
-from train.stream.episodes import build_manifest
+from train.params import load_params
+from train.stream.manifests import build_manifest
 
 
 def train_once(p, shards: str, folds: Path, out: Path, bf16: bool) -> tuple[Path, float]:

@@ -20,7 +20,9 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from train.bench.bench_loader import served_by_process, write_synthetic
-from train.stream.episodes import EvalEpisodes, build_manifest, collate_eval, read_fold, read_pairs
+from train.stream.by_key import EvalEpisodes, collate_eval
+from train.stream.index import read_fold, read_pairs
+from train.stream.manifests import build_manifest
 from train.stream.sampler import EpisodeStream
 
 TESTS = Path(__file__).resolve().parents[2] / "tests" / "train"
