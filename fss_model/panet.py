@@ -142,7 +142,9 @@ class PANet(nn.Module):
 
 
 # Official: PANet's config.py: SGD lr 1e-3, one episode per step, 30k steps, lr x0.1 after 10k and 20k,
-# its own VGG16 fine-tuned.
+# its own VGG16 fine-tuned. One model per test setting (its test reads way and shot from the snapshot's
+# name, config.py:89-90). Void: background in a support's background mask (dataloaders/customized.py
+# getMask), ignored by the query loss (train.py:78).
 @register_model(
     "panet",
     official=Recipe(
@@ -152,8 +154,10 @@ class PANet(nn.Module):
         lr_milestones=(10_000, 20_000),
         backbone="vgg16_panet",
         backbone_frozen=False,
+        train_void="query_ignore",
+        per_setting_training=True,
     ),
-    toy=TOY,
+    toy=TOY.replace(train_void="query_ignore", per_setting_training=True),
 )
 def panet(**kwargs: Any) -> PANet:
     """PANet; kwargs: see `PANet` (num_classes, backbone, frozen, freeze_bn, layers, scale, align_weight)."""

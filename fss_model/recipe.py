@@ -39,6 +39,13 @@ class Recipe:
     # constructor kwargs that reproduce the numbers of the DENet paper's table, used only under a
     # protocol whose `release_model_kwargs` rule is true (PGNet's attention as DENet's code computes it)
     release_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # how the method's release trains void (255) pixels, used under a protocol whose `release_void` rule
+    # holds (denet): query_ignore (PANet), foreground (SG-One); None: the protocol's rule
+    # (train.stream.sampler.VOID_RULES)
+    train_void: str | None = None
+    # the release trains one model per test setting (PANet), where DENet's code reuses its 1-way 1-shot
+    # model: `train.experiments` then sets train.way / train.shot to each cell's way / shot
+    per_setting_training: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr_multipliers", "model_kwargs", "steps_by_dataset", "release_kwargs"):

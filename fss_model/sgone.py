@@ -107,7 +107,8 @@ class SGOne(PairwiseFewShot):
 
 # Official: SG-One's train_frame.py and my_optim.get_finetune_optimizer: SGD lr 1e-5, momentum 0.99,
 # one episode per step, 100k steps, its own VGG16 fine-tuned; weights x1, biases x2, the `cls`
-# (guidance) conv's weight x10, bias x20.
+# (guidance) conv's weight x10, bias x20. Void: every mask pixel > 0 is foreground, void included
+# (utils/mydataset.py:48-56), on both sources under `protocol: denet`.
 @register_model(
     "sgone",
     official=Recipe(
@@ -118,8 +119,9 @@ class SGOne(PairwiseFewShot):
         backbone="vgg16_sgone",
         backbone_frozen=False,
         lr_multipliers={"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0},
+        train_void="foreground",
     ),
-    toy=TOY,
+    toy=TOY.replace(train_void="foreground"),
     tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")},
 )
 def sgone(**kwargs: Any) -> SGOne:

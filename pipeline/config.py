@@ -122,7 +122,7 @@ class Backbone:
 
 @dataclass
 class Train:
-    way: int = 1  # training episodes; the release trains 1-way 1-shot and reuses the model for all settings
+    way: int = 1  # training episodes: 1w1s reused by every setting (DENet's release); PANet: per setting
     shot: int = 1
     # the recipe: `auto` = the method's release on official data (_RELEASE_RECIPE), the toy recipe on toy
     steps: int | str = AUTO
@@ -146,9 +146,11 @@ class Train:
     device: str = AUTO  # auto = cuda if available else cpu, resolved by train.device.resolve_device
     nan_policy: Literal["stop", "skip"] = "stop"
     select_on_test: bool = False  # the release picks the best checkpoint on test classes
-    # void (255) pixels of training labels: background (the release) | ignore. auto: denet background,
-    # standard ignore
-    void: Literal["auto", "background", "ignore"] = AUTO
+    # void (255) pixels of training labels: background (the DENet release) | ignore | query_ignore
+    # (PANet's release: background in supports, ignored in the query) | foreground (SG-One's release:
+    # void is foreground, 1-way). auto: the model's released rule (Recipe.train_void) under a protocol
+    # whose `release_void` rule holds (denet), else the protocol's rule (denet background, standard ignore)
+    void: Literal["auto", "background", "ignore", "query_ignore", "foreground"] = AUTO
     # training episodes: stream (drawn from bounded per-class pools while shards stream) | manifest (a
     # fixed set drawn once, episodes_per_class per base class, reshuffled every epoch, read by key from
     # the shards: the release's recipe). auto: see _BY_PROTOCOL
@@ -215,14 +217,13 @@ _FROM_PROTOCOL: dict[tuple[str, str], str] = {
     ("data", "coco_crowd"): "coco_crowd",
     ("data", "min_pixels"): "min_pixels",
     ("backbone", "freeze_bn"): "freeze_bn",
-    ("train", "void"): "train_void",
     ("train", "episodes"): "train_episodes",
     ("evaluate", "flip"): "eval_flip",
 }
 # Keys whose `auto` depends on the model: its registered recipe fills them (train.params.resolve_model).
 MODEL_KEYS: tuple[str, ...] = (
     "train.steps", "train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.lr_milestones",
-    "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs",
+    "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs", "train.void",
 )  # fmt: skip
 NUM_CLASSES = {"pascal": 20, "coco": 80}
 
@@ -495,6 +496,8 @@ def check_recipe(p: Params) -> None:
             raise ConfigError(f"params: train.{key} = {value!r} must be {expected} (or auto)")
     if int(t.steps) < 1:
         raise ConfigError("params: train.steps must be >= 1")
+    if t.void == "foreground" and t.way != 1:
+        raise ConfigError("params: train.void = foreground (SG-One's rule) needs train.way = 1")
     if int(t.batch_size) < 1:
         raise ConfigError(f"params: train.batch_size = {t.batch_size} must be >= 1")
     _check_optimizer_values(t)

@@ -39,6 +39,8 @@ class Protocol:
     # -- training
     train_novel_label: int  # what novel-class pixels of a training query's full label become (255 | 0)
     train_void: str  # train.void default: void (255) of training labels -> background | ignore
+    # train.void default is the model's released rule (fss_model.recipe.Recipe.train_void) where it has one
+    release_void: bool
     train_episodes: str  # train.episodes default: manifest (drawn once, as released) | stream
     freeze_bn: bool  # backbone.freeze_bn default
     # -- test episodes
@@ -48,6 +50,9 @@ class Protocol:
     eval_flip: bool  # evaluate.flip default: mirror test images with p = 0.5 (the release's test())
     eval_at_image_size: bool  # score labels resized to sampler.image_size (true) | at the original size
     eval_void_background: bool  # void (255) of test labels and support masks counts as background | ignored
+    release_f_iou: (
+        bool  # also report the DENet release's F-IOU (train.metrics.FullIoU) beside mIoU and FB-IoU
+    )
     # -- models
     release_model_kwargs: bool  # official data: a model's `release_kwargs` (fss_model.recipe) apply
 
@@ -64,6 +69,7 @@ DENET = Protocol(
     min_pixels=0,
     train_novel_label=IGNORE_INDEX,
     train_void="background",
+    release_void=True,
     train_episodes="manifest",
     freeze_bn=False,
     single_novel_pools=True,
@@ -71,6 +77,7 @@ DENET = Protocol(
     eval_flip=True,
     eval_at_image_size=True,
     eval_void_background=True,
+    release_f_iou=True,
     release_model_kwargs=True,
 )
 STANDARD = Protocol(
@@ -85,6 +92,7 @@ STANDARD = Protocol(
     min_pixels=2 * 32 * 32,  # HSNet/PFENet: a class is present at >= 2 * 32 * 32 pixels
     train_novel_label=0,
     train_void="ignore",
+    release_void=False,
     train_episodes="stream",
     freeze_bn=True,
     single_novel_pools=False,
@@ -92,6 +100,7 @@ STANDARD = Protocol(
     eval_flip=False,
     eval_at_image_size=False,
     eval_void_background=False,
+    release_f_iou=False,
     release_model_kwargs=False,
 )
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in (DENET, STANDARD)})

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -118,6 +119,15 @@ def shard_range(n: int, batch_size: int, rank: int | None = None, world: int | N
     batches = -(-n // batch_size)
     first, last = rank * batches // world, (rank + 1) * batches // world
     return range(min(first * batch_size, n), min(last * batch_size, n))
+
+
+def all_reduce_sum(counts: np.ndarray) -> np.ndarray:
+    """`counts` (int64) summed over all ranks; the array itself when there is one process."""
+    if rank_world()[1] == 1:
+        return counts
+    total = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64)).to(_device())
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.cpu().numpy()
 
 
 def all_reduce_metric(metric: FewShotIoU) -> None:

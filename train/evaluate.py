@@ -27,15 +27,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fss_model import model_entry
+from fss_model.layers import upsample
 from pipeline.classes import class_names
 from pipeline.config import ConfigError, Params, episodes_dir, folds_dir, shards_dir
 from pipeline.io import write_json
-from pipeline.protocol import protocol_rules
+from pipeline.protocol import protocol_rules, void_as_background
 from train import distributed
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
-from train.metrics import FewShotIoU, score_episode
+from train.metrics import FewShotIoU, FullIoU, score_episode
 from train.params import load_params
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
@@ -117,6 +118,17 @@ def run_episodes(
             yield batch, j, out, preds, label
 
 
+def full_prediction(
+    logits_full: torch.Tensor, full_label: torch.Tensor, size: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class ids, full label) of one episode for F-IOU, as the release's test() makes them: the
+    full logits upsampled (bilinear, align_corners) to the label's size, argmax over classes; void in the
+    label counts as background (`denet`'s test masks)."""
+    h, w = int(size[0]), int(size[1])
+    pred = upsample(logits_full.unsqueeze(0).float(), (h, w))[0].argmax(dim=0)
+    return pred.cpu(), void_as_background(full_label[:h, :w]).cpu()
+
+
 def evaluate_model(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -131,9 +143,13 @@ def evaluate_model(
     order (each rank holds a contiguous run of the manifest).
     """
     metric = FewShotIoU()
+    full: FullIoU | None = None  # the release's F-IOU: under `denet`, for models with full-label logits
     records: list[tuple[int, ...]] = []
     count = 0
-    for batch, j, _, preds, label in run_episodes(model, batches, device, amp):
+    for batch, j, out, preds, label in run_episodes(model, batches, device, amp):
+        if protocol_rules(protocol).release_f_iou and "logits_full" in out:
+            full = full or FullIoU(int(out["logits_full"].shape[1]))
+            full.update(*full_prediction(out["logits_full"][j], batch["query_full_label"][j], label.shape))
         class_ids = [int(c) for c in batch["class_ids"][j]]
         one = FewShotIoU()  # this episode alone, then added to the total
         ious = score_episode(one, preds.cpu(), label.cpu(), class_ids, protocol)
@@ -155,6 +171,9 @@ def evaluate_model(
     if not metric.count:
         raise ManifestError("no episode was scored: the episode manifest is empty")
     result = metric.compute()
+    if full is not None:
+        full.matrix = distributed.all_reduce_sum(full.matrix)
+        result["f_iou"] = full.compute()
     offset, merged = 0, []
     for n, part in distributed.all_gather_object((count, records)):
         merged += [(e + offset, *rest) for e, *rest in part]
@@ -164,11 +183,11 @@ def evaluate_model(
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "miou": round(result["miou"], 4),
-        "fb_iou": round(result["fb_iou"], 4),
-        "per_class": {str(c): round(v, 4) for c, v in sorted(result["per_class"].items())},
-    }
+    out = {"miou": round(result["miou"], 4), "fb_iou": round(result["fb_iou"], 4)}
+    if "f_iou" in result:
+        out["f_iou"] = round(result["f_iou"], 4)
+    out["per_class"] = {str(c): round(v, 4) for c, v in sorted(result["per_class"].items())}
+    return out
 
 
 def evaluate_fold(
@@ -254,7 +273,10 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, dict[str, Any]] = {}
     for name in runs[0]["scores"]:
         cell: dict[str, Any] = {}
-        for key in ("miou", "fb_iou"):
+        keys = ["miou", "fb_iou"]
+        if all("f_iou" in run["scores"][name] for run in runs):
+            keys.append("f_iou")
+        for key in keys:
             per_fold = [{s: run["scores"][name][key] for s, run in seeds.items()} for seeds in folds.values()]
             mean, std = mean_and_std(per_fold)
             cell[key], cell[f"{key}_std"] = round(mean, 4), round(std, 4)
@@ -303,6 +325,7 @@ def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
         "miou_std": cell["miou_std"],
         "miou_ci95_low": cell["miou_ci95"][0],
         "miou_ci95_high": cell["miou_ci95"][1],
+        **({"f_iou": cell["f_iou"]} if "f_iou" in cell else {}),
     }
     for fold_key, fold in details["folds"].items():
         for seed, run in fold["seeds"].items():
@@ -311,6 +334,7 @@ def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
             out[key] = {
                 "miou": model["miou"],
                 "fb_iou": model["fb_iou"],
+                **({"f_iou": model["f_iou"]} if "f_iou" in model else {}),
                 "manifest": run["manifest_sha256"][:16],
             }
     return out

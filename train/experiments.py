@@ -63,8 +63,15 @@ def plan(models: Sequence[str], settings: Sequence[str]) -> tuple[list[Run], lis
 
 
 def overrides(run: Run, fold: int, extra: Sequence[str] = ()) -> list[str]:
-    """The cell's `-S` values: model, fold, way, shot, then the extra KEY=VALUE pairs."""
-    return [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}", *extra]
+    """The cell's `-S` values: model, fold, way, shot (and train.way, train.shot for a method whose release
+    trains one model per setting, `Recipe.per_setting_training`: PANet), then the extra KEY=VALUE pairs."""
+    from fss_model import model_entry
+
+    cell = [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}"]
+    recipe = model_entry(run.model).recipes.official
+    if recipe is not None and recipe.per_setting_training:
+        cell += [f"train.way={run.way}", f"train.shot={run.shot}"]
+    return [*cell, *extra]
 
 
 def dvc_command(run: Run, fold: int, extra: Sequence[str] = (), queue: bool = False) -> list[str]:

@@ -1,4 +1,5 @@
-"""Few-shot segmentation metric: per-class foreground IoU sums (mIoU) and FB-IoU (docs/protocol.md)."""
+"""Few-shot segmentation metrics (docs/protocol.md): per-class foreground IoU sums (mIoU), FB-IoU (HSNet's
+formula) and the DENet release's F-IOU (a mean over every class of a full-label confusion matrix)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,35 @@ def score_episode(
         added = metric.update(preds[w], gt, int(class_id))
         ious.append(binary_iou(preds[w], gt) if added else float("nan"))
     return ious
+
+
+class FullIoU:
+    """The DENet release's F-IOU (`utils/metrics.py` FullIOU): a confusion matrix of the query's full label
+    (background and every dataset class, 21 PASCAL / 81 COCO) against the argmax of the model's full
+    logits, summed over all episodes; the score is the mean IoU over *all* `num_classes` rows, a class that
+    never occurs in label or prediction counting 0 (its union is clipped to 1e-8, never NaN).
+
+    Not HSNet's FB-IoU (`FewShotIoU.compute()["fb_iou"]`: foreground and background of the episodes'
+    binary maps). Labels outside [0, num_classes) (void 255) are left out, as the release's mask `k`.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)  # rows: label, columns: prediction
+
+    def update(self, pred: ArrayLike, label: ArrayLike) -> None:
+        """Add one or more full maps: `pred` predicted class ids, `label` dataset ids (255 left out)."""
+        p = _as_numpy(pred).reshape(-1).astype(np.int64)
+        g = _as_numpy(label).reshape(-1).astype(np.int64)
+        if p.shape != g.shape:
+            raise ValueError(f"pred and label differ in size: {p.size} vs {g.size} pixels")
+        n = self.num_classes
+        keep = (g >= 0) & (g < n)
+        self.matrix += np.bincount(n * g[keep] + p[keep], minlength=n * n).reshape(n, n)
+
+    def compute(self) -> float:
+        """F-IOU in percent."""
+        hist = self.matrix.astype(np.float64)
+        inter = np.diag(hist)
+        union = np.clip(hist.sum(axis=1) + hist.sum(axis=0) - inter, 1e-8, np.inf)
+        return 100.0 * float(np.mean(inter / union))

@@ -72,6 +72,9 @@ def resolve_model(params: Params) -> Params:
         p.backbone.name = recipe.backbone
     if p.backbone.frozen == AUTO:
         p.backbone.frozen = recipe.backbone_frozen
+    if t.void == AUTO:
+        rules = protocol_rules(p.protocol)
+        t.void = recipe.train_void if rules.release_void and recipe.train_void else rules.train_void
     if p.model_kwargs == AUTO:
         p.model_kwargs = dict(recipe.model_kwargs)
         if p.source == "official" and protocol_rules(p.protocol).release_model_kwargs:

@@ -27,7 +27,10 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
     test draw with the training seed (not `evaluate.seeds`: adding a test seed must not retrain the
     model); when that leaves too few images (small data sets, where the test draw uses every image),
     the draw falls back to the same images, still other episodes.
-    `train.select_on_test`: the test draw itself (what the release does).
+    `train.select_on_test` (the release's rule): `sampler.test_episodes` (1000) novel-class episodes drawn
+    from the whole test split, queries unrestricted, as the release's validation set is its test split
+    (`voc_sbd.py:79-80`: split "val" is "test", `test_size` 1000) drawn on its own (seed + 1 here), so not
+    the reported test manifest itself; scored every `train.val_every` (500) steps, the best kept.
     """
     from train.stream.draw import draw_test_episodes, episodes_digest
     from train.stream.index import read_fold, read_index, read_pairs
@@ -37,14 +40,17 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
         str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
         int(p.sampler.test_episodes), shot_key="train.shot",
     )  # fmt: skip
-    if p.train.select_on_test:
-        return test
     _, novel = read_fold(str(folds), p.fold)
     pairs = read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
     test_queries = {e["query"] for e in test["episodes"]}
     image_classes, _ = read_index(join_url(str(shards), "test"))
-    draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
+    count = int(p.sampler.test_episodes if p.train.select_on_test else p.sampler.val_episodes)
+    draw = {"way": p.train.way, "shot": p.train.shot, "count": count,
             "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
+    if p.train.select_on_test:
+        episodes = draw_test_episodes(pairs, image_classes, novel, **draw)
+        return {**test, "seed": p.seed + VAL_SEED_OFFSET, "episodes": episodes,
+                "sha256_of_episodes": episodes_digest(episodes)}  # fmt: skip
     try:
         held_out = {k: v for k, v in pairs.items() if k not in test_queries}
         episodes = draw_test_episodes(held_out, image_classes, novel, **draw)
@@ -58,7 +64,7 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
 def make_validator(
     p: Params, shards: str | Path, folds: Path, device: str, amp: bool
 ) -> Callable[[nn.Module], float]:
-    """mIoU on the validation draw (test episodes with train.select_on_test), split over the ranks."""
+    """mIoU on the validation draw (the test split's, with train.select_on_test), split over the ranks."""
     episodes = validation_episodes(p, shards, folds)
 
     def validate(model: nn.Module) -> float:

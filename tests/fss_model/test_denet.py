@@ -254,6 +254,19 @@ def test_load_weights_file_round_trip_is_strict(tmp_path):
     assert torch.equal(before, dst.state_dict()["conv1.weight"])
 
 
+def test_a_legacy_serialised_torchvision_file_loads(tmp_path):
+    """The DENet release's `resnet50-19c8e357.pth` is a full torchvision state_dict in torch's pre-1.6
+    (non-zip) format: `backbone.weights: <that file>` reads such a file (here a resnet18 saved so)."""
+    import torchvision
+
+    full = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-legacy.pth"
+    torch.save(full.state_dict(), path, _use_new_zipfile_serialization=False)
+    dst = build_backbone("resnet18")
+    load_weights(dst, path)
+    assert torch.equal(dst.state_dict()["layer3.0.conv1.weight"], full.state_dict()["layer3.0.conv1.weight"])
+
+
 def test_imagenet_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     bb = build_backbone("resnet18")

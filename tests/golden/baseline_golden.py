@@ -157,6 +157,59 @@ def episode_subset(inputs: dict[str, np.ndarray], way: int, shot: int) -> dict[s
     }
 
 
+# ------------------------------------------------------------------------ episodes from the sampler
+
+SAMPLER_INPUTS = GOLDEN_DIR / "inputs_sampler.npz"
+SAMPLER_SIZE = 97  # px: a second size (stride-8 maps of 13 x 13), the sampler's `image_size`
+SAMPLER_SEED = 8  # each episode e draws its flips from np.random.default_rng([SAMPLER_SEED, e])
+
+
+def decode_sampler_episodes(arrays: dict[str, np.ndarray], void: str = "background") -> dict[str, np.ndarray]:
+    """The stored 1-way 1-shot training episodes, decoded by this project's `EpisodeDecoder` (square
+    resize to SAMPLER_SIZE, flips from the seeded generator, `protocol: denet` label rules with `void`)
+    from the stored JPEG / PNG bytes of their toy samples.
+
+    Returns the episodes in `make_inputs`' layout (images, and the dataset-id labels as resized and
+    flipped, void kept: what a reference applies its own mask rule to) and the decoder's own label
+    outputs `support_masks`, `query_label`, `query_full_label` (what this project's models train on).
+    """
+    from train.stream.sampler import Episode, EpisodeDecoder
+
+    meta = json.loads(str(arrays["sampler_meta"].reshape(-1)[0]))  # 0-d as made, 1-d as stored
+    decoder = EpisodeDecoder(meta["novel"], "denet", void, meta["image_size"], flip_p=0.5)
+    raw: list[np.ndarray] = []
+    transform = decoder.transform
+
+    def recording(jpg: bytes, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        img, label = transform(jpg, png, rng)
+        raw.append(label)
+        return img, label
+
+    decoder.transform = recording  # type: ignore[assignment]
+
+    def sample(key: str) -> tuple[bytes, bytes]:
+        return arrays[f"sample/{key}/jpg"].tobytes(), arrays[f"sample/{key}/png"].tobytes()
+
+    outs = []
+    for e, ep in enumerate(meta["episodes"]):
+        episode = Episode([ep["class"]], ep["query"], [[ep["support"]]])
+        outs.append(decoder(episode, sample, np.random.default_rng([SAMPLER_SEED, e])))
+    n = len(outs)
+    s = meta["image_size"]
+    return {
+        "query_img": np.stack([o["query_img"].transpose(2, 0, 1) for o in outs]),
+        "support_imgs": np.stack([o["support_imgs"].transpose(0, 3, 1, 2) for o in outs]).reshape(
+            n, 1, 1, 3, s, s
+        ),
+        "query_full": np.stack(raw[0::2]),
+        "support_full": np.stack(raw[1::2]).reshape(n, 1, 1, s, s),
+        "class_ids": np.array([[ep["class"]] for ep in meta["episodes"]], dtype=np.int64),
+        "support_masks": np.stack([o["support_masks"] for o in outs]).reshape(n, 1, 1, s, s),
+        "query_label": np.stack([o["query_label"] for o in outs]),
+        "query_full_label": np.stack([o["query_full_label"] for o in outs]),
+    }
+
+
 # ------------------------------------------------------------------------------------------- format
 
 

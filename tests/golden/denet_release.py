@@ -29,6 +29,7 @@ GOLDEN = {
     "flips": DATA / "denet_golden_flips.json",
     "labels": DATA / "denet_golden_labels.npz",
     "forward": DATA / "denet_golden_forward.npz",
+    "fiou": DATA / "denet_golden_fiou.npz",
 }
 # The toy raw data the goldens were made from (pipeline.toy.generate) and the release's img_size.
 TOY = {"pascal": {"seed": 0, "scale": 0.3}, "coco": {"seed": 0, "scale": 0.3}}
@@ -36,6 +37,7 @@ IMAGE_SIZE = 161  # the toy default sampler.image_size: presence checks and labe
 WEIGHT_SEED = 14
 FORWARD_SIZE = 41  # tiny input: ResNet-50 (dilated) -> 6 x 6 features
 FORWARD_CASES = {"1w1s": (1, 1), "1w5s": (1, 5), "2w1s": (2, 1)}
+VOID_ROWS = (3, 20)  # ignored label rows per episode of the forward inputs (1,558 and 861 valid pixels)
 NUM_CLASSES = 21
 
 

@@ -43,7 +43,11 @@ from baseline_golden import (  # noqa: E402
     GOLDEN_DIR,
     INPUTS,
     REFERENCES,
+    SAMPLER_INPUTS,
+    SAMPLER_SEED,
+    SAMPLER_SIZE,
     VOID,
+    decode_sampler_episodes,
     disable_dropout,
     episode_subset,
     make_inputs,
@@ -150,7 +154,9 @@ def conv_prefixes(
     return list(zip(ref_convs, project_convs, strict=True))
 
 
-def header(method: str, model_kwargs: dict[str, Any], model: nn.Module, cases: list[str], note: str) -> dict:
+def header(
+    method: str, model_kwargs: dict[str, Any], model: nn.Module, cases: list[str], note: str, inputs: str
+) -> dict:
     repo, commit = REFERENCES["denet" if method in ("canet", "pgnet", "amp") else method]
     return {
         "method": method,
@@ -162,7 +168,7 @@ def header(method: str, model_kwargs: dict[str, Any], model: nn.Module, cases: l
         "seed": SEEDS[method],
         "weights": "tests/golden/baseline_golden.py seeded_state(model, seed)",
         "weights_sha256": state_digest(model),
-        "inputs": "inputs.npz",
+        "inputs": inputs,
         "cases": cases,
         "note": note,
     }
@@ -174,7 +180,9 @@ def header(method: str, model_kwargs: dict[str, Any], model: nn.Module, cases: l
 def binary(full: np.ndarray, class_ids: np.ndarray) -> torch.Tensor:
     """[B, way, shot, H, W] (or [B, H, W] with one class per episode) -> 1 where the class, else 0.
 
-    The DENet release's and SG-One's data rule for a support (and a 1-way query) mask: void is 0."""
+    The DENet release's data rule for a support (and a 1-way query) mask: void is 0 (its CANet, PGNet,
+    AMP). Not SG-One's: its training makes every pixel > 0 foreground, void included (`sgone_mask`); the
+    65 px model cases use this rule for SG-One too, since their label maps hold several classes."""
     cls = class_ids.reshape(class_ids.shape + (1,) * (full.ndim - class_ids.ndim))
     return torch.from_numpy((full == cls).astype(np.int64))
 
@@ -195,6 +203,16 @@ def project_support_masks(ep: dict[str, np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks).astype(np.int64)).view(full.shape)
 
 
+def sgone_mask(full: np.ndarray, class_ids: np.ndarray, released: bool) -> torch.Tensor:
+    """SG-One's masks. `released`: its training rule, every pixel > 0 is foreground, void included
+    (`utils/mydataset.py:48-56` `mask_dat[mask_dat>0] = 1`; it trains on images holding exactly one class,
+    `datasets/pascal_voc_seg.py:92-95,167-172`, so that is the class and its void). Otherwise the DENet
+    release's `mask == class` (the model-only cases at 65 px, whose label maps hold several classes)."""
+    if released:
+        return torch.from_numpy((full > 0).astype(np.int64))
+    return binary(full, class_ids)
+
+
 def images(ep: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize_images(ep["query_img"]), normalize_images(ep["support_imgs"])
 
@@ -209,7 +227,10 @@ def tag(mode: str, way: int, shot: int) -> str:
 # ------------------------------------------------------------------------------- DENet's CANet / PGNet
 
 
-def make_pattern(method: str, root: Path, inputs: dict[str, np.ndarray]) -> None:
+def make_pattern(
+    method: str, root: Path, inputs: dict[str, np.ndarray], settings: list[tuple[int, int]] = SETTINGS,
+    suffix: str = "", inputs_name: str = INPUTS.name,
+) -> None:  # fmt: skip
     """CANet or PGNet of the DENet release (`model/head/can.py`, `model/head/pgn.py`)."""
     kwargs: dict[str, Any] = {"backbone": "resnet50", "frozen": True, "freeze_bn": False}
     if method == "pgnet":
@@ -260,7 +281,7 @@ def make_pattern(method: str, root: Path, inputs: dict[str, np.ndarray]) -> None
             ref.eval()
             # the release's test: each way on its own, then process_nway; way 0's pair logits are the
             # 1-way result, so the 2-way cases cover 1-way too
-            for way, shot in SETTINGS[2:]:
+            for way, shot in [(w, k) for w, k in settings if w == 2]:
                 ep = episode_subset(inputs, way, shot)
                 iq, isup = images(ep)
                 ys = binary(ep["support_full"], ep["class_ids"])
@@ -273,7 +294,7 @@ def make_pattern(method: str, root: Path, inputs: dict[str, np.ndarray]) -> None
                 cases.append(tag("eval", way, shot))
             # training forward: BN on batch statistics (query pass, then support pass), dropout off
             disable_dropout(ref).train()
-            for way, shot in SETTINGS[:1]:
+            for way, shot in settings[:1]:
                 ep = episode_subset(inputs, way, shot)
                 iq, isup = images(ep)
                 ys = binary(ep["support_full"], ep["class_ids"])
@@ -290,13 +311,18 @@ def make_pattern(method: str, root: Path, inputs: dict[str, np.ndarray]) -> None
         "query then support pass), loss_general vs the 0/1 query mask, and layer3.5.bn3 running_mean after "
         "that forward"
     )
-    write_golden(GOLDEN_DIR / f"{method}.npz", header(method, kwargs, model, cases, note), arrays)
+    write_golden(
+        GOLDEN_DIR / f"{method}{suffix}.npz", header(method, kwargs, model, cases, note, inputs_name), arrays
+    )
 
 
 # ------------------------------------------------------------------------------------------- DENet AMP
 
 
-def make_amp(root: Path, inputs: dict[str, np.ndarray]) -> None:
+def make_amp(
+    root: Path, inputs: dict[str, np.ndarray], settings: list[tuple[int, int]] = SETTINGS, suffix: str = "",
+    inputs_name: str = INPUTS.name,
+) -> None:  # fmt: skip
     """AMP of the DENet release (`model/head/amp.py`), 1-way as released, drift across two batches."""
     kwargs: dict[str, Any] = {"backbone": "vgg16", "frozen": True, "imprinting": "release"}
     torch.manual_seed(0)
@@ -326,7 +352,8 @@ def make_amp(root: Path, inputs: dict[str, np.ndarray]) -> None:
             arrays["train/loss"] = np.array(loss_general(base, torch.from_numpy(train_label)).item())
             # test: two batches in a row (1-shot then 5-shot); the background rows drift across them
             ref.eval()
-            for shot in (1, 5):
+            shots = sorted({k for w, k in settings if w == 1})
+            for shot in shots:
                 ep = episode_subset(inputs, 1, shot)
                 iq, isup = images(ep)
                 cls = torch.from_numpy(ep["class_ids"][:, 0])
@@ -344,17 +371,19 @@ def make_amp(root: Path, inputs: dict[str, np.ndarray]) -> None:
         "drift), logits_full, get_binary_logits(base=True) and each level's background row (first 256 "
         "values) after the batch"
     )
+    cases = ["train", *(tag("eval", 1, k) for k in shots)]
     write_golden(
-        GOLDEN_DIR / "amp.npz",
-        header("amp", kwargs, model, ["train", "eval_1w1s", "eval_1w5s"], note),
-        arrays,
+        GOLDEN_DIR / f"amp{suffix}.npz", header("amp", kwargs, model, cases, note, inputs_name), arrays
     )
 
 
 # ----------------------------------------------------------------------------------------------- PANet
 
 
-def make_panet(root: Path, inputs: dict[str, np.ndarray]) -> None:
+def make_panet(
+    root: Path, inputs: dict[str, np.ndarray], settings: list[tuple[int, int]] = SETTINGS, suffix: str = "",
+    inputs_name: str = INPUTS.name,
+) -> None:  # fmt: skip
     """PANet (`models/fewshot.py`, `models/vgg.py`), with the masks of `dataloaders/customized.py`."""
     kwargs: dict[str, Any] = {"backbone": "vgg16_panet"}
     torch.manual_seed(0)
@@ -368,7 +397,7 @@ def make_panet(root: Path, inputs: dict[str, np.ndarray]) -> None:
         cases = []
         ref.train()
         with torch.no_grad():
-            for way, shot in SETTINGS:
+            for way, shot in settings:
                 ep = episode_subset(inputs, way, shot)
                 iq, isup = images(ep)
                 sfull, classes = torch.from_numpy(ep["support_full"]).long(), ep["class_ids"]
@@ -401,7 +430,9 @@ def make_panet(root: Path, inputs: dict[str, np.ndarray]) -> None:
         f"{SUB}th pixel; ce = nn.CrossEntropyLoss(ignore_index=255) vs fewShot's query label; align = the "
         "forward's alignment loss; support masks by customized.getMask with the episode's class ids"
     )
-    write_golden(GOLDEN_DIR / "panet.npz", header("panet", kwargs, model, cases, note), arrays)
+    write_golden(
+        GOLDEN_DIR / f"panet{suffix}.npz", header("panet", kwargs, model, cases, note, inputs_name), arrays
+    )
 
 
 # ---------------------------------------------------------------------------------------------- SG-One
@@ -424,7 +455,10 @@ def load_sgone(root: Path) -> type:
     return module.OneModel
 
 
-def make_sgone(root: Path, inputs: dict[str, np.ndarray]) -> None:
+def make_sgone(
+    root: Path, inputs: dict[str, np.ndarray], settings: list[tuple[int, int]] = SETTINGS, suffix: str = "",
+    inputs_name: str = INPUTS.name, released: bool = False,
+) -> None:  # fmt: skip
     """SG-One (`oneshot/onemodel_sg-one.py`, `models/vgg/vgg_sg.py`), batch 1 per episode as released."""
     kwargs: dict[str, Any] = {"backbone": "vgg16_sgone"}
     torch.manual_seed(0)
@@ -446,11 +480,12 @@ def make_sgone(root: Path, inputs: dict[str, np.ndarray]) -> None:
         arrays: dict[str, np.ndarray] = {}
         ref.train()  # no BN or dropout: train and eval forwards are the same
         with torch.no_grad():
-            for shot in (1, 5):
+            shots = [k for w, k in settings if w == 1]
+            for shot in shots:
                 ep = episode_subset(inputs, 1, shot)
                 iq, isup = images(ep)
-                ys = binary(ep["support_full"], ep["class_ids"]).float()
-                yq = binary(ep["query_full"], ep["class_ids"][:, 0])
+                ys = sgone_mask(ep["support_full"], ep["class_ids"], released).float()
+                yq = sgone_mask(ep["query_full"], ep["class_ids"][:, 0], released)
                 sides, preds, losses = [], [], []
                 for e in range(iq.shape[0]):  # the release's batch size is 1
                     anchor = iq[[e]]
@@ -474,12 +509,104 @@ def make_sgone(root: Path, inputs: dict[str, np.ndarray]) -> None:
         "batch-1 episodes); train_1w5s: forward_5shot_avg; exit_logits = exit_layer output (padding 1); "
         f"softmax_sub = get_pred's softmax at every {SUB}th pixel"
     )
+    cases = [tag("train", 1, k) for k in shots]
     write_golden(
-        GOLDEN_DIR / "sgone.npz", header("sgone", kwargs, model, ["train_1w1s", "train_1w5s"], note), arrays
+        GOLDEN_DIR / f"sgone{suffix}.npz", header("sgone", kwargs, model, cases, note, inputs_name), arrays
     )
 
 
+# ----------------------------------------------------------------------------- episodes from the sampler
+
+
+def make_sampler_inputs(work: Path) -> dict[str, np.ndarray]:
+    """Two 1-way 1-shot training episodes of the toy PASCAL data (the DENet goldens' toy settings) as this
+    project's stages and sampler make them: shards and folds under `protocol: denet`, then
+    `EpisodeDecoder` at SAMPLER_SIZE with its flips (`baseline_golden.decode_sampler_episodes`).
+
+    Images are picked as SG-One trains (a single class in the label, any pixel counted) and with void
+    pixels, so each method's void rule matters; the two episodes' classes and flips differ.
+    """
+    import json
+    import shutil
+
+    from denet_release import TOY
+
+    from pipeline import toy
+    from pipeline.config import load_params
+    from pipeline.folds import write_folds
+    from pipeline.shards import build_shards
+    from train.stream.by_key import SampleReader
+    from train.stream.index import read_fold
+    from train.stream.transforms import decode_label
+
+    shutil.rmtree(work, ignore_errors=True)
+    raw, shards, folds = work / "raw", work / "shards", work / "folds"
+    toy.generate(raw, "pascal", seed=TOY["pascal"]["seed"], scale=TOY["pascal"]["scale"])
+    p = load_params(HERE.parents[1] / "params.yaml", {"dataset": "pascal", "protocol": "denet",
+                                                     "sampler.image_size": SAMPLER_SIZE})  # fmt: skip
+    build_shards(raw, shards, p, workers=2, progress=False)
+    write_folds(shards, folds, dataset="pascal", protocol="denet", min_fraction=float(p.data.min_fraction),
+                min_pixels=int(p.data.min_pixels))  # fmt: skip
+    base, novel = read_fold(str(folds), 0)
+    reader = SampleReader(str(shards / "train"))
+    by_class: dict[int, list[str]] = {}
+    for key in sorted(reader.image_classes):
+        label = np.asarray(decode_label(reader.fetch(key)["label.png"]))
+        classes = set(np.unique(label).tolist()) - {0, VOID}
+        if len(classes) == 1 and (label == VOID).any() and classes <= set(base):
+            by_class.setdefault(classes.pop(), []).append(key)
+    chosen = [c for c in sorted(by_class) if len(by_class[c]) >= 2][:2]
+    if len(chosen) < 2:
+        raise SystemExit("the toy PASCAL data has too few single-class images with void: raise its scale")
+    episodes = [{"class": c, "query": by_class[c][0], "support": by_class[c][1]} for c in chosen]
+    arrays: dict[str, np.ndarray] = {}
+    for ep in episodes:
+        for key in (ep["query"], ep["support"]):
+            sample = reader.fetch(key)
+            arrays[f"sample/{key}/jpg"] = np.frombuffer(sample["jpg"], dtype=np.uint8)
+            arrays[f"sample/{key}/png"] = np.frombuffer(sample["label.png"], dtype=np.uint8)
+    meta = {"novel": list(novel), "image_size": SAMPLER_SIZE, "seed": SAMPLER_SEED, "episodes": episodes,
+            "toy": TOY["pascal"], "fold": 0}  # fmt: skip
+    arrays["sampler_meta"] = np.array(json.dumps(meta, sort_keys=True))
+    decoded = decode_sampler_episodes(arrays)
+    keep = ("query_img", "support_imgs", "query_full", "support_full", "class_ids")
+    arrays.update({k: decoded[k] for k in keep})
+    return arrays
+
+
 # ------------------------------------------------------------------------------------------------ main
+
+
+def make_sampler_case(args: argparse.Namespace) -> int:
+    """Every reference on the sampler's episodes (1-way 1-shot training, SAMPLER_SIZE px): *_sampler.npz.
+
+    Each reference gets the decoded images and the resized, flipped dataset-id labels and applies its
+    own released mask rule (DENet's CANet / PGNet / AMP: `mask == class`, void 0; PANet: getMask, void
+    background in supports, 255 (ignored) in the query label; SG-One: every pixel > 0 foreground)."""
+    from baseline_golden import read_golden
+
+    if args.new_inputs or not SAMPLER_INPUTS.exists():
+        arrays = make_sampler_inputs(args.work)
+        shapes = {k: list(v.shape) for k, v in arrays.items() if not k.startswith("sample/")}
+        head = {"made_by": COMMAND + " --sampler", "image_size": SAMPLER_SIZE, "shapes": shapes}
+        write_golden(SAMPLER_INPUTS, head, arrays)
+    _, inputs = read_golden(SAMPLER_INPUTS)
+    one = [(1, 1)]
+    named = {"settings": one, "suffix": "_sampler", "inputs_name": SAMPLER_INPUTS.name}
+    if args.denet:
+        checkout_commit(args.denet, "denet")
+        make_pattern("canet", args.denet, inputs, **named)
+        make_pattern("pgnet", args.denet, inputs, **named)
+        make_amp(args.denet, inputs, **named)
+    if args.panet:
+        checkout_commit(args.panet, "panet")
+        make_panet(args.panet, inputs, **named)
+    if args.sgone:
+        checkout_commit(args.sgone, "sgone")
+        make_sgone(args.sgone, inputs, released=True, **named)
+    for path in sorted(GOLDEN_DIR.glob("*_sampler.npz")):
+        print(f"{path.relative_to(HERE.parents[1])}: {path.stat().st_size / 1024:.0f} KiB")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panet", type=Path, help="kaixin96/PANet checkout")
     parser.add_argument("--sgone", type=Path, help="xiaomengyc/SG-One checkout")
     parser.add_argument("--new-inputs", action="store_true", help="redraw tests/data/golden/inputs.npz")
+    parser.add_argument("--sampler", action="store_true", help="the sampler case only (*_sampler.npz)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/baseline_golden"), help="scratch (emptied)")
     args = parser.parse_args(argv)
+    if args.sampler:
+        return make_sampler_case(args)
     if args.new_inputs or not INPUTS.exists():
         arrays = make_inputs()
         head = {"made_by": "tests/golden/baseline_golden.py make_inputs(seed=0)", "shapes": {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -104,8 +105,6 @@ def import_release(release: Path) -> types.SimpleNamespace:
 
     backbones.resnet50 = lambda pretrained=False, **kw: tvm.resnet50(weights=None, **kw)
     # trainer/__init__ imports tensorboardX and matplotlib: load trainer/utils.py on its own
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("denet_trainer_utils", release / "trainer" / "utils.py")
     assert spec is not None and spec.loader is not None
     trainer_utils = importlib.util.module_from_spec(spec)
@@ -381,7 +380,10 @@ def forward_inputs(way: int, shot: int, seed: int) -> dict[str, np.ndarray]:
         masks[idx][y0 : y0 + h, x0 : x0 + w] = 1
     ids = np.array([[3, 17], [12, 1]], np.int64)[:, :way]
     label = rng.integers(0, G.NUM_CLASSES, (2, s, s)).astype(np.uint8)
-    label[:, :3] = 255  # a few ignored rows
+    # ignored rows, more in the second episode: the two episodes have different valid-pixel counts, so
+    # the release's per-episode CE mean and a mean over all pixels of the batch differ
+    for b, rows in enumerate(G.VOID_ROWS):
+        label[b, :rows] = 255
     for b in range(2):  # the episode class where its query mask would be
         label[b, 10:25, 10:30] = ids[b, 0]
     return {
@@ -456,6 +458,49 @@ def release_losses(rel: Any, logits_full: torch.Tensor, logits_binary: torch.Ten
     }
 
 
+# ---------------------------------------------------------------- F-IOU
+
+
+def fiou_inputs(num_classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Three test batches of 2 episodes: low-resolution full logits and full labels at FORWARD_SIZE with a
+    void band, drawn from a few classes only (most classes never occur: the release counts them as 0)."""
+    rng = np.random.default_rng([G.WEIGHT_SEED, seed])
+    s, low = G.FORWARD_SIZE, 11
+    out = {}
+    for b in range(3):
+        present = rng.choice(np.arange(1, num_classes), size=4, replace=False)
+        label = rng.choice(np.concatenate([[0, 0], present]), size=(2, s, s)).astype(np.uint8)
+        label[:, : 2 + 3 * b] = 255
+        logits = rng.normal(size=(2, num_classes, low, low)).astype(np.float32)
+        logits[:, present] += 3.0  # predictions mostly among the classes present, a few elsewhere
+        out[f"batch{b}/logits_full"], out[f"batch{b}/label"] = logits, label
+    return out
+
+
+def release_fiou(release: Path) -> dict[str, np.ndarray]:
+    """The release's F-IOU (utils/metrics.py FullIOU) on `fiou_inputs`, updated as its test() does: the
+    full logits upsampled (bilinear, align_corners) to the label size, then `update(Yq_full, Yq_full_pre)`;
+    21 classes (PASCAL) and 81 (COCO)."""
+    spec = importlib.util.spec_from_file_location("denet_utils_metrics", release / "utils" / "metrics.py")
+    assert spec is not None and spec.loader is not None
+    metrics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(metrics)
+    arrays: dict[str, np.ndarray] = {}
+    for dataset, n in (("pascal", 21), ("coco", 81)):
+        inputs = fiou_inputs(n, seed=n)
+        f_iou = metrics.FullIOU(num_classes=n)
+        for b in range(3):
+            logits = torch.from_numpy(inputs[f"batch{b}/logits_full"])
+            label = torch.from_numpy(inputs[f"batch{b}/label"]).long()
+            f_iou.update(
+                label, F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
+            )
+        arrays.update({f"{dataset}/{k}": v for k, v in inputs.items()})
+        arrays[f"{dataset}/confusion"] = f_iou.mat.astype(np.int64)
+        arrays[f"{dataset}/f_iou"] = np.array(float(f_iou.mean_iou()))
+    return arrays
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -524,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     forward["header"] = np.array(json.dumps(header(what, command, fingerprints), sort_keys=True))
     np.savez_compressed(args.out / G.GOLDEN["forward"].name, **forward)
+    fiou = release_fiou(args.release.resolve())
+    what = "F-IOU (utils/metrics.py FullIOU) of three test batches per dataset, 21 and 81 classes"
+    fiou["header"] = np.array(json.dumps(header(what, command, fingerprints), sort_keys=True))
+    np.savez_compressed(args.out / G.GOLDEN["fiou"].name, **fiou)
     for path in G.GOLDEN.values():
         print(f"{path.name}: {(args.out / path.name).stat().st_size / 1024:.0f} KiB")
     return 0

@@ -23,6 +23,10 @@ from pipeline import toy
 from pipeline.config import load_params
 from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
+from train.evaluate import full_prediction
+from train.metrics import FullIoU
+from train.params import load_params as load_run_params
+from train.params import model_kwargs_from_params
 from train.stream.by_key import SampleReader, eval_query_label
 from train.stream.draw import episode_pools, episode_queries, eval_flips, novel_in_images
 from train.stream.index import read_index, read_pairs
@@ -182,13 +186,21 @@ def _normalized(img: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(img).float() / 255.0 - mean) / std
 
 
+def preset_kwargs() -> dict:
+    """The DENet constructor kwargs `dvc repro` uses on official PASCAL under `protocol: denet`: this
+    repository's params.yaml resolved by the presets, mapped by the train stage's own function."""
+    overrides = {"source": "official", "protocol": "denet", "model": "denet", "dataset": "pascal"}
+    return model_kwargs_from_params(load_run_params(REPO_PARAMS, overrides))
+
+
 @functools.lru_cache(maxsize=2)
 def _built_denet(joint_pass: bool) -> torch.nn.Module:
-    """One ResNet-50 DENet per pass mode, built once (a random init of 14 M weights is slow on 2 cores)."""
-    return build_model(
-        "denet", num_classes=G.NUM_CLASSES, backbone="resnet50", frozen=True, freeze_bn=False,
-        joint_pass=joint_pass,
-    )  # fmt: skip
+    """One ResNet-50 DENet per pass mode, built once (a random init of 14 M weights is slow on 2 cores):
+    through the preset (as `dvc repro` builds it); `joint_pass` is the only argument added, by the test of
+    the option the preset leaves off."""
+    kwargs = preset_kwargs()
+    assert kwargs["num_classes"] == G.NUM_CLASSES and kwargs["backbone"] == "resnet50"
+    return build_model("denet", **(kwargs | {"joint_pass": True} if joint_pass else kwargs))
 
 
 @functools.lru_cache(maxsize=1)
@@ -243,6 +255,13 @@ def test_denet_forward_and_loss_equal_the_release(case):
             }
             losses = model.loss(out, batch)
             assert losses["ce"].item() == pytest.approx(float(a[f"{case}/train/loss_k"]), abs=1e-4)
+            # the inputs tell the release's per-episode CE mean from a mean over all pixels of the batch
+            logits = torch.nn.functional.interpolate(
+                out["logits_full"].detach(), size=batch["query_full_label"].shape[-2:], mode="bilinear",
+                align_corners=True,
+            )  # fmt: skip
+            pooled = torch.nn.functional.cross_entropy(logits, batch["query_full_label"], ignore_index=255)
+            assert abs(pooled.item() - float(a[f"{case}/train/loss_k"])) > 1e-2, "inputs do not discriminate"
             assert losses["focal"].item() == pytest.approx(float(a[f"{case}/train/loss_p"]), abs=1e-4)
 
 
@@ -263,3 +282,26 @@ def test_joint_pass_is_not_the_release_in_train_mode():
     torch.testing.assert_close(
         eval_out["logits_full"], torch.from_numpy(a["1w1s/eval/logits_full"]), atol=1e-4, rtol=0
     )
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco"])
+def test_f_iou_equals_the_release(dataset):
+    """The release's F-IOU (21 / 81-class confusion matrix, mean over every class, absent ones as 0): the
+    evaluation's `full_prediction` (upsample, argmax) into `FullIoU` gives the release's matrix and score."""
+    _, a = G.read_npz_golden(G.GOLDEN["fiou"])
+    expected = a[f"{dataset}/confusion"]
+    metric = FullIoU(expected.shape[0])
+    for b in range(3):
+        logits, label = a[f"{dataset}/batch{b}/logits_full"], a[f"{dataset}/batch{b}/label"]
+        for j in range(logits.shape[0]):
+            pred, scored = full_prediction(
+                torch.from_numpy(logits[j]), torch.from_numpy(label[j]), label.shape[1:]
+            )
+            # `denet` test masks count void as background (the release's test masks hold no 255)
+            np.testing.assert_array_equal(scored.numpy(), np.where(label[j] == 255, 0, label[j]))
+            metric.update(pred, label[j])  # with void, as the golden's inputs: the release leaves 255 out
+    np.testing.assert_array_equal(metric.matrix, expected)
+    assert metric.compute() == pytest.approx(100.0 * float(a[f"{dataset}/f_iou"]), abs=1e-9)
+    # the inputs tell the release's mean over every class from a mean over the classes that occur
+    seen = (expected.sum(0) + expected.sum(1)) > 0
+    assert not seen.all()

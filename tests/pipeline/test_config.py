@@ -60,12 +60,14 @@ def test_protocol_presets_follow_the_release_under_denet():
     denet = load_params(REPO_PARAMS, {"sampler.image_size": 97})
     assert denet.data.presence_size == 97 and denet.data.pascal_masks == "list"
     assert denet.data.coco_crowd == "background" and denet.backbone.freeze_bn is False
-    assert denet.train.void == "background" and denet.train.episodes == "manifest"
+    assert (
+        denet.train.episodes == "manifest"
+    )  # train.void is a model key (MODEL_KEYS): tests/train/test_params
     assert denet.evaluate.flip is True
     standard = load_params(REPO_PARAMS, {"protocol": "standard"})
     assert standard.data.presence_size is None and standard.data.pascal_masks == "voc"
     assert standard.data.coco_crowd == "ignore" and standard.backbone.freeze_bn is True
-    assert standard.train.void == "ignore" and standard.train.episodes == "stream"
+    assert standard.train.episodes == "stream"
     assert standard.evaluate.flip is False
     # every rule stays an option
     mixed = load_params(
@@ -109,11 +111,7 @@ def test_resolve_never_mutates_its_input():
 def test_every_protocol_resolves_and_an_unknown_one_is_one_line(tmp_path):
     for name, rules in PROTOCOLS.items():
         p = load_params(REPO_PARAMS, {"protocol": name, "dataset": "coco"})
-        assert (p.evaluate.flip, p.train.void, p.data.min_fraction) == (
-            rules.eval_flip,
-            rules.train_void,
-            rules.min_fraction["coco"],
-        )
+        assert (p.evaluate.flip, p.data.min_fraction) == (rules.eval_flip, rules.min_fraction["coco"])
     with pytest.raises(ConfigError, match=r"protocol = 'bam' is not one of denet \| standard"):
         load_params(write(tmp_path, {"protocol": "bam"}))
 

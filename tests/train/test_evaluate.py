@@ -74,9 +74,12 @@ def test_evaluate_is_deterministic_and_complete(tiny_data, setup, capsys):
     # the short metrics file: what `dvc metrics show` prints
     short = json.loads(outs[0]["metrics.json"])
     assert short == {"miou": cell["miou"], "fb_iou": cell["fb_iou"], "miou_std": 0.0, "miou_ci95_low": low,
-                     "miou_ci95_high": high,
-                     "seed0": {"miou": cell["miou"], "fb_iou": cell["fb_iou"],
+                     "miou_ci95_high": high, "f_iou": cell["f_iou"],
+                     "seed0": {"miou": cell["miou"], "fb_iou": cell["fb_iou"], "f_iou": cell["f_iou"],
                                "manifest": manifest["sha256_of_episodes"][:16]}}  # fmt: skip
+    # the release's F-IOU: DENet's full logits under denet; the trivial predictors have none
+    assert 0 <= cell["f_iou"] <= 100 and cell["f_iou"] != cell["fb_iou"]
+    assert all("f_iou" not in run["scores"][name] for name in ("all_foreground", "all_background"))
     # per-class IoU under VOC's class names (fold 0 holds out aeroplane .. bottle)
     rows = json.loads(outs[0]["per_class.json"])["per_class"]
     names = {r["class_id"]: r["class"] for r in rows}

@@ -68,6 +68,18 @@ def test_grid_runs_one_temp_experiment_per_model_and_setting(fake_dvc, capsys):
     assert Path("results/experiments/table.md").exists()
 
 
+def test_panet_trains_one_model_per_setting_as_released(fake_dvc):
+    """PANet's release trains each setting's model (its test reads way and shot from the snapshot's
+    name, config.py:89-90): its cells set train.way / train.shot; DENet's reuse the 1-way 1-shot model."""
+    assert experiments.main(["--models", "panet", "denet", "--settings", "2w5s"]) == 0
+    temp = ["exp", "run", "--temp", "-S"]
+    assert _calls(fake_dvc) == [
+        [*temp, "model=panet", "-S", "fold=0", "-S", "way=2", "-S", "shot=5", "-S", "train.way=2", "-S",
+         "train.shot=5"],
+        [*temp, "model=denet", "-S", "fold=0", "-S", "way=2", "-S", "shot=5"],
+    ]  # fmt: skip
+
+
 def test_cells_an_experiment_holds_are_skipped_unless_rerun(fake_dvc, monkeypatch, capsys):
     params = yaml.safe_load(REPO_PARAMS.read_text())
     held = {**params, "model": "denet", "fold": 0, "way": 1, "shot": 5}

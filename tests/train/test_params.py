@@ -66,6 +66,20 @@ def test_params_json_holds_every_resolved_value(tmp_path):
     assert saved["data"]["presence_size"] == 161 and "paths" not in saved
 
 
+def test_void_rule_follows_each_methods_release_under_denet():
+    """PANet: void background in supports, ignored in the query; SG-One: void foreground; the others (the
+    DENet release's code) background. Under standard every method ignores void (the protocol's rule)."""
+    expected = {"denet": "background", "canet": "background", "pgnet": "background", "amp": "background",
+                "panet": "query_ignore", "sgone": "foreground"}  # fmt: skip
+    for model, rule in expected.items():
+        for source in ("toy", "official"):
+            assert load_params(REPO_PARAMS, {"model": model, "source": source}).train.void == rule, model
+        assert load_params(REPO_PARAMS, {"model": model, "protocol": "standard"}).train.void == "ignore"
+    assert load_params(REPO_PARAMS, {"model": "panet", "train.void": "background"}).train.void == "background"
+    with pytest.raises(ConfigError, match=r"train\.void = foreground"):
+        load_params(REPO_PARAMS, {"model": "sgone", "train.way": 2})
+
+
 def test_official_source_switches_presets():
     p = load_params(REPO_PARAMS, {"source": "official", "dataset": "coco"})
     assert p.sampler.image_size == 321 and p.backbone.name == "resnet50" and p.backbone.frozen is True

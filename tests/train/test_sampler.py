@@ -315,3 +315,41 @@ def test_stream_with_workers_is_reproducible(tiny_data):
 
     first = ids(7)
     assert len(first) == 4 and ids(7) == first and ids(8) != first
+
+
+def _png(label: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(label, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("void", "support", "query", "full"),
+    [  # a void pixel in: a support mask, the query label, the query's full label
+        ("background", 0, 0, 0),  # the DENet release
+        ("ignore", IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX),  # the standard protocol
+        ("query_ignore", 0, IGNORE_INDEX, IGNORE_INDEX),  # PANet's release
+        ("foreground", 1, 1, 0),  # SG-One's release
+    ],
+)
+def test_each_void_rule_reaches_the_masks(void, support, query, full):
+    from train.stream.sampler import Episode, EpisodeDecoder
+
+    label = np.zeros((8, 8), np.uint8)
+    label[2:5, 2:5], label[0, :], label[7, 7] = 6, IGNORE_INDEX, 2  # class 6, a void row, a novel pixel
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buf, format="JPEG")
+    sample = {"a": (buf.getvalue(), _png(label)), "b": (buf.getvalue(), _png(label))}
+    decoder = EpisodeDecoder([1, 2, 3, 4, 5], "denet", void, 8, flip_p=0.0)
+    out = decoder(Episode([6], "a", [["b"]]), sample.__getitem__, np.random.default_rng(0))
+    assert out["support_masks"][0][0, 0] == support and out["support_masks"][0][3, 3] == 1
+    assert out["query_label"][0, 0] == query and out["query_label"][3, 3] == 1
+    assert out["query_full_label"][0, 0] == full and out["query_full_label"][3, 3] == 6
+    assert out["query_full_label"][7, 7] == IGNORE_INDEX and out["query_label"][7, 7] == 0  # novel
+    if void == "foreground":
+        with pytest.raises(ValueError, match="1-way"):
+            decoder(Episode([6, 7], "a", [["b"], ["b"]]), sample.__getitem__, np.random.default_rng(0))

@@ -63,6 +63,18 @@ JPG, LABEL = "jpg", "label.png"
 # few samples, so such a run means the fold lists and the shards come from different builds.
 USELESS_SAMPLES = 1000
 _VALUES = np.arange(256, dtype=np.uint8)  # every label value: the rules below become lookup tables
+VOID_PX = 255  # a void pixel's value in a dataset label
+# `train.void`: what a void pixel of a training image is, (in the support masks, in the query labels).
+# background: the DENet release (and its CANet, PGNet, AMP); ignore: the standard protocol; query_ignore:
+# PANet's release (void counts as background in a support's background mask, its query loss ignores it,
+# `dataloaders/customized.py:28-65`, `train.py:78,101`); foreground: SG-One's release (every mask pixel > 0
+# is foreground, void included, `utils/mydataset.py:48-56`; 1-way only).
+VOID_RULES: dict[str, tuple[str, str]] = {
+    "background": ("background", "background"),
+    "ignore": ("ignore", "ignore"),
+    "query_ignore": ("background", "ignore"),
+    "foreground": ("foreground", "foreground"),
+}
 
 
 @dataclass
@@ -132,6 +144,11 @@ class ClassPools:
         return Episode(class_ids, query, supports)
 
 
+def _table_void(rule: str) -> str:
+    """The `pipeline.folds` void argument a rule's lookup table starts from."""
+    return "background" if rule == "background" else "ignore"
+
+
 class EpisodeDecoder:
     """One training episode's samples -> numpy arrays: the training data rules every model sees.
 
@@ -140,7 +157,8 @@ class EpisodeDecoder:
     built by the rule functions themselves (one indexing pass per map):
     `query_full_label` = `pipeline.folds.training_label` (void by `void`, novel -> 255 under denet, 0
     under standard); `query_label` (0 bg, k+1 for way k) and `support_masks` (1 fg, 0 bg) are cut from
-    `pipeline.folds.binary_label` (novel -> background, void by `void`: 255 only with "ignore").
+    `pipeline.folds.binary_label` (novel -> background); void in each by the method's rule `void`
+    (VOID_RULES: background, ignore, query_ignore, foreground).
     `gpu_decode`: labels here, JPEG bytes and flips for `train.stream.normalize.normalize` to decode
     on the device.
     """
@@ -155,10 +173,32 @@ class EpisodeDecoder:
         reduced: bool = True,
         gpu_decode: bool = False,
     ) -> None:
+        if void not in VOID_RULES:
+            raise ValueError(f"void rule {void!r} is not {' | '.join(VOID_RULES)}")
         self.transform = TrainTransform(image_size, flip_p, reduced)
-        self.full_lut = training_label(_VALUES, list(novel), protocol, void)
-        self.binary_lut = binary_label(_VALUES, list(novel), void)
+        self.support_void, self.query_void = VOID_RULES[void]
+        # void stays 255 in the tables when a rule keeps it (ignore) or makes it foreground (patched below)
+        full_void = "ignore" if self.query_void == "ignore" else "background"
+        self.full_lut = training_label(_VALUES, list(novel), protocol, full_void)
+        self.support_lut = binary_label(_VALUES, list(novel), _table_void(self.support_void))
+        self.query_lut = binary_label(_VALUES, list(novel), _table_void(self.query_void))
         self.gpu_decode = gpu_decode
+
+    def support_table(self, class_id: int, class_ids: Sequence[int]) -> np.ndarray:
+        """Raw label value -> a way's support mask value (1 fg, 0 bg, 255 ignored)."""
+        table = binary_mask(self.support_lut, class_id, class_ids)
+        if self.support_void == "foreground":
+            table[VOID_PX] = 1
+        return table
+
+    def query_table(self, class_ids: Sequence[int]) -> np.ndarray:
+        """Raw label value -> the query label (0 bg, k + 1 for way k, 255 ignored)."""
+        table = episode_label(self.query_lut, class_ids)
+        if self.query_void == "foreground":
+            if len(class_ids) > 1:
+                raise ValueError("train.void = foreground (SG-One's rule) is for 1-way training only")
+            table[VOID_PX] = 1
+        return table
 
     def __call__(
         self, episode: Episode, sample: Callable[[str], tuple[bytes, bytes]], rng: np.random.Generator
@@ -169,7 +209,7 @@ class EpisodeDecoder:
         img, label = self.transform(*sample(episode.query), rng)
         s_imgs, s_masks = [], []
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(self.binary_lut, c, episode.class_ids)
+            mask_lut = self.support_table(c, episode.class_ids)
             for k in keys:
                 si, sl = self.transform(*sample(k), rng)
                 s_imgs.append(si)
@@ -177,7 +217,7 @@ class EpisodeDecoder:
         return {
             "query_img": img,
             # np.take: the same lookup as lut[label] at about half the cost (no intp index copy)
-            "query_label": np.take(episode_label(self.binary_lut, episode.class_ids), label),
+            "query_label": np.take(self.query_table(episode.class_ids), label),
             "query_full_label": np.take(self.full_lut, label),
             "support_imgs": np.stack(s_imgs),
             "support_masks": np.stack(s_masks),
@@ -194,7 +234,7 @@ class EpisodeDecoder:
         label, flip = self.transform.label_only(png, rng)
         s_jpgs, s_masks, flips = [], [], [flip]
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
-            mask_lut = binary_mask(self.binary_lut, c, episode.class_ids)
+            mask_lut = self.support_table(c, episode.class_ids)
             for k in keys:
                 s_jpg, s_png = sample(k)
                 sl, sflip = self.transform.label_only(s_png, rng)
@@ -205,7 +245,7 @@ class EpisodeDecoder:
             "query_jpeg": jpg,
             "support_jpegs": s_jpgs,
             "img_flips": flips,
-            "query_label": np.take(episode_label(self.binary_lut, episode.class_ids), label),
+            "query_label": np.take(self.query_table(episode.class_ids), label),
             "query_full_label": np.take(self.full_lut, label),
             "support_masks": np.stack(s_masks),
             "class_ids": episode.class_ids,
