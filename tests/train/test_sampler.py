@@ -156,7 +156,7 @@ def test_ranks_and_workers_read_disjoint_shards(tiny_data):
 
 def test_fewer_shards_than_readers_is_a_clear_error(tiny_data):
     ds = make_stream(tiny_data, rank=0, world_size=4)
-    with pytest.raises(ValueError, match="shards for 8 readers"):
+    with pytest.raises(ShardError, match="shards for 8 readers"):
         list(DataLoader(ds, batch_size=None, num_workers=2))
     # resampling is the documented way out
     ds = make_stream(tiny_data, rank=0, world_size=8, resampled=True)
