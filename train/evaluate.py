@@ -221,6 +221,7 @@ def evaluate_fold(
         "model_name": ckpt["model_name"],
         "scores": scores,
         "episode_sums": sums,
+        "left_out": manifest.get("left_out", {}),  # novel classes without a test episode, and why
     }
 
 
@@ -236,6 +237,14 @@ def _per_class(dataset: str, folds: dict[int, dict[int, dict[str, Any]]]) -> lis
             rows.append({"fold": fold, "class_id": c, "class": names.get(c, f"class {c}"),
                          "iou": round(float(np.mean(values)), 4), "iou_std": round(std, 4)})  # fmt: skip
     return rows
+
+
+def _missing(dataset: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The novel classes of each fold that no test episode holds (not in the mean), with the reason."""
+    names = class_names(dataset)
+    found = {(int(run["fold"]), int(c)): why for run in runs for c, why in run.get("left_out", {}).items()}
+    return [{"fold": f, "class_id": c, "class": names.get(c, f"class {c}"), "reason": why}
+            for (f, c), why in sorted(found.items())]  # fmt: skip
 
 
 def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,6 +279,7 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "num_folds": len(folds),
         "summary": summary,
         "per_class": _per_class(p.dataset, folds),
+        "missing_classes": _missing(p.dataset, runs),
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL},
         "folds": {
             f"fold{fold}": {
@@ -292,12 +302,15 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
     """metrics.json: the model's cell and, per (fold,) seed, its score and manifest hash (16 hex digits)."""
     cell = details["summary"]["model"]
-    out: dict[str, Any] = {
+    out: dict[str, Any] = {  # in `dvc exp show`'s column order: the score first
         "miou": cell["miou"],
-        "fb_iou": cell["fb_iou"],
-        "miou_std": cell["miou_std"],
         "miou_ci95_low": cell["miou_ci95"][0],
         "miou_ci95_high": cell["miou_ci95"][1],
+        "fb_iou": cell["fb_iou"],
+        "miou_std": cell["miou_std"],
+        # novel classes in the mean, and those without a test episode (details.json says why)
+        "classes_scored": len({(r["fold"], r["class_id"]) for r in details["per_class"]}),
+        "classes_missing": len(details.get("missing_classes", [])),
     }
     for fold_key, fold in details["folds"].items():
         for seed, run in fold["seeds"].items():
@@ -343,7 +356,13 @@ def format_table(details: dict[str, Any]) -> str:
         lines.append(" | ".join([name, *cells, cell_text(cell)]))
     lines.append("per-class IoU (model): " + ", ".join(f"{row['class']} {row['iou']:.1f}"
                                                        for row in details["per_class"]))  # fmt: skip
+    lines += [missing_text(row) for row in details.get("missing_classes", [])]
     return "\n".join(lines)
+
+
+def missing_text(row: dict[str, Any]) -> str:
+    """One line for a novel class that is not in the mean: which, and why."""
+    return f"not in the mean: fold {row['fold']} {row['class']} (class {row['class_id']}): {row['reason']}"
 
 
 # ---------------------------------------------------------------- the command line: what to evaluate

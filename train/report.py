@@ -70,6 +70,9 @@ class Table:
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )  # cell -> (fold, class name) -> IoU per seed
     curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)  # row -> name
+    missing: dict[CellKey, dict[tuple[int, str], str]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # cell -> (fold, class name) -> why no test episode holds it (not in the mean)
 
 
 # ---------------------------------------------------------------- reading: workspace and experiments
@@ -219,6 +222,8 @@ def collect(evaluations: list[Evaluation]) -> Table:
                 for cid, iou in model.items():
                     cname = names.get((int(fold["fold"]), int(cid)), f"class {cid}")
                     table.per_class[(group, row, setting)][(int(fold["fold"]), cname)].append(iou)
+        for miss in d.get("missing_classes", []):
+            table.missing[(group, row, setting)][(int(miss["fold"]), miss["class"])] = miss["reason"]
         if ev.curves:
             table.curves[row] = ev.curves
     return table
@@ -290,9 +295,22 @@ def markdown(table: Table) -> str:
                 for setting in SETTINGS
             ]
             out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.extend(missing_markdown(table, group))
         out.append(f"\nmanifests (sha256 prefixes): {', '.join(sorted(table.hashes[group]))}\n")
         out.extend(per_class_markdown(table, group))
     return "\n".join(out) + "\n"
+
+
+def missing_markdown(table: Table, group: Group) -> list[str]:
+    """A line per novel class that no test episode holds: the means above leave it out."""
+    found = {
+        (setting, fold, name, why)
+        for (g, _, setting), classes in table.missing.items()
+        if g == group
+        for (fold, name), why in classes.items()
+    }
+    return [f"\n**Not in the mean** ({w}w{s}s, fold {fold}): {name}: {why}"
+            for (w, s), fold, name, why in sorted(found)]  # fmt: skip
 
 
 def per_class_markdown(table: Table, group: Group) -> list[str]:
@@ -302,13 +320,15 @@ def per_class_markdown(table: Table, group: Group) -> list[str]:
         rows = [r for r in _rows(table, group) if (group, r, setting) in table.per_class]
         if not rows:
             continue
-        classes = sorted({k for r in rows for k in table.per_class[(group, r, setting)]})
+        missing = {k: why for r in rows for k, why in table.missing.get((group, r, setting), {}).items()}
+        classes = sorted({k for r in rows for k in table.per_class[(group, r, setting)]} | set(missing))
         out.append(f"Per-class IoU, {setting[0]}-way {setting[1]}-shot (mean over test seeds):\n")
         out.append("| fold | class | " + " | ".join(rows) + " |")
         out.append("|---|---|" + "---|" * len(rows))
         for fold, name in classes:
             values = [table.per_class[(group, r, setting)].get((fold, name)) for r in rows]
-            cells = [f"{np.mean(v):.2f}" if v else "-" for v in values]
+            cells = [f"{np.mean(v):.2f}" if v else "no test episode" if (fold, name) in missing else "-"
+                     for v in values]  # fmt: skip
             out.append(f"| {fold} | {name} | " + " | ".join(cells) + " |")
         out.append("")
     return out

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pipeline.classes import class_name
 from pipeline.config import ConfigError
 from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
@@ -295,6 +296,27 @@ def draw_test_episodes(
     return episodes
 
 
+def left_out_classes(
+    pairs: dict[str, list[int]], novel: Sequence[int], protocol: str, way: int
+) -> dict[str, str]:
+    """{class id: why} for the novel classes no test episode can hold (fewer than 2 pool images)."""
+    pools = episode_pools(pairs, novel, protocol, way)
+    n_pairs = {c: sum(c in cs for cs in pairs.values()) for c in novel}
+    out = {}
+    for c in novel:
+        n_pool = len(pools.get(c, ()))
+        if n_pool >= 2:
+            continue
+        if n_pairs[c] == 0:
+            out[str(c)] = "no test pair (the folds stage says why)"
+        elif n_pairs[c] == 1:
+            out[str(c)] = "1 test pair: an episode needs a query and a support"
+        else:
+            out[str(c)] = (f"{n_pool} of its {n_pairs[c]} test images show no other novel class "
+                           f"(the {protocol} {way}-way query rule)")  # fmt: skip
+    return out
+
+
 class TestSplit(NamedTuple):
     """What test episodes of one fold are drawn from: its novel classes, test.txt pairs and index rows."""
 
@@ -340,6 +362,7 @@ def build_manifest(
         "protocol": protocol,
         "seed": seed,
         "sha256_of_episodes": episodes_digest(episodes),
+        "left_out": left_out_classes(pairs, novel, protocol, way),  # novel classes without an episode
         "episodes": episodes,
     }
 
@@ -683,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         path = manifest_file(args.out, seed)
         write_json(path, manifest)
         print(f"{path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+    left_out = next(iter(manifests.values()))["left_out"]
+    for c, why in left_out.items():
+        print(f"fold {p.fold}: novel class {c} ({class_name(p.dataset, int(c))}) has no test episode: {why}")
     if p.way == 2:
         print(both_ways_line(test, p, manifests))
     return 0
