@@ -131,7 +131,8 @@ class Train:
     # fixed set drawn once, episodes_per_class per base class, reshuffled every epoch, read by key from
     # the shards: the release's recipe). auto: see _BY_PROTOCOL
     episodes: Literal["auto", "stream", "manifest"] = AUTO
-    episodes_per_class: int = 1000  # manifest size per base class (the release: 1000)
+    # manifest size per base class; auto: the release's 1000, or what the fold's images allow (train.py)
+    episodes_per_class: int | str = AUTO
     log_every: int = 10  # steps between dvclive/metric records
 
 
@@ -358,7 +359,7 @@ def resolve(params: Params) -> Params:
 _AT_LEAST = {
     **dict.fromkeys(("train.batch_size", "train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
     **dict.fromkeys(("sampler.image_size", "sampler.test_episodes", "sampler.val_episodes"), 1),
-    **dict.fromkeys(("data.shard_max_samples", "data.min_shards", "train.episodes_per_class"), 1),
+    **dict.fromkeys(("data.shard_max_samples", "data.min_shards"), 1),
     **dict.fromkeys(("sampler.workers", "data.workers", "download.retries"), 0),
     **dict.fromkeys(("infer.episodes", "infer.worst"), 0),
 }
@@ -398,6 +399,9 @@ def _check_combinations(p: Params) -> None:
         value = getattr(getattr(p, section), key)
         if value < least:
             raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
+    per_class = p.train.episodes_per_class
+    if per_class != AUTO and (not isinstance(per_class, int) or per_class < 1):
+        raise ConfigError(f"params: train.episodes_per_class = {per_class!r} must be >= 1 or auto")
     _check_recipe(p.train)
     seeds = p.evaluate.seeds
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:

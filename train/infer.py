@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 import math
 import sys
@@ -318,6 +319,64 @@ def collect_panels(
     return examples, failures.items(), metric.compute()
 
 
+def evaluated_scores(
+    details: dict[str, Any], manifest: dict[str, Any]
+) -> tuple[dict[int, list[float]], dict[str, Any]] | None:
+    """({episode: IoU of each scored way}, the model's scores) of `manifest` from evaluate's details.json.
+
+    The evaluation is found by the manifest's hash; None when details.json did not score this manifest.
+    A way whose class is absent from the query has no record (as in `score_episode`: NaN, left out).
+    """
+    from train.stats import EpisodeSums
+
+    for fold in details.get("folds", {}).values():
+        for run in fold["seeds"].values():
+            if run["manifest_sha256"] != manifest["sha256_of_episodes"]:
+                continue
+            sums = EpisodeSums.from_json(run["episode_sums"])
+            per_episode: dict[int, list[float]] = {}
+            for e, i, u in zip(sums.episode.tolist(), sums.i_fg.tolist(), sums.u_fg.tolist(), strict=True):
+                per_episode.setdefault(e, []).append(100.0 * i / u if u else math.nan)
+            return per_episode, run["scores"]["model"]
+    return None
+
+
+def choose_episodes(
+    per_episode: dict[int, list[float]], queries: list[str], first: int, worst: int
+) -> tuple[list[int], list[int]]:
+    """(the first `first` episodes, the `worst` lowest-scoring ones from distinct queries), as indexes."""
+    failures = WorstCases(worst)
+    for index, query in enumerate(queries):
+        valid = [v for v in per_episode.get(index, []) if not math.isnan(v)]
+        failures.add(float(np.mean(valid)) if valid else math.inf, index, query, index)
+    return list(range(min(first, len(queries)))), failures.items()
+
+
+def render_episodes(
+    model: nn.Module, p: Any, shards: str, manifest: dict[str, Any], indexes: list[int], device: str,
+    sizes: dict[str, tuple[int, int]],
+) -> dict[int, Panel]:  # fmt: skip
+    """Panels of the manifest's episodes `indexes` only (the model runs on those alone), by index."""
+    from torch.utils.data import DataLoader, Subset
+
+    from train.evaluate import run_episodes
+    from train.stream.episodes import EvalEpisodes, collate_eval
+    from train.stream.shard_io import join_url
+
+    # the whole manifest's dataset, so that each episode keeps its flips (by its place in the manifest)
+    split, size, flip = join_url(str(shards), "test"), int(p.sampler.image_size), bool(p.evaluate.flip)
+    dataset = EvalEpisodes(manifest, split, size, manifest["protocol"], p.sampler.decode_reduced, flip=flip)
+    loader = DataLoader(Subset(dataset, indexes), batch_size=p.evaluate.batch_size, collate_fn=collate_eval)
+    episodes = run_episodes(model, loader, device, p.train.amp)
+    panels = {}
+    for index, (batch, j, out, preds, label) in zip(indexes, episodes, strict=True):
+        class_ids = [int(c) for c in batch["class_ids"][j]]
+        ious = score_episode(FewShotIoU(), preds.cpu(), label.cpu(), class_ids, manifest["protocol"])
+        dataset_name = manifest.get("dataset", p.dataset)
+        panels[index] = _panel_from(batch, j, out, preds, label, ious, index, dataset_name, sizes)
+    return panels
+
+
 def image_sizes(split_url: str) -> dict[str, tuple[int, int]]:
     """Image id -> original (height, width), from a split's index.tsv (panels keep the aspect ratio)."""
     import csv
@@ -352,9 +411,13 @@ def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Pa
 def infer_manifests(
     checkpoint: Path, manifests: list[Path], shards: str | Path, out_dir: Path,
     params_file: str = "params.yaml", episodes: int | None = None, worst: int | None = None,
-    device: str | None = None,
+    device: str | None = None, scores: Path | None = None,
 ) -> Path:  # fmt: skip
-    """Panels and index.html for each manifest; returns the index path."""
+    """Panels and index.html for each manifest; returns the index path.
+
+    `scores`: the evaluate stage's details.json. Where it scored a manifest, its per-episode sums pick
+    the failure cases and the model runs on the chosen episodes only; else every episode is scored here.
+    """
     from train.evaluate import episode_batches
     from train.stream import shards_location
     from train.stream.episodes import manifest_files, read_manifest
@@ -368,14 +431,23 @@ def infer_manifests(
     model, ckpt = build_model_from_checkpoint(checkpoint)
     model.to(dev)
     sizes = image_sizes(join_url(str(shards), "test"))
+    details = json.loads(scores.read_text()) if scores is not None else {}
     sections = []
     for mpath in (first_manifest(m, manifest_files) for m in manifests):
         manifest = read_manifest(mpath)
         setting = f"{manifest['way']}way_{manifest['shot']}shot"
-        examples, worst_panels, result = collect_panels(
-            model, episode_batches(p, shards, manifest), manifest["protocol"], dev, p.train.amp, first, keep,
-            manifest.get("dataset", p.dataset), sizes,
-        )  # fmt: skip
+        evaluated = evaluated_scores(details, manifest)
+        if evaluated is None:  # no evaluation of this manifest to read: score every episode here
+            examples, worst_panels, result = collect_panels(
+                model, episode_batches(p, shards, manifest), manifest["protocol"], dev, p.train.amp, first,
+                keep, manifest.get("dataset", p.dataset), sizes,
+            )  # fmt: skip
+        else:
+            per_episode, result = evaluated
+            queries = [ep["query"] for ep in manifest["episodes"]]
+            shown, failing = choose_episodes(per_episode, queries, first, keep)
+            panels = render_episodes(model, p, shards, manifest, sorted({*shown, *failing}), dev, sizes)
+            examples, worst_panels = [panels[i] for i in shown], [panels[i] for i in failing]
         note = (f"fold {manifest['fold']}, {len(manifest['episodes'])} episodes, mIoU {result['miou']:.2f}, "
                 f"FB-IoU {result['fb_iou']:.2f}, manifest sha256 {manifest['sha256_of_episodes'][:16]}, "
                 f"checkpoint step {ckpt['step']}")  # fmt: skip
@@ -530,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         "--episodes", type=int, default=None, help="panels per manifest (params infer.episodes)"
     )
     parser.add_argument("--worst", type=int, default=None, help="failure cases kept (params infer.worst)")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="evaluate's details.json: its per-episode scores pick the failure cases, so "
+                        "only the shown episodes run (default: score every episode here)")  # fmt: skip
     parser.add_argument("--query", type=Path, help="own-images mode: the query image")
     parser.add_argument("--support", type=Path, nargs="*", default=[], help="support image(s)")
     parser.add_argument("--mask", type=Path, nargs="*", default=[], help="support mask(s), > 0 = object")
@@ -547,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("give --manifest and --shards, or --query/--support/--mask")
             index = infer_manifests(
                 Path(args.checkpoint), [Path(m) for m in args.manifest], args.shards, Path(args.out),
-                args.params, args.episodes, args.worst, args.device,
+                args.params, args.episodes, args.worst, args.device, args.scores,
             )  # fmt: skip
     except USER_ERRORS as exc:  # one line: bad images, files, params, device, checkpoint
         return report(exc)

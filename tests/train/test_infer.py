@@ -176,3 +176,41 @@ def test_voc_palette():
         and pal[1].tolist() == [128, 0, 0]
         and pal[15].tolist() == [192, 128, 128]
     )
+
+
+def test_evaluated_scores_pick_the_same_panels_with_the_model_run_on_those_alone(tiny_data, ckpt, tmp_path):
+    """The infer stage reads evaluate's per-episode sums: the same examples and failure cases (same IoUs,
+    same predictions) as scoring every episode here, with the model run on the shown episodes only."""
+    from pipeline.config import load_params
+    from train.checkpoint import build_model_from_checkpoint
+    from train.evaluate import episode_batches, evaluate_model
+
+    shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
+    manifest = build_manifest(shards, folds, "pascal", 0, 1, 1, "denet", 0, 40)
+    p = load_params(write_params(tmp_path))
+    model, _ = build_model_from_checkpoint(ckpt)
+    sizes = infer.image_sizes(f"{shards}/test")
+    examples, worst, metric = infer.collect_panels(
+        model, episode_batches(p, shards, manifest), "denet", "cpu", p.train.amp, 2, 6, "pascal", sizes
+    )
+    result = evaluate_model(model, episode_batches(p, shards, manifest), "denet", "cpu", p.train.amp)
+    sums = result["episode_sums"].to_json()
+    run = {"manifest_sha256": manifest["sha256_of_episodes"], "episode_sums": sums,
+           "scores": {"model": {"miou": result["miou"], "fb_iou": result["fb_iou"]}}}  # fmt: skip
+    details = {"folds": {"fold0": {"seeds": {"0": run}}}}
+    assert infer.evaluated_scores(details, {"sha256_of_episodes": "another manifest"}) is None
+    per_episode, scores = infer.evaluated_scores(details, manifest)
+    assert scores["miou"] == pytest.approx(metric["miou"])
+    queries = [ep["query"] for ep in manifest["episodes"]]
+    shown, failing = infer.choose_episodes(per_episode, queries, 2, 6)
+    assert shown == [e.index for e in examples] and failing == [w.index for w in worst]
+    seen = []
+    hook = model.register_forward_hook(lambda _m, args, _out: seen.append(len(args[0])))
+    panels = infer.render_episodes(model, p, shards, manifest, sorted({*shown, *failing}), "cpu", sizes)
+    hook.remove()
+    assert sum(seen) == len({*shown, *failing}) < 40  # the model ran on the chosen episodes alone
+    for panel in [*examples, *worst]:
+        again = panels[panel.index]
+        assert again.ious == pytest.approx(panel.ious, nan_ok=True) and np.array_equal(
+            again.preds, panel.preds
+        )
