@@ -331,11 +331,12 @@ def write_outputs(out: Path, details: dict[str, Any]) -> None:
     write_json(out / DETAILS_FILE, details)
 
 
-def cell_text(cell: dict[str, Any]) -> str:
-    """`mIoU ± std [95% CI] / FB-IoU` (the interval only where the cell has one)."""
+def cell_text(cell: dict[str, Any], seeds: int) -> str:
+    """`mIoU ± std [95% CI] / FB-IoU` (the interval only where the cell has one; std "n/a" for one seed)."""
     ci = cell.get("miou_ci95")
     interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-    return f"{cell['miou']:.2f} ± {cell['miou_std']:.2f}{interval} / {cell['fb_iou']:.2f}"
+    std = f"{cell['miou_std']:.2f}" if seeds > 1 else "n/a"
+    return f"{cell['miou']:.2f} ± {std}{interval} / {cell['fb_iou']:.2f}"
 
 
 def format_table(details: dict[str, Any]) -> str:
@@ -353,7 +354,7 @@ def format_table(details: dict[str, Any]) -> str:
     ]
     for name, cell in details["summary"].items():
         cells = [f"{r['scores'][name]['miou']:.2f}/{r['scores'][name]['fb_iou']:.2f}" for _, _, r in runs]
-        lines.append(" | ".join([name, *cells, cell_text(cell)]))
+        lines.append(" | ".join([name, *cells, cell_text(cell, len(details["seeds"]))]))
     lines.append("per-class IoU (model): " + ", ".join(f"{row['class']} {row['iou']:.1f}"
                                                        for row in details["per_class"]))  # fmt: skip
     lines += [missing_text(row) for row in details.get("missing_classes", [])]
