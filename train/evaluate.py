@@ -326,7 +326,7 @@ def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(out: Path, details: dict[str, Any]) -> None:
     """metrics.json, per_class.json and details.json into `out`, each written atomically."""
-    write_json(out / METRICS_FILE, short_metrics(details))
+    write_json(out / METRICS_FILE, short_metrics(details), sort_keys=False)  # dvc exp show's column order
     write_json(out / PER_CLASS_FILE, {"per_class": details["per_class"]})
     write_json(out / DETAILS_FILE, details)
 

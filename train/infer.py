@@ -276,7 +276,7 @@ def draw_panel(panel: Panel, path: Path, title: str = "") -> None:
     fig.suptitle(title or f"{panel.query_id}: {names}", fontsize=FONT)
     fig.tight_layout(rect=(0, 0.3 * rows / (3.6 + 0.3 * rows) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legend may be wider than the tiles
     plt.close(fig)
 
 

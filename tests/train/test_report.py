@@ -207,6 +207,8 @@ def test_a_novel_class_without_a_test_episode_is_marked_and_counted(tmp_path, ca
     assert "not in the mean: fold 0 bird (class 3): no test pair" in ev.format_table(details)
     results = tmp_path / "results"
     ev.write_outputs(results / "evaluate", details)
+    written = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert list(written)[:4] == ["miou", "miou_ci95_low", "miou_ci95_high", "fb_iou"]  # the file's order
     assert report.main(["--results", str(results), "--print"]) == 0
     out = capsys.readouterr().out
     assert "**Not in the mean** (1w1s, fold 0): bird: no test pair (the folds stage says why)" in out
