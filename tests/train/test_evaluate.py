@@ -74,7 +74,7 @@ def test_evaluate_is_deterministic_and_complete(tiny_data, setup, capsys):
     # the short metrics file: what `dvc metrics show` prints
     short = json.loads(outs[0]["metrics.json"])
     assert short == {"miou": cell["miou"], "fb_iou": cell["fb_iou"], "miou_std": 0.0, "miou_ci95_low": low,
-                     "miou_ci95_high": high,
+                     "miou_ci95_high": high, "classes_scored": len(data["per_class"]), "classes_missing": 0,
                      "seed0": {"miou": cell["miou"], "fb_iou": cell["fb_iou"],
                                "manifest": manifest["sha256_of_episodes"][:16]}}  # fmt: skip
     # per-class IoU under VOC's class names (fold 0 holds out aeroplane .. bottle)
