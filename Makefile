@@ -15,8 +15,10 @@ $(BIN)/activate: pyproject.toml
 
 env: $(BIN)/activate
 
+# `dvc exp run` (not `dvc repro`): the result is an experiment, so later `dvc exp run`s do not replace
+# it in `dvc exp show` and `train.report --experiments`; outside a git checkout, a plain `dvc repro`
 run: env
-	dvc repro
+	if git rev-parse -q --verify HEAD >/dev/null 2>&1; then dvc exp run; else dvc repro; fi
 	python -m train.report --print
 	@echo "gallery: results/infer/index.html (test episodes and failure cases, one panel each)"
 

@@ -155,7 +155,8 @@ class Train:
     # fixed set drawn once, episodes_per_class per base class, reshuffled every epoch, read by key from
     # the shards: the release's recipe). auto: see _BY_PROTOCOL
     episodes: Literal["auto", "stream", "manifest"] = AUTO
-    episodes_per_class: int = 1000  # manifest size per base class (the release: 1000)
+    # manifest size per base class; auto: the release's 1000, or what the fold's images allow (train.py)
+    episodes_per_class: int | str = AUTO
     log_every: int = 10  # steps between dvclive/metric records
 
 

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -213,6 +214,25 @@ def _stream_http(
             raise requests.ConnectionError(f"{name}: connection closed at {got} of {total} bytes")
 
 
+OFFLINE_REMEDY = (
+    "put or symlink the extracted folders under <paths.raw>/official/ (data/raw/official/: VOCdevkit/, "
+    "benchmark_RELEASE/, train2014/, val2014/, annotations/), or set download.mirror to a lab mirror"
+)
+
+
+def check_host(location: str, name: str) -> None:
+    """Fail at once, naming the remedies, when the URL's host name does not resolve (offline, no DNS):
+    retrying cannot help there, while the retries of a dropped connection can."""
+    host = urlparse(location).hostname
+    if not host:
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        message = f"{name}: cannot resolve {host} ({exc.strerror}), so no download: {OFFLINE_REMEDY}"
+        raise DownloadError(message) from None
+
+
 def _discard(part: Path) -> None:
     """Delete a part file whose bytes may be incomplete on disk (a failed local write, e.g. disk full)."""
     part.unlink(missing_ok=True)
@@ -300,6 +320,7 @@ def _fetch_locked(
     location = source_location(source, mirror)
     limit = size_limit(source)
     if location.startswith(("http://", "https://")):
+        check_host(location, source.name)
         meter = RateMeter(location, limits or NetLimits(where="download"))
         with requests.Session() as session:
             for attempt in range(retries + 1):

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.classes import class_names
 from pipeline.config import NUM_CLASSES, ConfigError, load_params
 from pipeline.io import atomic_write, write_json
 from pipeline.protocol import protocol_rules, void_as_background
@@ -133,6 +136,27 @@ def query_classes(
     return [c for c in sorted(classes) if c in novel and _present(classes[c], min_fraction, min_pixels)]
 
 
+MIN_EPISODE_IMAGES = 2  # a test episode needs a query and at least one support image of its class
+
+
+def missing_reason(shown: list[tuple[int, int]], pairs: int, min_fraction: float, min_pixels: int) -> str:
+    """Why a novel class has fewer than MIN_EPISODE_IMAGES test pairs, in words.
+
+    `shown`: (presence_px, presence_total) of every test image that holds any pixel of the class.
+    """
+    if not shown:
+        return "no test image shows it"
+    if pairs:
+        return f"only {pairs} test image passes the presence rule (an episode needs a query and a support)"
+    px, total = max(shown, key=lambda s: (s[0] / s[1], s[0]))
+    rules = {f">= {min_pixels} px": min_pixels, f">= {min_fraction:.0%} of the mask": min_fraction}
+    rule = " and ".join(text for text, value in rules.items() if value)
+    return (
+        f"no test image passes the presence rule ({rule}): {len(shown)} show it, the largest with {px} px "
+        f"({px / total:.1%} of its mask)"
+    )
+
+
 def write_folds(
     shards_dir: str | Path,
     out: str | Path,
@@ -155,7 +179,11 @@ def write_folds(
         for f, (_, novel) in enumerate(folds):
             for c in train_classes(classes, novel, min_fraction, min_pixels, drop_novel_images):
                 pairs["train"][f].append(pair_name(image_id, c))
+    shown: dict[int, list[tuple[int, int]]] = defaultdict(list)  # class -> (px, total) of test images
     for image_id, classes in iter_index_images(shards_dir / "test" / "index.tsv"):
+        for c, stats in classes.items():
+            if stats[0] > 0:
+                shown[c].append(stats)
         for f, (_, novel) in enumerate(folds):
             for c in query_classes(classes, novel, min_fraction, min_pixels):
                 pairs["test"][f].append(pair_name(image_id, c))
@@ -168,6 +196,12 @@ def write_folds(
         info |= {"novel": novel, "base": base, "min_fraction": min_fraction, "min_pixels": min_pixels}
         info |= {"drop_novel_images": drop_novel_images}
         info |= {"num_train_pairs": len(pairs["train"][f]), "num_test_pairs": len(pairs["test"][f])}
+        per_class = Counter(int(line.rsplit("__", 1)[1]) for line in pairs["test"][f])
+        info["missing_novel"] = {
+            str(c): missing_reason(shown[c], per_class[c], min_fraction, min_pixels)
+            for c in novel
+            if per_class[c] < MIN_EPISODE_IMAGES
+        }
         write_json(out / f"fold{f}.json", info)  # last: its presence means the fold is complete
         counts[f] = (len(pairs["train"][f]), len(pairs["test"][f]))
     return counts
@@ -195,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=int(p.data.min_pixels),
         drop_novel_images=p.data.drop_novel_images,
     )
+    names = class_names(p.dataset)
     for f, (n_train, n_test) in counts.items():
         print(f"fold {f}: {n_train} train pairs, {n_test} test pairs")
+        missing = json.loads((Path(args.out) / f"fold{f}.json").read_text())["missing_novel"]
+        for c, why in missing.items():
+            print(f"fold {f}: novel class {c} ({names[int(c)]}) has no test episode: {why}", file=sys.stderr)
     return 0
 
 

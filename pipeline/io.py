@@ -41,10 +41,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as sorted, indented JSON, atomically."""
+def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
+    """Write `data` as indented JSON (keys sorted unless `sort_keys` is False), atomically."""
     with atomic_write(path, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
+        json.dump(data, handle, indent=1, sort_keys=sort_keys)
         handle.write("\n")
 
 

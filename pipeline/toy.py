@@ -46,7 +46,10 @@ PASCAL_COUNTS = {"voc_train": 300, "voc_val": 150, "sbd_train": 500, "sbd_val": 
 # VOC/SBD ids shared as in the real data: (VOC split, SBD split) -> count. ("train", "val"): SBD val
 # images with a VOC2012 train PNG, where the DENet release reads SBD's .mat (docs/protocol.md).
 PASCAL_SHARED = {("train", "train"): 50, ("val", "val"): 35, ("val", "train"): 15, ("train", "val"): 15}
-COCO_COUNTS = {"train": 1000, "val": 520}  # >= ~15 train and ~8 val images per class (1% rule)
+COCO_COUNTS = {"train": 1000, "val": 640}  # 12-13 train and 8 val primaries per class
+# The primary object of an image keeps this many pixels after PRIMARY_BAND pixels of its border go
+# (the VOC void band): above the standard protocol's 2048 px presence rule at the original size.
+PRIMARY_MIN_PX, PRIMARY_BAND = 2600, 2
 MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: toy"  # fixed: no timestamp
 
 
@@ -245,15 +248,21 @@ class Instance:
 def render_scene(
     rng: np.random.Generator, looks: list[Look], primary: int, sides: tuple[int, int] = SIZE_RANGE
 ) -> tuple[np.ndarray, list[Instance]]:
-    """One image with 1-3 objects (the first of class `primary`), painted in order (later occludes)."""
+    """One image with 1-3 objects, the one of class `primary` painted last (later occludes).
+
+    The primary object is never occluded and grows until it keeps PRIMARY_MIN_PX pixels inside a
+    VOC void band, so every image is a test pair of its primary class under both presence rules
+    (denet: 2% / 1% of the resized mask; standard: 2048 px at the original size, docs/protocol.md).
+    """
     h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
     img = _background(h, w, rng)
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
-    classes = [primary] + [int(rng.integers(len(looks))) for _ in range(count - 1)]
+    classes = [int(rng.integers(len(looks))) for _ in range(count - 1)] + [primary]
     instances: list[Instance] = []
     side = min(h, w)
     for k, cls in enumerate(classes):
-        radius = rng.uniform(0.2, 0.38) * side if k == 0 else rng.uniform(0.13, 0.3) * side
+        last = k == count - 1
+        radius = rng.uniform(0.2, 0.38) * side if last else rng.uniform(0.13, 0.3) * side
         if instances and rng.random() < 0.5:  # overlap an earlier object on purpose
             near = instances[int(rng.integers(len(instances)))]
             ys, xs = np.nonzero(near.mask)
@@ -261,8 +270,15 @@ def render_scene(
             centre = np.array([xs[j], ys[j]], np.float64) + rng.normal(0, radius * 0.5, 2)
         else:
             centre = rng.uniform([radius * 0.6, radius * 0.6], [w - radius * 0.6, h - radius * 0.6])
-        polygon = _clip_polygon(_place(_outline(looks[cls], rng), centre, radius, rng), w, h)
+        shape = _place(_outline(looks[cls], rng), np.zeros(2), 1.0, rng)
+        polygon = _clip_polygon(shape * radius + centre, w, h)
         mask = _rasterize([polygon], h, w)
+        for _ in range(12 if last else 0):  # the primary grows (same shape and centre) until it is big enough
+            if ndi.binary_erosion(mask, iterations=PRIMARY_BAND).sum() >= PRIMARY_MIN_PX:
+                break
+            radius *= 1.15
+            polygon = _clip_polygon(shape * radius + centre, w, h)
+            mask = _rasterize([polygon], h, w)
         if mask.sum() < 16:
             continue
         img[mask] = _texture(looks[cls], h, w, centre, rng)[mask]
@@ -390,7 +406,11 @@ def generate_pascal(
     rng = np.random.default_rng([seed, 0])
     splits, ids = _pascal_splits(rng, scale)
     looks = class_looks(len(VOC_CLASSES))
-    primaries = _balanced(rng, len(ids), len(VOC_CLASSES))
+    # primaries balanced within VOC val (the standard protocol's whole test set), then over the rest
+    voc_val = set(splits["voc_val"])
+    primary_of: dict[str, int] = {}
+    for group in ([i for i in ids if i in voc_val], [i for i in ids if i not in voc_val]):
+        primary_of.update(zip(group, _balanced(rng, len(group), len(VOC_CLASSES)), strict=True))
     voc = root / "VOCdevkit" / "VOC2012"
     sbd = root / "benchmark_RELEASE" / "dataset"
     for folder in (voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets" / "Segmentation"):
@@ -401,7 +421,7 @@ def generate_pascal(
     in_sbd = set(splits["sbd_train"]) | set(splits["sbd_val"])
     for index, image_id in enumerate(ids):
         scene_rng = np.random.default_rng([seed, 0, index])
-        img, instances = render_scene(scene_rng, looks, primaries[index], sides)
+        img, instances = render_scene(scene_rng, looks, primary_of[image_id], sides)
         label = semantic_label(instances, *img.shape[:2])
         jpeg = encode_jpeg(img)
         if image_id in in_voc:

@@ -26,7 +26,23 @@ def one_line(exc: BaseException) -> str:
     return lines[-1].removeprefix(prefix)
 
 
+# where the DVC stages write (dvc.yaml, default params paths) -> the stage that makes what is there
+MADE_BY = {"shards/": "shards", "data/folds/": "folds", "data/episodes/": "episodes",
+           "models/experiment/": "train", "results/evaluate/": "evaluate"}  # fmt: skip
+
+
+def missing_output_hint(exc: BaseException) -> str:
+    """For a missing file that a DVC stage makes: the `dvc repro` / `dvc pull` that makes it ("" else)."""
+    text = str(exc)
+    if not (isinstance(exc, FileNotFoundError) or "does not exist" in text):
+        return ""
+    for folder, stage in MADE_BY.items():
+        if folder in text:
+            return f" (`dvc repro {stage}` makes it, or `dvc pull {stage}` fetches it from the remote)"
+    return ""
+
+
 def report(exc: BaseException) -> int:
     """Print `exc` as `error: ...` on stderr and return the exit status 2."""
-    print(f"error: {one_line(exc)}", file=sys.stderr)
+    print(f"error: {one_line(exc)}{missing_output_hint(exc)}", file=sys.stderr)
     return 2

@@ -244,6 +244,7 @@ def evaluate_fold(
         "model_name": ckpt["model_name"],
         "scores": scores,
         "episode_sums": sums,
+        "left_out": manifest.get("left_out", {}),  # novel classes without a test episode, and why
     }
 
 
@@ -259,6 +260,14 @@ def _per_class(dataset: str, folds: dict[int, dict[int, dict[str, Any]]]) -> lis
             rows.append({"fold": fold, "class_id": c, "class": names.get(c, f"class {c}"),
                          "iou": round(float(np.mean(values)), 4), "iou_std": round(std, 4)})  # fmt: skip
     return rows
+
+
+def _missing(dataset: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The novel classes of each fold that no test episode holds (not in the mean), with the reason."""
+    names = class_names(dataset)
+    found = {(int(run["fold"]), int(c)): why for run in runs for c, why in run.get("left_out", {}).items()}
+    return [{"fold": f, "class_id": c, "class": names.get(c, f"class {c}"), "reason": why}
+            for (f, c), why in sorted(found.items())]  # fmt: skip
 
 
 def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -297,6 +306,7 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "num_folds": len(folds),
         "summary": summary,
         "per_class": _per_class(p.dataset, folds),
+        "missing_classes": _missing(p.dataset, runs),
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL},
         "folds": {
             f"fold{fold}": {
@@ -319,13 +329,16 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
     """metrics.json: the model's cell and, per (fold,) seed, its score and manifest hash (16 hex digits)."""
     cell = details["summary"]["model"]
-    out: dict[str, Any] = {
+    out: dict[str, Any] = {  # in `dvc exp show`'s column order: the score first
         "miou": cell["miou"],
-        "fb_iou": cell["fb_iou"],
-        "miou_std": cell["miou_std"],
         "miou_ci95_low": cell["miou_ci95"][0],
         "miou_ci95_high": cell["miou_ci95"][1],
+        "fb_iou": cell["fb_iou"],
         **({"f_iou": cell["f_iou"]} if "f_iou" in cell else {}),
+        "miou_std": cell["miou_std"],
+        # novel classes in the mean, and those without a test episode (details.json says why)
+        "classes_scored": len({(r["fold"], r["class_id"]) for r in details["per_class"]}),
+        "classes_missing": len(details.get("missing_classes", [])),
     }
     for fold_key, fold in details["folds"].items():
         for seed, run in fold["seeds"].items():
@@ -342,16 +355,17 @@ def short_metrics(details: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(out: Path, details: dict[str, Any]) -> None:
     """metrics.json, per_class.json and details.json into `out`, each written atomically."""
-    write_json(out / METRICS_FILE, short_metrics(details))
+    write_json(out / METRICS_FILE, short_metrics(details), sort_keys=False)  # dvc exp show's column order
     write_json(out / PER_CLASS_FILE, {"per_class": details["per_class"]})
     write_json(out / DETAILS_FILE, details)
 
 
-def cell_text(cell: dict[str, Any]) -> str:
-    """`mIoU ± std [95% CI] / FB-IoU` (the interval only where the cell has one)."""
+def cell_text(cell: dict[str, Any], seeds: int) -> str:
+    """`mIoU ± std [95% CI] / FB-IoU` (the interval only where the cell has one; std "n/a" for one seed)."""
     ci = cell.get("miou_ci95")
     interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-    return f"{cell['miou']:.2f} ± {cell['miou_std']:.2f}{interval} / {cell['fb_iou']:.2f}"
+    std = f"{cell['miou_std']:.2f}" if seeds > 1 else "n/a"
+    return f"{cell['miou']:.2f} ± {std}{interval} / {cell['fb_iou']:.2f}"
 
 
 def format_table(details: dict[str, Any]) -> str:
@@ -369,10 +383,16 @@ def format_table(details: dict[str, Any]) -> str:
     ]
     for name, cell in details["summary"].items():
         cells = [f"{r['scores'][name]['miou']:.2f}/{r['scores'][name]['fb_iou']:.2f}" for _, _, r in runs]
-        lines.append(" | ".join([name, *cells, cell_text(cell)]))
+        lines.append(" | ".join([name, *cells, cell_text(cell, len(details["seeds"]))]))
     lines.append("per-class IoU (model): " + ", ".join(f"{row['class']} {row['iou']:.1f}"
                                                        for row in details["per_class"]))  # fmt: skip
+    lines += [missing_text(row) for row in details.get("missing_classes", [])]
     return "\n".join(lines)
+
+
+def missing_text(row: dict[str, Any]) -> str:
+    """One line for a novel class that is not in the mean: which, and why."""
+    return f"not in the mean: fold {row['fold']} {row['class']} (class {row['class_id']}): {row['reason']}"
 
 
 # ---------------------------------------------------------------- the command line: what to evaluate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 import math
 import sys
@@ -31,7 +32,6 @@ from torch import nn
 
 from pipeline.classes import class_name
 from pipeline.errors import UserError
-from pipeline.masks import voc_palette
 from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
@@ -42,18 +42,24 @@ from train.params import load_params
 log = logging.getLogger(__name__)
 
 
+
 class InputError(UserError, ValueError):
     """A user's image or mask that cannot serve as an episode; the message names the file."""
 
 
-WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)
-GT_OUTLINE = np.array([255, 230, 0], dtype=np.float32)  # ground truth drawn over the prediction
+# One meaning per colour and style: a way's colour is its class; a fill is a prediction, an outline a
+# ground truth (support masks and the query's); white is ignored pixels. Both way colours read on
+# black and on white.
+WAY_COLOURS = np.array([[255, 40, 40], [60, 170, 255], [40, 220, 40]], dtype=np.float32)
 IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.float32)
-ALPHA = 0.45
+ALPHA = 0.5
 DISPLAY_SIDE = 240  # px of an image's longer side in a panel
 NO_GROUND_TRUTH = "no ground truth"
-
-PALETTE = voc_palette()
+NOT_IN_QUERY = "not in query"  # a way whose class the query does not show: no IoU, not scored
+FONT = 11  # legend and tile titles, in points, readable when the panel is shown at page width
+# the full-class map's colours, by class id: matplotlib's tab20 without its reds and blues (the ways')
+_TAB20 = matplotlib.colormaps["tab20"].colors
+FULL_COLOURS = 255 * np.array([c for i, c in enumerate(_TAB20) if i not in (0, 1, 6, 7)], dtype=np.float32)
 
 
 def _shift_or(mask: np.ndarray) -> np.ndarray:
@@ -78,19 +84,33 @@ def outline(out: np.ndarray, fg: np.ndarray, colour: np.ndarray) -> None:
     out[_shift_or(fg) & ~fg] = 0.0
 
 
-def overlay(img: np.ndarray, masks: list[np.ndarray], outlines: list[np.ndarray] = ()) -> np.ndarray:
-    """HxWx3 uint8 image, each binary mask tinted and outlined in its way's colour, ignore pixels white;
-    `outlines` (ground truth over a prediction) are drawn as contours only, in GT_OUTLINE."""
+def overlay(img: np.ndarray, preds: list[np.ndarray] = (), truths: list[np.ndarray] = ()) -> np.ndarray:
+    """HxWx3 uint8 image: each way's prediction filled and its ground truth outlined in the way's colour,
+    ground-truth ignore pixels (255) white."""
     out = img.astype(np.float32)
-    for w, mask in enumerate(masks):
+    for w, mask in enumerate(preds):
         fg = mask == 1
-        colour = WAY_COLOURS[w % len(WAY_COLOURS)]
-        out[fg] = (1 - ALPHA) * out[fg] + ALPHA * colour
-        outline(out, fg, colour)
+        out[fg] = (1 - ALPHA) * out[fg] + ALPHA * WAY_COLOURS[w % len(WAY_COLOURS)]
+    for w, mask in enumerate(truths):
         ignore = mask == IGNORE_INDEX
         out[ignore] = (1 - ALPHA) * out[ignore] + ALPHA * IGNORE_COLOUR
-    for mask in outlines:
-        outline(out, mask == 1, GT_OUTLINE)
+        outline(out, mask == 1, WAY_COLOURS[w % len(WAY_COLOURS)])
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def full_colour(class_id: int) -> np.ndarray:
+    """The full-class map's colour of a dataset class id."""
+    return FULL_COLOURS[(int(class_id) - 1) % len(FULL_COLOURS)]
+
+
+def full_class_tile(img: np.ndarray, full_pred: np.ndarray) -> np.ndarray:
+    """The full-class prediction over the query in grey: each class filled in its own colour, outlined."""
+    grey = np.repeat(img.astype(np.float32).mean(axis=2, keepdims=True), 3, axis=2)
+    out = 0.6 * grey + 0.4 * 255.0  # light grey: every class colour reads on it
+    for cid in (int(c) for c in np.unique(full_pred) if 0 < c < IGNORE_INDEX):
+        fg = full_pred == cid
+        out[fg] = 0.3 * out[fg] + 0.7 * full_colour(cid)
+        outline(out, fg, full_colour(cid))
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -157,11 +177,18 @@ class Panel:
     full_pred: np.ndarray = field(compare=False, repr=False)  # [H, W] dataset class ids
     supports: list[list[tuple[np.ndarray, np.ndarray]]] = field(compare=False, repr=False)
     dataset: str = field(default="pascal", compare=False)
+    labels: list[str] | None = field(default=None, compare=False)  # way names given (own images)
 
     @property
     def names(self) -> list[str]:
-        """The name of each way's class (VOC / COCO names)."""
-        return [class_name(self.dataset, c) for c in self.class_ids]
+        """The name of each way's class: given `labels`, else the dataset's (VOC / COCO names)."""
+        return self.labels or [class_name(self.dataset, c) for c in self.class_ids]
+
+
+def iou_text(panel: Panel) -> str:
+    """Each way's IoU, or `<class> not in query` for a way whose class the query does not show."""
+    return ", ".join(f"{name} {NOT_IN_QUERY}" if math.isnan(v) else f"{v:.1f}"
+                     for name, v in zip(panel.names, panel.ious, strict=True))  # fmt: skip
 
 
 def tile_titles(panel: Panel) -> list[str]:
@@ -176,22 +203,20 @@ def tile_titles(panel: Panel) -> list[str]:
         titles.append("prediction")
     else:
         titles.append("query + ground truth")
-        ious = ", ".join("-" if math.isnan(v) else f"{v:.1f}" for v in panel.ious)
-        titles.append(f"prediction (IoU {ious})")
+        titles.append(f"prediction (IoU {iou_text(panel)})")
     titles.append("full-class prediction")
     return titles
 
 
 def legend_entries(panel: Panel) -> list[tuple[str, np.ndarray]]:
-    """(label, RGB 0-255) of the panel's legend: each way, ground truth, ignore, full-class colours."""
-    entries = [(f"way {w + 1}: {name} (fill + outline)", WAY_COLOURS[w % len(WAY_COLOURS)])
+    """(label, RGB 0-255) of the panel's legend: each way, ignore, full-class colours."""
+    truth = "outline: support mask" + (", ground truth" if panel.gt is not None else "")
+    entries = [(f"way {w + 1}: {name} (fill: prediction; {truth})", WAY_COLOURS[w % len(WAY_COLOURS)])
                for w, name in enumerate(panel.names)]  # fmt: skip
-    if panel.gt is not None:
-        entries.append(("ground truth (outline over the prediction)", GT_OUTLINE))
-        if bool((panel.gt == IGNORE_INDEX).any()):
-            entries.append(("ignored pixels (void, other episode classes)", IGNORE_COLOUR))
+    if panel.gt is not None and bool((panel.gt == IGNORE_INDEX).any()):
+        entries.append(("ignored pixels (void, other episode classes)", IGNORE_COLOUR))
     for cid in sorted(int(c) for c in np.unique(panel.full_pred) if 0 < c < IGNORE_INDEX):
-        entries.append((f"full-class: {class_name(panel.dataset, cid)}", PALETTE[cid].astype(np.float32)))
+        entries.append((f"full-class: {class_name(panel.dataset, cid)}", full_colour(cid)))
     return entries
 
 
@@ -232,37 +257,34 @@ def _panel_from(batch: dict[str, Any], j: int, out: dict, preds: torch.Tensor, l
 
 
 def draw_panel(panel: Panel, path: Path, title: str = "") -> None:
-    """One PNG: supports (mask outlined), query + ground truth (or "no ground truth"), prediction with the
-    ground truth outlined, full-class prediction (VOC palette), and the legend below."""
+    """One PNG: supports (mask outlined), query + ground truth outlined (or "no ground truth"), prediction
+    filled with the ground truth outlined, full-class prediction, and the legend below."""
     from matplotlib.patches import Patch
 
     tiles: list[np.ndarray] = []
     for w, shots in enumerate(panel.supports):
         for img, mask in shots:
-            tiles.append(overlay(img, [np.zeros_like(mask)] * w + [mask]))
-    if panel.gt is None:
-        tiles.append(panel.query)
-        tiles.append(overlay(panel.query, list(panel.preds)))
-    else:
-        tiles.append(overlay(panel.query, list(panel.gt)))
-        tiles.append(overlay(panel.query, list(panel.preds), outlines=list(panel.gt)))
-    tiles.append(PALETTE[panel.full_pred])
+            tiles.append(overlay(img, truths=[np.zeros_like(mask)] * w + [mask]))
+    truths = [] if panel.gt is None else list(panel.gt)
+    tiles.append(overlay(panel.query, truths=truths))
+    tiles.append(overlay(panel.query, list(panel.preds), truths))
+    tiles.append(full_class_tile(panel.query, panel.full_pred))
     widths = [t.shape[1] / t.shape[0] for t in tiles]  # each tile as wide as its aspect ratio needs
-    fig, axes = plt.subplots(
-        1, len(tiles), figsize=(2.4 * sum(widths) + 0.4, 3.4), gridspec_kw={"width_ratios": widths}
-    )
+    entries = legend_entries(panel)
+    rows = -(-len(entries) // 2)  # two legend columns
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * sum(widths) + 0.4, 3.6 + 0.3 * rows),
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
     for ax, name, tile in zip(np.atleast_1d(axes), tile_titles(panel), tiles, strict=True):
         ax.imshow(tile)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=FONT - 1, wrap=True)
         ax.axis("off")
-    handles = [Patch(facecolor=colour / 255.0, edgecolor="black", label=label)
-               for label, colour in legend_entries(panel)]  # fmt: skip
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=7, frameon=False)
+    handles = [Patch(facecolor=colour / 255.0, edgecolor="black", label=label) for label, colour in entries]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=FONT, frameon=False)
     names = ", ".join(panel.names)
-    fig.suptitle(title or f"{panel.query_id}: {names}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.suptitle(title or f"{panel.query_id}: {names}", fontsize=FONT)
+    fig.tight_layout(rect=(0, 0.3 * rows / (3.6 + 0.3 * rows) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legend may be wider than the tiles
     plt.close(fig)
 
 
@@ -325,6 +347,64 @@ def collect_panels(
     return examples, failures.items(), metric.compute()
 
 
+def evaluated_scores(
+    details: dict[str, Any], manifest: dict[str, Any]
+) -> tuple[dict[int, list[float]], dict[str, Any]] | None:
+    """({episode: IoU of each scored way}, the model's scores) of `manifest` from evaluate's details.json.
+
+    The evaluation is found by the manifest's hash; None when details.json did not score this manifest.
+    A way whose class is absent from the query has no record (as in `score_episode`: NaN, left out).
+    """
+    from train.stats import EpisodeSums
+
+    for fold in details.get("folds", {}).values():
+        for run in fold["seeds"].values():
+            if run["manifest_sha256"] != manifest["sha256_of_episodes"]:
+                continue
+            sums = EpisodeSums.from_json(run["episode_sums"])
+            per_episode: dict[int, list[float]] = {}
+            for e, i, u in zip(sums.episode.tolist(), sums.i_fg.tolist(), sums.u_fg.tolist(), strict=True):
+                per_episode.setdefault(e, []).append(100.0 * i / u if u else math.nan)
+            return per_episode, run["scores"]["model"]
+    return None
+
+
+def choose_episodes(
+    per_episode: dict[int, list[float]], queries: list[str], first: int, worst: int
+) -> tuple[list[int], list[int]]:
+    """(the first `first` episodes, the `worst` lowest-scoring ones from distinct queries), as indexes."""
+    failures = WorstCases(worst)
+    for index, query in enumerate(queries):
+        valid = [v for v in per_episode.get(index, []) if not math.isnan(v)]
+        failures.add(float(np.mean(valid)) if valid else math.inf, index, query, index)
+    return list(range(min(first, len(queries)))), failures.items()
+
+
+def render_episodes(
+    model: nn.Module, p: Any, shards: str, manifest: dict[str, Any], indexes: list[int], device: str,
+    sizes: dict[str, tuple[int, int]],
+) -> dict[int, Panel]:  # fmt: skip
+    """Panels of the manifest's episodes `indexes` only (the model runs on those alone), by index."""
+    from torch.utils.data import DataLoader, Subset
+
+    from train.evaluate import run_episodes
+    from train.stream.episodes import EvalEpisodes, collate_eval
+    from train.stream.shard_io import join_url
+
+    # the whole manifest's dataset, so that each episode keeps its flips (by its place in the manifest)
+    split, size, flip = join_url(str(shards), "test"), int(p.sampler.image_size), bool(p.evaluate.flip)
+    dataset = EvalEpisodes(manifest, split, size, manifest["protocol"], p.sampler.decode_reduced, flip=flip)
+    loader = DataLoader(Subset(dataset, indexes), batch_size=p.evaluate.batch_size, collate_fn=collate_eval)
+    episodes = run_episodes(model, loader, device, p.train.amp)
+    panels = {}
+    for index, (batch, j, out, preds, label) in zip(indexes, episodes, strict=True):
+        class_ids = [int(c) for c in batch["class_ids"][j]]
+        ious = score_episode(FewShotIoU(), preds.cpu(), label.cpu(), class_ids, manifest["protocol"])
+        dataset_name = manifest.get("dataset", p.dataset)
+        panels[index] = _panel_from(batch, j, out, preds, label, ious, index, dataset_name, sizes)
+    return panels
+
+
 def image_sizes(split_url: str) -> dict[str, tuple[int, int]]:
     """Image id -> original (height, width), from a split's index.tsv (panels keep the aspect ratio)."""
     from pipeline.shard_format import index_rows
@@ -337,18 +417,25 @@ def image_sizes(split_url: str) -> dict[str, tuple[int, int]]:
     }
 
 
-def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Panel]]]]) -> Path:
-    """index.html: one section per (setting, kind) with each panel and its IoU."""
-    parts = ["<!doctype html><meta charset='utf-8'><title>FSS inference</title>",
-             "<style>body{font-family:sans-serif} img{max-width:100%} figure{margin:1em 0}</style>",
-             f"<h1>{html.escape(out_dir.name)}</h1>"]  # fmt: skip
+HOW_TO_READ = (
+    "Each way's colour is its class. A fill is the model's prediction; an outline is a ground truth "
+    "(the support masks, the query's); white marks ignored pixels. The last tile is the full-class "
+    f"prediction, one colour per class. \u201c<class> {NOT_IN_QUERY}\u201d: that way's class is not in the "
+    "query image, so it has no IoU and is not scored (its prototype still competes for the pixels)."
+)
+
+
+def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Panel]]]], title: str) -> Path:
+    """index.html: `title`, how to read the panels, then one section per (setting, kind) with each panel."""
+    parts = ["<!doctype html><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1400px} img{max-width:100%} figure{margin:1em 0}"
+             "</style>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(HOW_TO_READ)}</p>"]  # fmt: skip
     for heading, note, panels in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(note)}</p>")
         for rel, p in panels:
-            ious = ", ".join("-" if math.isnan(v) else f"{v:.1f}" for v in p.ious)
             what = ", ".join(p.names)
             caption = f"#{p.index} {p.query_id}: {what}: " + (
-                NO_GROUND_TRUTH if p.gt is None else f"IoU {ious}"
+                NO_GROUND_TRUTH if p.gt is None else f"IoU {iou_text(p)}"
             )
             parts.append(f"<figure><img src='{html.escape(rel)}'><figcaption>{html.escape(caption)}"
                          "</figcaption></figure>")  # fmt: skip
@@ -360,9 +447,13 @@ def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Pa
 def infer_manifests(
     checkpoint: Path, manifests: list[Path], shards: str | Path, out_dir: Path,
     params_file: str = "params.yaml", episodes: int | None = None, worst: int | None = None,
-    device: str | None = None,
+    device: str | None = None, scores: Path | None = None,
 ) -> Path:  # fmt: skip
-    """Panels and index.html for each manifest; returns the index path."""
+    """Panels and index.html for each manifest; returns the index path.
+
+    `scores`: the evaluate stage's details.json. Where it scored a manifest, its per-episode sums pick
+    the failure cases and the model runs on the chosen episodes only; else every episode is scored here.
+    """
     from train.evaluate import episode_batches
     from train.stream import shards_location
     from train.stream.manifests import manifest_files, read_manifest
@@ -376,14 +467,23 @@ def infer_manifests(
     model, ckpt = build_model_from_checkpoint(checkpoint)
     model.to(dev)
     sizes = image_sizes(join_url(str(shards), "test"))
+    details = json.loads(scores.read_text()) if scores is not None else {}
     sections = []
     for mpath in (first_manifest(m, manifest_files) for m in manifests):
         manifest = read_manifest(mpath)
         setting = f"{manifest['way']}way_{manifest['shot']}shot"
-        examples, worst_panels, result = collect_panels(
-            model, episode_batches(p, shards, manifest), manifest["protocol"], dev, p.train.amp, first, keep,
-            manifest.get("dataset", p.dataset), sizes,
-        )  # fmt: skip
+        evaluated = evaluated_scores(details, manifest)
+        if evaluated is None:  # no evaluation of this manifest to read: score every episode here
+            examples, worst_panels, result = collect_panels(
+                model, episode_batches(p, shards, manifest), manifest["protocol"], dev, p.train.amp, first,
+                keep, manifest.get("dataset", p.dataset), sizes,
+            )  # fmt: skip
+        else:
+            per_episode, result = evaluated
+            queries = [ep["query"] for ep in manifest["episodes"]]
+            shown, failing = choose_episodes(per_episode, queries, first, keep)
+            panels = render_episodes(model, p, shards, manifest, sorted({*shown, *failing}), dev, sizes)
+            examples, worst_panels = [panels[i] for i in shown], [panels[i] for i in failing]
         note = (f"fold {manifest['fold']}, {len(manifest['episodes'])} episodes, mIoU {result['miou']:.2f}, "
                 f"FB-IoU {result['fb_iou']:.2f}, manifest sha256 {manifest['sha256_of_episodes'][:16]}, "
                 f"checkpoint step {ckpt['step']}")  # fmt: skip
@@ -396,7 +496,8 @@ def infer_manifests(
                 draw_panel(panel, out_dir / rel)
                 rels.append((rel, panel))
             sections.append((f"{setting}: {kind}", note, rels))
-    return write_index(out_dir, sections)
+    title = f"{ckpt['model_name']} on test episodes (checkpoint {checkpoint}, step {ckpt['step']})"
+    return write_index(out_dir, sections, title)
 
 
 def first_manifest(path: Path, manifest_files: Any) -> Path:
@@ -483,9 +584,12 @@ def load_user_episode(
 
 def infer_user_images(
     checkpoint: Path, query: Path, supports: list[Path], masks: list[Path], out_dir: Path,
-    class_id: int | None = None, device: str = "cpu",
+    class_id: int | None = None, device: str = "cpu", class_label: str = "object",
 ) -> Path:  # fmt: skip
-    """Segment the support's object in `query`; writes panel.png, prediction.png and index.html."""
+    """Segment the support's object in `query`; writes panel.png, prediction.png and index.html.
+
+    `class_label` names the object in the panel and the page (the model does not know its class).
+    """
     from train.evaluate import predict, way_predictions
     from train.stream.normalize import normalize
 
@@ -518,13 +622,13 @@ def infer_user_images(
         iou=math.nan, index=0, query_id=query.stem, class_ids=[class_id], ious=[math.nan],
         query=resize_image(raw, shown), gt=None, preds=resize_nearest(preds[0], shown)[None],
         full_pred=resize_nearest(full_prediction(out, 0, [class_id], (h, w)), shown), supports=[shots],
-        dataset=snapshot.get("dataset", "pascal"),
+        dataset=snapshot.get("dataset", "pascal"), labels=[class_label],
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    draw_panel(panel, out_dir / "panel.png", f"{query.name}: {NO_GROUND_TRUTH}")
+    draw_panel(panel, out_dir / "panel.png", f"{query.name}: {class_label}, {NO_GROUND_TRUTH}")
     Image.fromarray(preds[0] * 255).save(out_dir / "prediction.png")
     return write_index(out_dir, [("your images", f"checkpoint {checkpoint} step {ckpt['step']}",
-                                  [("panel.png", panel)])])  # fmt: skip
+                                  [("panel.png", panel)])], f"{class_label} in {query.name}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,24 +645,28 @@ def main(argv: list[str] | None = None) -> int:
         "--episodes", type=int, default=None, help="panels per manifest (params infer.episodes)"
     )
     parser.add_argument("--worst", type=int, default=None, help="failure cases kept (params infer.worst)")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="evaluate's details.json: its per-episode scores pick the failure cases, so "
+                        "only the shown episodes run (default: score every episode here)")  # fmt: skip
     parser.add_argument("--query", type=Path, help="own-images mode: the query image")
     parser.add_argument("--support", type=Path, nargs="*", default=[], help="support image(s)")
     parser.add_argument("--mask", type=Path, nargs="*", default=[], help="support mask(s), > 0 = object")
     parser.add_argument("--class-id", type=int, default=None, help="W row the prototype replaces")
+    parser.add_argument("--class-name", default="object", help="own-images mode: what the object is called")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     try:
         if args.query is not None:
             index = infer_user_images(
                 Path(args.checkpoint), args.query, args.support, args.mask, Path(args.out), args.class_id,
-                args.device or "cpu",
+                args.device or "cpu", args.class_name,
             )  # fmt: skip
         else:
             if not args.manifest or not args.shards:
                 parser.error("give --manifest and --shards, or --query/--support/--mask")
             index = infer_manifests(
                 Path(args.checkpoint), [Path(m) for m in args.manifest], args.shards, Path(args.out),
-                args.params, args.episodes, args.worst, args.device,
+                args.params, args.episodes, args.worst, args.device, args.scores,
             )  # fmt: skip
     except USER_ERRORS as exc:  # one line: bad images, files, params, device, checkpoint
         return report(exc)

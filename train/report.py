@@ -71,6 +71,9 @@ class Table:
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )  # cell -> (fold, class name) -> IoU per seed
     curves: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)  # row -> name
+    missing: dict[CellKey, dict[tuple[int, str], str]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # cell -> (fold, class name) -> why no test episode holds it (not in the mean)
 
 
 # ---------------------------------------------------------------- reading: workspace and experiments
@@ -220,6 +223,8 @@ def collect(evaluations: list[Evaluation]) -> Table:
                 for cid, iou in model.items():
                     cname = names.get((int(fold["fold"]), int(cid)), f"class {cid}")
                     table.per_class[(group, row, setting)][(int(fold["fold"]), cname)].append(iou)
+        for miss in d.get("missing_classes", []):
+            table.missing[(group, row, setting)][(int(miss["fold"]), miss["class"])] = miss["reason"]
         if ev.curves:
             table.curves[row] = ev.curves
     return table
@@ -242,7 +247,12 @@ def cell_text(folds: dict[int, dict[int, dict[str, Any]]] | None, supported: boo
         return "-" if supported else "n/a"
     c = cell(folds)
     ci = f" [{c['miou_ci95'][0]:.2f}, {c['miou_ci95'][1]:.2f}]" if "miou_ci95" in c else ""
-    return f"{c['miou']:.2f} ± {c['miou_std']:.2f}{ci} / {c['fb_iou']:.2f}"
+    return f"{c['miou']:.2f} ± {std_text(c['miou_std'], c['seeds'])}{ci} / {c['fb_iou']:.2f}"
+
+
+def std_text(std: float, seeds: int) -> str:
+    """The std over test seeds, or "n/a" for a single seed (no spread was measured, not a spread of 0)."""
+    return f"{std:.2f}" if seeds > 1 else "n/a"
 
 
 def supported_ways(row: str) -> tuple[int, ...] | None:
@@ -291,9 +301,22 @@ def markdown(table: Table) -> str:
                 for setting in SETTINGS
             ]
             out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.extend(missing_markdown(table, group))
         out.append(f"\nmanifests (sha256 prefixes): {', '.join(sorted(table.hashes[group]))}\n")
         out.extend(per_class_markdown(table, group))
     return "\n".join(out) + "\n"
+
+
+def missing_markdown(table: Table, group: Group) -> list[str]:
+    """A line per novel class that no test episode holds: the means above leave it out."""
+    found = {
+        (setting, fold, name, why)
+        for (g, _, setting), classes in table.missing.items()
+        if g == group
+        for (fold, name), why in classes.items()
+    }
+    return [f"\n**Not in the mean** ({w}w{s}s, fold {fold}): {name}: {why}"
+            for (w, s), fold, name, why in sorted(found)]  # fmt: skip
 
 
 def per_class_markdown(table: Table, group: Group) -> list[str]:
@@ -303,13 +326,15 @@ def per_class_markdown(table: Table, group: Group) -> list[str]:
         rows = [r for r in _rows(table, group) if (group, r, setting) in table.per_class]
         if not rows:
             continue
-        classes = sorted({k for r in rows for k in table.per_class[(group, r, setting)]})
+        missing = {k: why for r in rows for k, why in table.missing.get((group, r, setting), {}).items()}
+        classes = sorted({k for r in rows for k in table.per_class[(group, r, setting)]} | set(missing))
         out.append(f"Per-class IoU, {setting[0]}-way {setting[1]}-shot (mean over test seeds):\n")
         out.append("| fold | class | " + " | ".join(rows) + " |")
         out.append("|---|---|" + "---|" * len(rows))
         for fold, name in classes:
             values = [table.per_class[(group, r, setting)].get((fold, name)) for r in rows]
-            cells = [f"{np.mean(v):.2f}" if v else "-" for v in values]
+            cells = [f"{np.mean(v):.2f}" if v else "no test episode" if (fold, name) in missing else "-"
+                     for v in values]  # fmt: skip
             out.append(f"| {fold} | {name} | " + " | ".join(cells) + " |")
         out.append("")
     return out
@@ -327,13 +352,49 @@ def _pyplot() -> Any:
     return plt
 
 
+TRIVIAL_COLOURS = {"all_background": "#4d4d4d", "all_foreground": "#b8b8b8", "support_mask": "#8c6d31"}
+
+
+def row_colour(row: str) -> str:
+    """One colour per predictor in every report: trivial rows grey/brown, each registered model its own
+    tab10 colour by registry order (rows of one model that differ in params share it, hatched apart)."""
+    if row.startswith(TRIVIAL_PREFIX):
+        return TRIVIAL_COLOURS.get(row.removeprefix(TRIVIAL_PREFIX), "#000000")
+    from matplotlib import colormaps
+
+    from fss_model import list_models
+
+    models = sorted(list_models())
+    name = row.split(" (", 1)[0]
+    index = models.index(name) if name in models else len(models)
+    return colormaps["tab10"](index % 10)
+
+
+def _hatches(rows: list[str]) -> dict[str, str]:
+    """Rows of the same model after the first get a hatch, so that they stay apart in one colour."""
+    seen: dict[str, int] = {}
+    out = {}
+    for row in rows:
+        base = row.split(" (", 1)[0]
+        out[row] = ["", "//", "..", "xx", "\\\\"][seen.get(base, 0) % 5]
+        seen[base] = seen.get(base, 0) + 1
+    return out
+
+
+def group_title(group: Group) -> str:
+    source, dataset, protocol = group
+    return f"{dataset} ({source} data), protocol: {protocol}"
+
+
 def plot_table(table: Table, path: Path) -> None:
-    """Grouped bars of mIoU per setting (model rows with their 95% interval), one panel per group."""
+    """Grouped bars of mIoU per setting (model rows with their 95% interval), one panel per group; each
+    bar is labelled with its value, so that a 0 (all-background) shows too."""
     plt = _pyplot()
     groups = _groups(table) or [("-", "-", "-")]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.5), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=True):
         rows = _rows(table, group)
+        hatches = _hatches(rows)
         width = 0.8 / max(len(rows), 1)
         for i, row in enumerate(rows):
             cells = [
@@ -344,10 +405,14 @@ def plot_table(table: Table, path: Path) -> None:
                 [c["miou"] - c["miou_ci95"][0] if c and "miou_ci95" in c else 0.0 for c in cells],
                 [c["miou_ci95"][1] - c["miou"] if c and "miou_ci95" in c else 0.0 for c in cells],
             ]
-            ax.bar(np.arange(len(SETTINGS)) + i * width, values, width, yerr=err, capsize=2, label=row)
+            style = {"color": row_colour(row), "hatch": hatches[row], "edgecolor": "black", "linewidth": 0.3}
+            x = np.arange(len(SETTINGS)) + i * width
+            bars = ax.bar(x, values, width, yerr=err, capsize=2, label=row, **style)
+            ax.bar_label(bars, labels=[f"{v:.1f}" if c else "" for v, c in zip(values, cells, strict=True)],
+                         fontsize=6, padding=1)  # fmt: skip
         ax.set_xticks(np.arange(len(SETTINGS)) + 0.4 - width / 2, [f"{w}w{s}s" for w, s in SETTINGS])
         ax.set_ylabel("mIoU (95% interval)")
-        ax.set_title(" / ".join(group), fontsize=9)
+        ax.set_title(group_title(group), fontsize=9)
         if rows:
             ax.legend(fontsize=7)
     _save(fig, path)
@@ -362,13 +427,15 @@ def plot_per_class(table: Table, path: Path) -> None:
         rows = [r for r in _rows(table, group) if (group, r, setting) in table.per_class]
         classes = sorted({k for r in rows for k in table.per_class[(group, r, setting)]})
         width = 0.8 / max(len(rows), 1)
+        hatches = _hatches(rows)
         for i, row in enumerate(rows):
             values = [np.mean(table.per_class[(group, row, setting)].get(k, [0.0])) for k in classes]
-            ax.bar(np.arange(len(classes)) + i * width, values, width, label=row)
+            ax.bar(np.arange(len(classes)) + i * width, values, width, label=row, color=row_colour(row),
+                   hatch=hatches[row], edgecolor="black", linewidth=0.3)  # fmt: skip
         ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, [f"{n} ({f})" for f, n in classes],
                       rotation=45, ha="right", fontsize=7)  # fmt: skip
         ax.set_ylabel("IoU")
-        ax.set_title(f"{' / '.join(group)}: {setting[0]}-way {setting[1]}-shot", fontsize=9)
+        ax.set_title(f"{group_title(group)}: {setting[0]}-way {setting[1]}-shot", fontsize=9)
         ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -381,7 +448,9 @@ def plot_curves(table: Table, path: Path) -> None:
         for row, curves in sorted(table.curves.items()):
             if curves.get(name):
                 steps, values = zip(*curves[name], strict=True)
-                ax.plot(steps, values, label=row, marker="." if len(steps) < 20 else None)
+                ax.plot(
+                    steps, values, label=row, marker="." if len(steps) < 20 else None, color=row_colour(row)
+                )
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
         if ax.get_legend_handles_labels()[0]:

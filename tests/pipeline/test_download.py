@@ -323,3 +323,21 @@ def test_cli(server, tmp_path: Path, capsys) -> None:
     # Without the pinned digests the official md5 applies, and the toy bytes fail it.
     assert main(["--dataset", "voc", "--root", str(tmp_path / "r2"), "--mirror", url, "--retries", "0"]) == 1
     assert "md5 mismatch: expected 6cd6e144f989b92b3379bac3b3de84fd" in capsys.readouterr().err
+
+
+def test_an_unresolvable_host_fails_at_once_naming_the_remedies(monkeypatch, tmp_path: Path) -> None:
+    """Offline (no DNS): no retries, no backoff, one error that names both ways to give the data."""
+    import socket
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    waits: list[float] = []
+    source = Source(name="a.tar", url="http://host.invalid/a.tar", md5=None, size=3)
+    with pytest.raises(DownloadError) as err:
+        fetch(source, tmp_path, retries=5, sleep=waits.append, progress=False)
+    assert waits == [] and not list(tmp_path.iterdir())
+    message = str(err.value)
+    assert "cannot resolve host.invalid" in message and "data/raw/official/" in message
+    assert "download.mirror" in message and "\n" not in message

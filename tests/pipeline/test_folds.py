@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -105,4 +106,36 @@ def test_coco_fold_sets(coco_raw, tmp_path, coco_split):
         assert all(c in novel for _, c in pairs(folds / f"fold{fold}" / "test.txt"))
     assert json.loads((folds / "fold1.json").read_text())["novel"][:2] == (
         [2, 6] if coco_split == "interleaved" else [21, 22]
+    )
+
+
+def test_a_novel_class_without_a_test_episode_is_named_with_its_reason(pascal_raw, tmp_path, capsys):
+    """The fixture's objects have 1,920 px: under the standard 2,048 px rule no novel class keeps a
+    test pair, and the folds stage says so per class (fold<i>.json and one line each), never silently."""
+    from pipeline.folds import main, missing_reason
+
+    shards, folds = build(pascal_raw, tmp_path, "pascal", "standard")
+    assert (tmp_path / "folds" / "fold0" / "test.txt").read_text() == ""
+    missing = json.loads((folds / "fold0.json").read_text())["missing_novel"]
+    assert sorted(map(int, missing)) == fold_classes("pascal", 0)[1]
+    shown = [why for why in missing.values() if why != "no test image shows it"]
+    assert shown and all(
+        why.startswith("no test image passes the presence rule (>= 2048 px)") for why in shown
+    )
+    assert all(re.search(r"\d+ show it, the largest with \d+ px \([\d.]+% of its mask\)$", w) for w in shown)
+    # relaxed: the fixture's one test image of class 5 passes, still too few for an episode
+    write_folds(shards, tmp_path / "relaxed", dataset="pascal", protocol="standard", min_pixels=200)
+    relaxed = json.loads((tmp_path / "relaxed" / "fold0.json").read_text())["missing_novel"]
+    assert (
+        relaxed["5"] == "only 1 test image passes the presence rule (an episode needs a query and a support)"
+    )
+    assert relaxed["1"] == "no test image shows it"  # the fixture's test split has no aeroplane
+    # the stage prints one line per class, naming it
+    params = write_params(tmp_path)
+    params.write_text(params.read_text() + "dataset: pascal\nprotocol: standard\n")
+    assert main(["--shards", str(shards), "--out", str(tmp_path / "cli"), "--params", str(params)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fold 0: novel class")]
+    assert len(lines) == len(missing) and "(aeroplane) has no test episode" in lines[0]
+    assert missing_reason([(30, 100)], 0, 0.5, 0).endswith(
+        "(>= 50% of the mask): 1 show it, the largest with 30 px (30.0% of its mask)"
     )

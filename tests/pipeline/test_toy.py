@@ -144,6 +144,30 @@ def test_every_class_is_present_in_train_and_test(pascal: Path) -> None:
     assert all(counts["test"][c] >= 1 for c in range(1, 21)), counts["test"]
 
 
+def test_voc_val_images_pass_the_standard_rule_for_their_balanced_primary_class(pascal: Path) -> None:
+    """The standard protocol's test set is VOC val with its PNGs: each image shows some class with
+    >= 2048 non-void pixels at the original size (its primary object), and those classes are balanced."""
+    primaries = Counter()
+    for stem in ids(pascal / VOC / "ImageSets/Segmentation/val.txt"):
+        seg = np.asarray(Image.open(pascal / VOC / "SegmentationClass" / f"{stem}.png"))
+        pixels = np.bincount(seg.ravel(), minlength=256)[1:21]
+        assert pixels.max() >= 2048, (stem, pixels.max())
+        primaries[int(pixels.argmax()) + 1] += 1
+    per_class = [primaries[c] for c in range(1, 21)]
+    assert sum(per_class) == 30 and max(per_class) - min(per_class) <= 3, per_class  # scale 0.2: 30 images
+
+
+def test_the_primary_object_is_never_too_small_whatever_its_shape() -> None:
+    """Every shape family, on the smallest image: the primary keeps PRIMARY_MIN_PX inside the border."""
+    looks = toy.class_looks(20)
+    for cls in range(len(looks)):
+        for k in range(3):
+            img, instances = toy.render_scene(np.random.default_rng([cls, k]), looks, cls, sides=(140, 140))
+            label = toy.voc_label(toy.semantic_label(instances, *img.shape[:2]))
+            assert instances[-1].cls == cls  # painted last: nothing occludes it
+            assert (label == cls + 1).sum() >= 2048, (toy.SHAPES[cls % len(toy.SHAPES)], k)
+
+
 def test_class_looks_are_distinct() -> None:
     for num in (20, 80):
         looks = toy.class_looks(num)

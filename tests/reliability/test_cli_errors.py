@@ -148,3 +148,15 @@ def test_a_bug_keeps_its_traceback(eval_files, tmp_path, monkeypatch):
             "--out", str(tmp_path / "r.json"), "--no-trivial"]  # fmt: skip
     with pytest.raises(ValueError, match="an internal mistake"):
         ev.main(argv)
+
+
+def test_a_missing_stage_output_names_the_dvc_command_that_makes_it(tmp_path, monkeypatch, capsys):
+    """A missing checkpoint or fold list (default DVC paths): one line naming `dvc repro` / `dvc pull`."""
+    monkeypatch.chdir(tmp_path)
+    params = str(write_params(tmp_path))
+    assert ev.main(["--params", params, "--checkpoint", "models/experiment/best.pt"]) == 2
+    _one_line(capsys, "models/experiment/best.pt does not exist", "`dvc repro train`", "`dvc pull train`")
+    folds = "data/folds/toy/pascal/denet"
+    argv = ["--params", params, "--shards", "shards/toy/pascal/denet", "--folds", folds, "--out", "models/x"]
+    assert tr.main(argv) == 2
+    _one_line(capsys, "data/folds/toy/pascal/denet", "`dvc repro folds`")

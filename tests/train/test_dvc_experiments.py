@@ -74,7 +74,9 @@ def project(tmp_path_factory) -> Path:
     _run(repo, DVC, "init", "-q")
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny pipeline")
-    _run(repo, DVC, "repro")
+    # what `make run` runs in a git checkout: an experiment, so later `dvc exp run`s keep it listed
+    assert "then dvc exp run;" in (REPO / "Makefile").read_text()
+    _run(repo, DVC, "exp", "run", "-n", "make-run")
     return repo
 
 
@@ -191,3 +193,22 @@ def test_temp_run_with_more_test_seeds_reevaluates_without_training(project):
     _run(repo, sys.executable, "-m", "train.report", "--results", "results", "--experiments", "--print")
     table = (repo / "results" / "experiments" / "table.md").read_text()
     assert "test seeds 0, 1" in table and "| 0 | aeroplane |" in table
+
+
+def test_make_run_stays_an_experiment_and_the_test_score_is_the_first_column(project):
+    """After `make run` (the fixture) and the `dvc exp run`s above, all are listed; `dvc exp show`'s first
+    metric columns are the test mIoU, its 95% interval and FB-IoU; every fold-0 novel class is in the
+    mean or named with its reason."""
+    shown = json.loads(_run(project, DVC, "exp", "show", "--json").stdout)
+    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    assert {"make-run", "two-way", "seeds"} <= {n for n, d in exps.items() if METRICS in (d["metrics"] or {})}
+    header = _run(project, DVC, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    first = header.index("parent") + 1
+    assert header[first : first + 4] == ["miou", "miou_ci95_low", "miou_ci95_high", "fb_iou"]
+    metrics = json.loads((project / METRICS).read_text())  # the workspace's, beside its details.json
+    details = json.loads((project / "results/evaluate/details.json").read_text())
+    missing = {m["class"] for m in details["missing_classes"]}
+    assert metrics["classes_scored"] + metrics["classes_missing"] == 5
+    assert metrics["classes_scored"] == len(details["per_class"])
+    table = (project / "results/report/table.md").read_text()
+    assert all(f"{name}: " in table for name in missing) and ("**Not in the mean**" in table) == bool(missing)

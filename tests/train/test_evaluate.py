@@ -75,6 +75,7 @@ def test_evaluate_is_deterministic_and_complete(tiny_data, setup, capsys):
     short = json.loads(outs[0]["metrics.json"])
     assert short == {"miou": cell["miou"], "fb_iou": cell["fb_iou"], "miou_std": 0.0, "miou_ci95_low": low,
                      "miou_ci95_high": high, "f_iou": cell["f_iou"],
+                     "classes_scored": len(data["per_class"]), "classes_missing": 0,
                      "seed0": {"miou": cell["miou"], "fb_iou": cell["fb_iou"], "f_iou": cell["f_iou"],
                                "manifest": manifest["sha256_of_episodes"][:16]}}  # fmt: skip
     # the release's F-IOU: DENet's full logits under denet; the trivial predictors have none

@@ -106,22 +106,29 @@ def test_panel_names_legend_and_outlines(tmp_path):
     panel = _panel()
     assert panel.names == ["cat", "dog"]
     assert infer.tile_titles(panel) == ["support: cat", "support: dog", "query + ground truth",
-                                        "prediction (IoU 50.0, -)", "full-class prediction"]  # fmt: skip
+                                        "prediction (IoU 50.0, dog not in query)",
+                                        "full-class prediction"]  # fmt: skip
     labels = [label for label, _ in infer.legend_entries(panel)]
-    assert labels == ["way 1: cat (fill + outline)", "way 2: dog (fill + outline)",
-                      "ground truth (outline over the prediction)",
+    assert labels == ["way 1: cat (fill: prediction; outline: support mask, ground truth)",
+                      "way 2: dog (fill: prediction; outline: support mask, ground truth)",
                       "ignored pixels (void, other episode classes)", "full-class: person"]  # fmt: skip
     colours = [tuple(c) for _, c in infer.legend_entries(panel)]
     assert len(set(colours)) == len(colours)  # every legend entry has its own colour
     coco = _panel(dataset="coco")
     assert coco.names == ["truck", "stop sign"]  # COCO ids 8 and 13 renumbered 8 and 12
     assert infer.legend_entries(coco)[-1][0] == "full-class: bird"
-    # outline: a coloured line inside the mask, a black one outside, so it shows on white and on black
+    # one meaning per style: a prediction is a fill (no outline), a ground truth an outline (no fill):
+    # a coloured line inside the mask, a black one outside, so it shows on white and on black
     white = np.full((30, 60, 3), 255, np.uint8)
-    drawn = infer.overlay(white, [panel.preds[0]])
-    assert drawn[5, 20].tolist() == infer.WAY_COLOURS[0].tolist() and drawn[4, 20].tolist() == [0, 0, 0]
-    black = infer.overlay(np.zeros_like(white), [np.zeros((30, 60), np.uint8)], outlines=[panel.preds[0]])
-    assert black[5, 20].tolist() == infer.GT_OUTLINE.tolist()
+    filled = infer.overlay(white, [panel.preds[0]])
+    assert filled[4, 20].tolist() == [255, 255, 255] and filled[10, 20].tolist() != [255, 255, 255]
+    assert filled[5, 20].tolist() == filled[10, 20].tolist()  # no outline on a prediction
+    outlined = infer.overlay(white, truths=[panel.preds[0]])
+    assert outlined[5, 20].tolist() == infer.WAY_COLOURS[0].tolist() and outlined[4, 20].tolist() == [0, 0, 0]
+    assert outlined[12, 20].tolist() == [255, 255, 255]  # inside a ground truth: no fill
+    # the full-class colours are none of the ways' colours, and never dark (readable on the grey query)
+    full = {tuple(infer.full_colour(c)) for c in range(1, 81)}
+    assert not full & {tuple(c) for c in infer.WAY_COLOURS[:2]} and min(sum(c) for c in full) > 200
     infer.draw_panel(panel, tmp_path / "p.png")
     assert Image.open(tmp_path / "p.png").size[0] > 5 * Image.open(tmp_path / "p.png").size[1] / 2
 
@@ -164,6 +171,10 @@ def test_own_images(ckpt, tmp_path):
     assert pred.shape == (50, 70) and set(np.unique(pred)) <= {0, 255}
     page = (out / "index.html").read_text()
     assert (out / "panel.png").is_file() and "panel.png" in page and "no ground truth" in page
+    # the object is "object" (no dataset class name), the title is not the output folder's name
+    assert "<title>object in q.jpg</title>" in page and "aeroplane" not in page and "<h1>mine" not in page
+    assert infer.main([*argv[:-1], str(tmp_path / "cup"), "--class-name", "my cup"]) == 0
+    assert "my cup: no ground truth" in (tmp_path / "cup" / "index.html").read_text()
     batch = infer.load_user_episode(tmp_path / "q.jpg", [tmp_path / "s.jpg"], [tmp_path / "m.png"], 33, 7)
     assert batch["support_masks"].shape == (1, 1, 1, 33, 33) and batch["support_masks"].max() == 1
     assert batch["class_ids"].tolist() == [[7]]
@@ -176,3 +187,41 @@ def test_voc_palette():
         and pal[1].tolist() == [128, 0, 0]
         and pal[15].tolist() == [192, 128, 128]
     )
+
+
+def test_evaluated_scores_pick_the_same_panels_with_the_model_run_on_those_alone(tiny_data, ckpt, tmp_path):
+    """The infer stage reads evaluate's per-episode sums: the same examples and failure cases (same IoUs,
+    same predictions) as scoring every episode here, with the model run on the shown episodes only."""
+    from pipeline.config import load_params
+    from train.checkpoint import build_model_from_checkpoint
+    from train.evaluate import episode_batches, evaluate_model
+
+    shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
+    manifest = build_manifest(shards, folds, "pascal", 0, 1, 1, "denet", 0, 40)
+    p = load_params(write_params(tmp_path))
+    model, _ = build_model_from_checkpoint(ckpt)
+    sizes = infer.image_sizes(f"{shards}/test")
+    examples, worst, metric = infer.collect_panels(
+        model, episode_batches(p, shards, manifest), "denet", "cpu", p.train.amp, 2, 6, "pascal", sizes
+    )
+    result = evaluate_model(model, episode_batches(p, shards, manifest), "denet", "cpu", p.train.amp)
+    sums = result["episode_sums"].to_json()
+    run = {"manifest_sha256": manifest["sha256_of_episodes"], "episode_sums": sums,
+           "scores": {"model": {"miou": result["miou"], "fb_iou": result["fb_iou"]}}}  # fmt: skip
+    details = {"folds": {"fold0": {"seeds": {"0": run}}}}
+    assert infer.evaluated_scores(details, {"sha256_of_episodes": "another manifest"}) is None
+    per_episode, scores = infer.evaluated_scores(details, manifest)
+    assert scores["miou"] == pytest.approx(metric["miou"])
+    queries = [ep["query"] for ep in manifest["episodes"]]
+    shown, failing = infer.choose_episodes(per_episode, queries, 2, 6)
+    assert shown == [e.index for e in examples] and failing == [w.index for w in worst]
+    seen = []
+    hook = model.register_forward_hook(lambda _m, args, _out: seen.append(len(args[0])))
+    panels = infer.render_episodes(model, p, shards, manifest, sorted({*shown, *failing}), "cpu", sizes)
+    hook.remove()
+    assert sum(seen) == len({*shown, *failing}) < 40  # the model ran on the chosen episodes alone
+    for panel in [*examples, *worst]:
+        again = panels[panel.index]
+        assert again.ious == pytest.approx(panel.ious, nan_ok=True) and np.array_equal(
+            again.preds, panel.preds
+        )

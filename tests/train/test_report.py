@@ -65,8 +65,8 @@ def test_workspace_table_fold_means_seeds_and_intervals(tmp_path, capsys):
     # mean over folds of the mean over seeds: (52 + 43) / 2; std over seeds of the fold means 45 and 50;
     # every episode scores the same, so the interval is the point
     assert "| 47.50 ± 3.54 [47.50, 47.50] / 60.00 | - | - | - |" in rows["denet"]
-    assert rows["denet (standalone)"].endswith("| - | - | - | 30.00 ± 0.00 [30.00, 30.00] / 60.00 |")
-    assert "| 8.00 ± 0.00 / 20.00 |" in rows["trivial: all_foreground"]
+    assert rows["denet (standalone)"].endswith("| - | - | - | 30.00 ± n/a [30.00, 30.00] / 60.00 |")
+    assert "| 8.00 ± n/a / 20.00 |" in rows["trivial: all_foreground"]
     assert "folds 0, 1; test seeds 0, 1" in out and "0110aaaaaaaa" in out
     # per-class IoU under class names: fold 0 holds out aeroplane (1), fold 1 bus (6)
     assert "| 0 | aeroplane | 52.00 |" in out and "| 1 | bus | 43.00 |" in out
@@ -165,10 +165,10 @@ def test_experiments_table_from_dvc_exp_show_and_their_commits(tmp_path, monkeyp
     assert report.main(["--results", "results", "--params", "nothing.yaml", "--experiments", "--print"]) == 0
     rows = _rows(capsys.readouterr().out)
     assert rows["denet (train.steps=20)"] == (
-        "| denet (train.steps=20) | 30.00 ± 0.00 [30.00, 30.00] / 60.00 | - | "
-        "20.00 ± 0.00 [20.00, 20.00] / 60.00 | - |"
+        "| denet (train.steps=20) | 30.00 ± n/a [30.00, 30.00] / 60.00 | - | "
+        "20.00 ± n/a [20.00, 20.00] / 60.00 | - |"
     )
-    assert rows["denet (train.steps=600)"].startswith("| denet (train.steps=600) | 50.00 ± 0.00")
+    assert rows["denet (train.steps=600)"].startswith("| denet (train.steps=600) | 50.00 ± n/a")
     out = repo / "results" / "experiments"
     assert {f.name for f in out.iterdir()} == {"table.md", "table.png", "per_class.png", "curves.png"}
     table = report.collect(report.experiment_evaluations(shown))
@@ -191,3 +191,33 @@ def test_experiments_without_dvc_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("shown", [[], [{"rev": "workspace", "data": {}, "experiments": None}]])
 def test_no_experiments_is_an_empty_list(shown):
     assert report.experiment_evaluations(shown) == []
+
+
+def test_a_novel_class_without_a_test_episode_is_marked_and_counted(tmp_path, capsys):
+    """The manifest's left-out class reaches details.json, metrics.json and the report, with its reason."""
+    p = tiny_params()
+    run = _run(0, 1, 1, 50.0) | {"left_out": {"3": "no test pair (the folds stage says why)"}}
+    details = ev.summarize(p, [run])
+    assert details["missing_classes"] == [
+        {"fold": 0, "class_id": 3, "class": "bird", "reason": "no test pair (the folds stage says why)"}
+    ]
+    metrics = ev.short_metrics(details)
+    assert list(metrics)[:4] == ["miou", "miou_ci95_low", "miou_ci95_high", "fb_iou"]  # dvc exp show's order
+    assert (metrics["classes_scored"], metrics["classes_missing"]) == (1, 1)
+    assert "not in the mean: fold 0 bird (class 3): no test pair" in ev.format_table(details)
+    results = tmp_path / "results"
+    ev.write_outputs(results / "evaluate", details)
+    written = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert list(written)[:4] == ["miou", "miou_ci95_low", "miou_ci95_high", "fb_iou"]  # the file's order
+    assert report.main(["--results", str(results), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "**Not in the mean** (1w1s, fold 0): bird: no test pair (the folds stage says why)" in out
+    assert "| 0 | bird | no test episode |" in out
+
+
+def test_one_colour_per_predictor_whatever_the_rows():
+    assert report.row_colour("denet") == report.row_colour("denet (train.steps=20)")
+    assert report.row_colour("denet") != report.row_colour("panet")
+    colours = {report.row_colour(report.TRIVIAL_PREFIX + n) for n in report.TRIVIAL_COLOURS}
+    assert len(colours) == 3 and report.row_colour("panet") not in colours
+    assert report.group_title(("toy", "pascal", "denet")) == "pascal (toy data), protocol: denet"

@@ -133,6 +133,27 @@ def eval_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray
     return np.array([[draw() < 0.5 for _ in range(images_per_episode)] for _ in range(count)], dtype=bool)
 
 
+
+def left_out_classes(
+    pairs: dict[str, list[int]], novel: Sequence[int], protocol: str, way: int
+) -> dict[str, str]:
+    """{class id: why} for the novel classes no test episode can hold (fewer than 2 pool images)."""
+    pools = episode_pools(pairs, novel, protocol, way)
+    n_pairs = {c: sum(c in cs for cs in pairs.values()) for c in novel}
+    out = {}
+    for c in novel:
+        n_pool = len(pools.get(c, ()))
+        if n_pool >= 2:
+            continue
+        if n_pairs[c] == 0:
+            out[str(c)] = "no test pair (the folds stage says why)"
+        elif n_pairs[c] == 1:
+            out[str(c)] = "1 test pair: an episode needs a query and a support"
+        else:
+            out[str(c)] = (f"{n_pool} of its {n_pairs[c]} test images show no other novel class "
+                           f"(the {protocol} {way}-way query rule)")  # fmt: skip
+    return out
+
 def draw_test_episodes(
     pairs: dict[str, list[int]],
     image_classes: dict[str, dict[int, int]],

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from pipeline.classes import class_name
 from pipeline.errors import UserError
 from pipeline.io import write_json
 from train.stream.draw import episodes_with_every_way, expected_with_every_way
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         path = manifest_file(args.out, seed)
         write_json(path, manifest)
         print(f"{path}: {len(manifest['episodes'])} episodes, sha256 {manifest['sha256_of_episodes'][:12]}")
+    left_out = next(iter(manifests.values()))["left_out"]
+    for c, why in left_out.items():
+        print(f"fold {p.fold}: novel class {c} ({class_name(p.dataset, int(c))}) has no test episode: {why}")
     if p.way == 2:
         print(both_ways_line(test, p, manifests))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline.errors import UserError
-from train.stream.draw import draw_test_episodes, draw_train_episodes, episodes_digest
+from train.stream.draw import draw_test_episodes, draw_train_episodes, episodes_digest, left_out_classes
 from train.stream.index import read_fold, read_index, read_pairs
 from train.stream.shard_io import (
     join_url,
@@ -66,6 +66,7 @@ def build_manifest(
         "protocol": protocol,
         "seed": seed,
         "sha256_of_episodes": episodes_digest(episodes),
+        "left_out": left_out_classes(pairs, novel, protocol, way),  # novel classes without an episode
         "episodes": episodes,
     }
 
