@@ -388,12 +388,14 @@ def render_episodes(
     from torch.utils.data import DataLoader, Subset
 
     from train.evaluate import run_episodes
-    from train.stream.episodes import EvalEpisodes, collate_eval
+    from train.stream import remote_reads
+    from train.stream.by_key import EvalEpisodes, collate_eval
     from train.stream.shard_io import join_url
 
     # the whole manifest's dataset, so that each episode keeps its flips (by its place in the manifest)
     split, size, flip = join_url(str(shards), "test"), int(p.sampler.image_size), bool(p.evaluate.flip)
-    dataset = EvalEpisodes(manifest, split, size, manifest["protocol"], p.sampler.decode_reduced, flip=flip)
+    reduced, remote = p.sampler.decode_reduced, remote_reads(p)
+    dataset = EvalEpisodes(manifest, split, size, manifest["protocol"], reduced, flip=flip, remote=remote)
     loader = DataLoader(Subset(dataset, indexes), batch_size=p.evaluate.batch_size, collate_fn=collate_eval)
     episodes = run_episodes(model, loader, device, p.train.amp)
     panels = {}

@@ -165,6 +165,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def resolve_data(p: Params) -> Params:
+    """`train.episodes_per_class: auto` as the train stage resolves it, where the fold lists exist
+    (it depends on the fold's images); before the `folds` stage has run it stays `auto`."""
+    from pipeline.config import folds_dir
+
+    folds = folds_dir(p)
+    if p.train.episodes_per_class != AUTO or not (folds / f"fold{p.fold}" / "train.txt").is_file():
+        return p
+    from train.train import episodes_per_class
+
+    per_class = episodes_per_class(p, folds)
+    return dataclasses.replace(p, train=dataclasses.replace(p.train, episodes_per_class=per_class))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(PARAMS_FILE))
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = check(args.params, parse_overrides(args.set))
-        shown = p if args.check else resolve_machine(p)
+        shown = p if args.check else resolve_data(resolve_machine(p))
     except (ConfigError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.params}: ok")
     else:
-        print("# every `auto` resolved; train.device and train.compile as on this machine")
+        print("# every `auto` resolved; train.device and train.compile as on this machine; "
+              "train.episodes_per_class from the fold lists once the folds stage has run")
         print(yaml.safe_dump(as_dict(shown), sort_keys=False), end="")
     return 0
 

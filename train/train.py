@@ -560,7 +560,10 @@ def run(
     validate = make_validator(p, shards, folds, cfg.device, cfg.amp) if cfg.val_every else None
     live = _make_live(live_dir, resume_step=state.step) if info.is_main else None
     if live_dir is not None and info.is_main:  # what this run used, `auto` resolved (dvc exp show/diff)
-        resolved_train = dataclasses.replace(p.train, device=cfg.device, compile=cfg.compile)
+        per_class = manifest["episodes_per_class"] if manifest else p.train.episodes_per_class
+        resolved_train = dataclasses.replace(
+            p.train, device=cfg.device, compile=cfg.compile, episodes_per_class=per_class
+        )
         write_params_json(dataclasses.replace(p, train=resolved_train), live_dir / PARAMS_JSON)
     snapshot = params_snapshot(p)
 
