@@ -108,6 +108,9 @@ class Sampler:
     # whole shards of servers that ignore HTTP Range; null = $XDG_CACHE_HOME/fss-denet/shards
     cache_dir: str | None = None
     cache_bytes: int = 20 << 30
+    # reads by key (evaluation, training manifests) keep every remote shard whole in that cache on first
+    # touch, also from servers that honour Range: later passes and runs read local copies
+    cache_remote: bool = False
 
 
 @dataclass

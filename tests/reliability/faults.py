@@ -1,5 +1,5 @@
 """Fault injectors shared by the reliability tests: a disk that fills up, damaged or crafted shards,
-decompression-bomb headers, and local HTTP servers (Range-less and counting, trickling, endless)."""
+decompression-bomb headers, and local HTTP servers (counting, with and without Range; trickling, endless)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,35 @@ def rangeless_http(root: Path) -> Iterator[tuple[str, dict[str, int], dict[str, 
     """`root` served by a Range-less server on 127.0.0.1; yields (base URL, bytes sent, GETs) by path."""
     attrs = {"sent": {}, "gets": {}, "count_lock": threading.Lock()}
     handler = type("Handler", (CountingRangelessHandler,), attrs)
+    with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
+        yield url.rstrip("/"), attrs["sent"], attrs["gets"]
+
+
+class CountingRangeHandler(CountingRangelessHandler):
+    """The counting file server, answering `Range: bytes=a-b` / `bytes=a-` with 206 and those bytes
+    (as S3 and most web servers do); `sent` counts the body bytes per path, `gets` the requests."""
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            super().do_GET()
+            return
+        data = path.read_bytes()
+        first, _, last = rng.removeprefix("bytes=").partition("-")
+        start, end = int(first), min(int(last) + 1 if last else len(data), len(data))
+        self.send_response(206)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        self.end_headers()
+        self.copyfile(io.BytesIO(data[start:end]), self.wfile)
+
+
+@contextlib.contextmanager
+def ranged_http(root: Path) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
+    """`root` served on 127.0.0.1 by a server that honours Range; (base URL, bytes sent, GETs) by path."""
+    attrs = {"sent": {}, "gets": {}, "count_lock": threading.Lock()}
+    handler = type("Handler", (CountingRangeHandler,), attrs)
     with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
         yield url.rstrip("/"), attrs["sent"], attrs["gets"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import copy_shards, fold0_stream, rangeless_http, slow_http
+from faults import copy_shards, fold0_stream, ranged_http, rangeless_http, slow_http
 from train_helpers import tiny_params
 
 import fss_model
@@ -70,6 +70,37 @@ def test_evaluation_from_a_rangeless_server_moves_each_test_shard_about_once(tin
     )
     assert remote["scores"] == local["scores"]
     assert moved <= 2 * shard_bytes
+
+
+def _test_tar_bytes(sent: dict[str, int]) -> int:
+    return sum(n for path, n in sent.items() if path.startswith("/test/") and path.endswith(".tar"))
+
+
+def test_cache_remote_serves_the_second_evaluation_pass_from_local_copies(tiny_data, tmp_path):
+    """`sampler.cache_remote: true` over a server that honours Range: the first pass moves each test
+    shard once, whole; the second sends no test-shard byte; both score as local. Without the option
+    (the default) nothing is cached and the second pass reads by range again."""
+    ckpt, manifest = _checkpoint_and_manifest(tiny_data, tmp_path, episodes=60)
+    local = ev.evaluate_fold(tiny_params(**{"sampler.workers": 0}), ckpt, manifest, tiny_data["shards"],
+                             trivial=False)  # fmt: skip
+    test_shards = list((tiny_data["shards"] / "test").glob("*.tar"))
+    shard_bytes = sum(f.stat().st_size for f in test_shards)
+    moved = {}
+    for keep in (True, False):
+        cache = tmp_path / f"cache-{keep}"
+        with ranged_http(tiny_data["shards"]) as (url, sent, _):
+            p = tiny_params(**{"sampler.shards_url": url, "sampler.workers": 0,
+                               "sampler.cache_dir": str(cache), "sampler.cache_remote": keep})  # fmt: skip
+            first = ev.evaluate_fold(p, ckpt, manifest, tiny_data["shards"], trivial=False)
+            after_first = _test_tar_bytes(sent)
+            second = ev.evaluate_fold(p, ckpt, manifest, tiny_data["shards"], trivial=False)
+            moved[keep] = (after_first, _test_tar_bytes(sent) - after_first)
+        assert first["scores"] == second["scores"] == local["scores"]
+        assert len(list(cache.glob("*.tar"))) == (len(test_shards) if keep else 0)
+    print(f"\ntest shards {shard_bytes} bytes; moved (1st pass, 2nd pass): cache_remote {moved[True]}, "
+          f"default {moved[False]}")  # fmt: skip
+    assert moved[True] == (shard_bytes, 0)
+    assert moved[False][1] > 0
 
 
 def test_a_rangeless_shard_larger_than_the_cache_is_read_as_a_bounded_stream(tiny_data, tmp_path):

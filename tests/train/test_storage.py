@@ -173,3 +173,33 @@ def test_concurrent_ranged_reads_equal_sequential_ones(tiny_data):
     assert len([p for p, rng in log if rng and p.endswith(".tar")]) == 3 * len(keys)  # one GET per sample
     assert list(samples) == keys[::-1]
     assert all(samples[k]["label.png"] == reader.fetch(k)["label.png"] for k in keys)
+
+
+def test_cache_remote_keeps_s3_shards_whole_and_reads_them_locally_after(tiny_data, s3_url, tmp_path):
+    """`RemoteReads.cache_remote` over S3 (honours Range): the first read of a shard fetches it whole
+    into the cache (bytes equal to the file); once the objects are gone from the bucket, every
+    sample still reads, from the cache, and equals the local one."""
+    import boto3
+
+    from train.stream.shard_cache import ShardCache
+    from train.stream.shard_io import RemoteReads
+
+    prefix = "kept/test"
+    client = boto3.client("s3")
+    client.upload_file(str(tiny_data["shards"] / "complete.json"), BUCKET, "kept/complete.json")
+    for path in sorted((tiny_data["shards"] / "test").iterdir()):
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
+    local = SampleReader(str(tiny_data["shards"] / "test"))
+    keys = sorted(local.locations)
+    remote = RemoteReads(cache=ShardCache(str(tmp_path / "cache")), cache_remote=True)
+    reader = SampleReader(f"s3://{BUCKET}/{prefix}", remote)
+    first = reader.fetch_many(keys)
+    shards = sorted((tiny_data["shards"] / "test").glob("*.tar"))
+    kept = sorted(tmp_path.joinpath("cache").glob("*.tar"), key=lambda p: p.name.split("-", 1)[1])
+    assert [p.read_bytes() for p in kept] == [p.read_bytes() for p in shards]
+    for path in shards:
+        client.delete_object(Bucket=BUCKET, Key=f"{prefix}/{path.name}")
+    second = reader.fetch_many(keys)
+    for k in keys:
+        assert first[k]["jpg"] == second[k]["jpg"] == local.fetch(k)["jpg"]
+        assert first[k]["label.png"] == second[k]["label.png"] == local.fetch(k)["label.png"]

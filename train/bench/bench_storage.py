@@ -2,7 +2,10 @@
 
 `python -m train.bench.bench_storage`: synthetic 500x375 JPEGs (bench_loader's data) at `image_size` 321,
 `workers=0`, served on 127.0.0.1 by aiohttp's static file handler (honours `Range`) and by moto's S3
-server, each in its own process. Prints one table and the ratios to local; a script, not a test.
+server, each in its own process. Evaluation runs the same episodes twice with one reader, for each
+remote store once as by default (one ranged read per sample) and once with `sampler.cache_remote`
+(whole shards kept in a fresh shard cache on first touch). Prints one table and the ratios to local;
+a script, not a test.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from train.stream.by_key import EvalEpisodes, collate_eval
 from train.stream.index import read_fold, read_pairs
 from train.stream.manifests import build_manifest
 from train.stream.sampler import EpisodeStream
+from train.stream.shard_cache import ShardCache
+from train.stream.shard_io import RemoteReads
 
 TESTS = Path(__file__).resolve().parents[2] / "tests" / "train"
 
@@ -101,19 +106,23 @@ def _rate(batches: Iterator[dict[str, Any]], seconds: float, warmup: int = 2) ->
     return n / wall, (c1 - c0) * 1e3 / n, (s1 - s0) * 1e3 / n
 
 
-def measure(shards: str, folds: Path, args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
-    """Training, evaluation (first pass) and evaluation again (second pass over the same episodes) of
-    one process reading `shards` (a dataset folder or URL): `_rate`'s triple each."""
-    base, novel = read_fold(str(folds), 0)
-    pairs = read_pairs((folds / "fold0" / "train.txt").read_text())
-    stream = EpisodeStream(
-        f"{shards}/train", pairs, base, novel, batch_size=8, image_size=args.size, pool_size=32,
-        episodes_per_epoch=10**9, resampled=True,
-    )  # fmt: skip
-    out = {"training": _rate(iter(stream), args.seconds)}
+def measure(
+    shards: str, folds: Path, args: argparse.Namespace, remote: RemoteReads, training: bool = True
+) -> dict[str, tuple[float, float, float]]:
+    """Training (when `training`), evaluation (first pass) and evaluation again (second pass over the
+    same episodes) of one process reading `shards` (a dataset folder or URL): `_rate`'s triple each."""
+    out = {}
+    if training:
+        base, novel = read_fold(str(folds), 0)
+        pairs = read_pairs((folds / "fold0" / "train.txt").read_text())
+        stream = EpisodeStream(
+            f"{shards}/train", pairs, base, novel, batch_size=8, image_size=args.size, pool_size=32,
+            episodes_per_epoch=10**9, resampled=True,
+        )  # fmt: skip
+        out["training"] = _rate(iter(stream), args.seconds)
     manifest = build_manifest(shards, str(folds), "pascal", 0, 1, 1, "denet", 0, args.eval_episodes)
-    episodes = EvalEpisodes(manifest, f"{shards}/test", args.size, "denet")
-    for name in ("evaluation, 1st pass", "evaluation, 2nd pass"):  # one reader: a cache would serve pass 2
+    episodes = EvalEpisodes(manifest, f"{shards}/test", args.size, "denet", remote=remote)
+    for name in ("evaluation, 1st pass", "evaluation, 2nd pass"):  # one reader: the cache serves pass 2
         loader = DataLoader(episodes, batch_size=8, num_workers=0, collate_fn=collate_eval)
         n = len(episodes)
         batches = iter(loader)
@@ -135,11 +144,20 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_synthetic(Path(tmp) / "data", n_train=240, n_test=120, size=(500, 375), shard_max=30)
         shards, folds = paths["shards"], paths["folds"]
-        rows = {"local tars": measure(str(shards), folds, args)}
-        with range_http_server(shards.parent) as url:
-            rows["HTTP (aiohttp, Range)"] = measure(f"{url}/{shards.name}", folds, args)
-        with s3_server(shards) as s3_url:
-            rows["S3 (moto, own process)"] = measure(s3_url, folds, args)
+
+        def remote(name: str, keep: bool) -> RemoteReads:  # a fresh, empty cache per row
+            return RemoteReads(cache=ShardCache(str(Path(tmp) / f"cache-{name}")), cache_remote=keep)
+
+        rows = {"local tars": measure(str(shards), folds, args, remote("local", False))}
+        cached: dict[str, int] = {}  # shards in each cache_remote row's cache: proof the cache was used
+        stores = {"HTTP (aiohttp, Range)": range_http_server(shards.parent), "S3 (moto)": s3_server(shards)}
+        for name, server in stores.items():
+            with server as url:
+                where = url if url.startswith("s3:") else f"{url}/{shards.name}"
+                rows[name] = measure(where, folds, args, remote(name, False))
+                kept = f"{name.split()[0]} + cache_remote"
+                rows[kept] = measure(where, folds, args, remote(kept, True), training=False)
+                cached[kept] = len(list((Path(tmp) / f"cache-{kept}").glob("*.tar")))
     print(f"\none process, workers=0, size {args.size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print("episodes/s (ratio to local); CPU-ms per episode in the loader process / in the server process")
     local = rows["local tars"]
@@ -147,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         for what, (rate, client, server) in row.items():
             ratio = rate / local[what][0]
             print(f"{name:24s} {what:22s} {rate:8.1f} ({ratio:.2f})   {client:6.1f} / {server:6.1f}")
+    print("shards in the cache after the cache_remote rows:", cached)
 
 
 if __name__ == "__main__":

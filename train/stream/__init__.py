@@ -24,11 +24,13 @@ def shards_location(p: Params, shards: str | Path) -> str:
 
 
 def remote_reads(p: Params) -> RemoteReads:
-    """How shards are read over the network: params `sampler.min_bytes_per_s`, ... and the shard cache."""
+    """How shards are read over the network: params `sampler.min_bytes_per_s`, ..., the shard cache
+    (`cache_dir`, `cache_bytes`) and whether reads by key keep whole remote shards in it (`cache_remote`)."""
     from pipeline.netread import NetLimits
     from train.stream.shard_cache import ShardCache, default_cache_dir
     from train.stream.shard_io import RemoteReads
 
     s = p.sampler
     limits = NetLimits(s.min_bytes_per_s, s.rate_window_s, s.deadline_s)
-    return RemoteReads(limits, ShardCache(s.cache_dir or str(default_cache_dir()), s.cache_bytes))
+    cache = ShardCache(s.cache_dir or str(default_cache_dir()), s.cache_bytes)
+    return RemoteReads(limits, cache, s.cache_remote)

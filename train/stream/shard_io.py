@@ -9,7 +9,8 @@ Random access (evaluation, training manifests): `read_ranges` fetches many `inde
 once on a bounded thread pool; `parse_tar_fragment` reads one sample's members from such a range.
 Every network read is bounded (`RemoteReads`): bodies are read as streams of what has arrived, never
 beyond the bytes the manifest gives, under `pipeline.netread`'s rate floor and deadline; a server that
-ignores `Range` gets each shard fetched once into `train.stream.shard_cache`.
+ignores `Range` gets each shard fetched once into `train.stream.shard_cache`, and so does every remote
+shard read by key when `RemoteReads.cache_remote` asks for it (params `sampler.cache_remote`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -64,10 +66,16 @@ MAX_TEXT_BYTES = 256 << 20  # a manifest, index.tsv or fold list read whole (COC
 @dataclass(frozen=True)
 class RemoteReads:
     """How remote shards are read: network limits (params `sampler.min_bytes_per_s`, ...) and the
-    cache of whole shards for servers that ignore `Range` (None: `default_cache_dir()`, 20 GiB)."""
+    cache of whole shards for servers that ignore `Range` (None: `default_cache_dir()`, 20 GiB).
+
+    `cache_remote` (params `sampler.cache_remote`): reads by key (evaluation, training manifests)
+    fetch each remote shard whole into that cache on first touch, from any server (http(s), s3, ...),
+    so later passes, loader processes and runs read it locally instead of one request per sample.
+    """
 
     limits: NetLimits = field(default_factory=NetLimits)
     cache: ShardCache | None = None
+    cache_remote: bool = False
 
     def shard_cache(self) -> ShardCache:
         return self.cache or ShardCache(str(default_cache_dir()))
@@ -552,6 +560,10 @@ def _read_range_once(
     if scheme == "pipe":
         raise ShardError(f"shard {url}: pipe: URLs cannot be read by range; use a path or URL")
     assert meter is not None
+    if remote.cache_remote and shard is not None:
+        local = _kept_whole(url, remote, shard, meter)
+        if local is not None:
+            return _read_local(str(local), start, end)
     if scheme in ("http", "https"):
         return _http_range(url, start, end, remote, shard, meter)
     import fsspec
@@ -561,6 +573,15 @@ def _read_range_once(
         data: bytes = fs.cat_file(path, start=start, end=end)
         meter.add(len(data))
     return data
+
+
+def _kept_whole(url: str, remote: RemoteReads, shard: ShardInfo, meter: RateMeter) -> Path | None:
+    """The shard's cached copy, fetched whole on first touch (`cache_remote`); None when the shard is
+    larger than the whole cache (it is then read by range, as without the option)."""
+    cache = remote.shard_cache()
+    if not 0 <= shard[0] <= cache.max_bytes:
+        return None
+    return cache.cached(url, *shard) or _fetch_whole(url, cache, shard, None, remote, meter)
 
 
 # Servers that answered a ranged request with 200 (they ignore Range), by origin, in this process;
@@ -671,7 +692,12 @@ def _fetch_whole(
 
 
 def _fill(url: str, handle: IO[bytes], resp: Any, size: int, remote: RemoteReads, meter: RateMeter) -> None:
-    """Write the whole shard at `url` (`size` bytes by its manifest) to `handle`, from `resp` or a new GET."""
+    """Write the whole shard at `url` (`size` bytes by its manifest) to `handle`, from `resp` or a new GET
+    (an fsspec URL: a resuming, metered stream, never beyond `size`)."""
+    if resp is None and _scheme(url) not in ("http", "https"):
+        with contextlib.closing(gopen_resuming(url, limits=remote.limits, expected=size)) as stream:
+            shutil.copyfileobj(stream, handle, _READ_CHUNK)
+        return
     own = resp is None
     if own:
         timeout = remote.limits.socket_timeout(_HTTP_TIMEOUT_S)
