@@ -375,7 +375,8 @@ PFENET_VGG_LAYOUT = VGGLayout(
     pools=dict.fromkeys((6, 13, 23, 33, 43), _CEIL_2X2),
     batch_norm=True,
 )
-_VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv5": 512, "layer2": 256, "layer3": 512, "layer4": 512}
+_VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv5": 512}
+_VGG_CHANNELS.update(layer2=256, layer3=512, layer4=512)  # PFENet's names
 
 
 class VGGBackbone(Backbone):

@@ -39,7 +39,9 @@ def _conv(cin: int, cout: int, kernel: int) -> nn.Conv2d:
 
 def _classifier(depth: int, dropout: float) -> nn.Sequential:
     """The release's `cls` / `inner_cls`: conv3x3 + ReLU + Dropout2d + 1x1 conv to (bg, fg)."""
-    return nn.Sequential(_conv(depth, depth, 3), nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(depth, 2, 1))
+    return nn.Sequential(
+        _conv(depth, depth, 3), nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(depth, 2, 1)
+    )
 
 
 class PFENet(nn.Module):
@@ -119,7 +121,9 @@ class PFENet(nn.Module):
         )
         self.inner_cls = nn.ModuleList(_classifier(d, head_dropout) for _ in range(n))
         self.res1 = nn.Sequential(_conv(n * d, d, 1), nn.ReLU(inplace=True))
-        self.res2 = nn.Sequential(_conv(d, d, 3), nn.ReLU(inplace=True), _conv(d, d, 3), nn.ReLU(inplace=True))
+        self.res2 = nn.Sequential(
+            _conv(d, d, 3), nn.ReLU(inplace=True), _conv(d, d, 3), nn.ReLU(inplace=True)
+        )
         self.cls = _classifier(d, head_dropout)
 
     # ------------------------------------------------------------------------------------- features
@@ -159,7 +163,12 @@ class PFENet(nn.Module):
         masked = torch.cat([mid_high[:b], mid_high[b:] * fg])
         high = self.backbone(masked, after=self.layers[1])[self.layers[2]]
         mid = self.mid_level(feats)
-        return mid[:b], high[:b], mid[b:].unflatten(0, (b * way, shot)), high[b:].unflatten(0, (b * way, shot))
+        return (
+            mid[:b],
+            high[:b],
+            mid[b:].unflatten(0, (b * way, shot)),
+            high[b:].unflatten(0, (b * way, shot)),
+        )
 
     # ------------------------------------------------------------------------------------------ head
 

@@ -108,9 +108,12 @@ class Train:
     optimizer: Literal["auto", "sgd", "rmsprop"] = AUTO
     lr: float | str = AUTO
     momentum: float | str = AUTO  # SGD momentum, or RMSprop's (0 in AMP's release)
-    weight_decay: float = 5e-4  # every release uses 5e-4
+    weight_decay: float | str = AUTO  # 5e-4 in the DENet-era releases, 1e-4 in PFENet's
     lr_milestones: list[int] | str = AUTO  # steps after which lr *= lr_gamma (PANet: 10k, 20k); [] = constant
     lr_gamma: float = 0.1
+    # step: lr x lr_gamma at each of lr_milestones | poly: lr x (1 - step / steps) ** lr_power (PFENet)
+    lr_schedule: Literal["auto", "step", "poly"] = AUTO
+    lr_power: float = 0.9
     # parameter-name glob -> lr factor, first match wins (SG-One: its guidance conv x10, biases x2)
     lr_multipliers: dict[str, float] | str = AUTO
     grad_accum: int = 1
@@ -214,7 +217,7 @@ _RELEASE_BACKBONE: dict[str, tuple[str, bool]] = {
 # my_optim.get_finetune_optimizer). A model not listed gets DENet's. weight_decay is 5e-4 in all of them.
 _DENET_RECIPE: dict[str, Any] = {
     "optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "batch_size": 8, "steps": 150_000,
-    "lr_milestones": [], "lr_multipliers": {},
+    "lr_milestones": [], "lr_multipliers": {}, "weight_decay": 5e-4, "lr_schedule": "step",
 }  # fmt: skip
 _RELEASE_RECIPE: dict[str, dict[str, Any]] = {
     "denet": _DENET_RECIPE,
@@ -230,6 +233,28 @@ _RELEASE_RECIPE: dict[str, dict[str, Any]] = {
         "lr_multipliers": {"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0},
     },
 }  # fmt: skip
+# ---- PFENet (issue 28; to move into the registry with issue 27's recipes) -------------------------------
+# dvlab-research/PFENet config/pascal/pascal_split0_resnet50.yaml and train.py: SGD lr 0.0025, momentum 0.9,
+# weight decay 1e-4, poly power 0.9 per iteration, batch 4, 473 px, 200 epochs on PASCAL. COCO
+# (config/coco/*.yaml, 4 GPUs): batch 32, lr 0.02, 641 px, 50 epochs. Epochs -> steps: an epoch is one pass
+# over the images showing a base class with >= 2 x 32 x 32 pixels (util/dataset.py make_dataset); PASCAL:
+# at most its 5,953-line list (lists/pascal/voc_sbd_merge_noduplicate.txt) -> 200 x 5,953 / 4 = 297,650
+# steps as the upper bound used here; COCO: at most train2014's 82,783 images -> 50 x 82,783 / 32 = 129,348.
+_RELEASE_RECIPE["pfenet"] = {
+    **_DENET_RECIPE, "lr": 0.0025, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 4,
+    "steps": 297_650, "lr_schedule": "poly",
+}  # fmt: skip
+_RELEASE_BY_DATASET: dict[tuple[str, str], dict[str, Any]] = {
+    ("pfenet", "coco"): {"batch_size": 32, "lr": 0.02, "steps": 129_348},
+}
+_RELEASE_BACKBONE["pfenet"] = ("resnet50_deep", True)
+_RELEASE_IMAGE_SIZE = {("pfenet", "pascal"): 473, ("pfenet", "coco"): 641}  # train_h = val_size
+# toy: the small backbone's three taps, the COCO config's relative scales (a 21 x 21 map at 161 px), width
+# 64 (the released 256 costs ~4x the time per step on 2 cores)
+_PFENET_TOY_KWARGS = {
+    "layers": ["layer1", "layer2", "layer3"], "pyramid_bins": [1.0, 0.5, 0.25, 0.125], "reduce_dim": 64,
+}  # fmt: skip
+# ---- end PFENet ---------------------------------------------------------------------------------------
 # The toy (CPU) recipe of every method: not a release's, one that learns the toy task in minutes on 2
 # cores (README "Results on the toy data"); CANet and PGNet need lr 0.05 there (_TOY_LR).
 _TOY_RECIPE: dict[str, Any] = {**_DENET_RECIPE, "lr": 0.01, "steps": 600}
@@ -244,6 +269,7 @@ _TOY_MODEL_KWARGS: dict[str, dict[str, Any]] = {
     "denet": {"depth": 128},
     "canet": {"depth": 128},
     "pgnet": {"depth": 128},
+    "pfenet": _PFENET_TOY_KWARGS,
 }
 # Toy (CPU) learning rate per method where the shared toy lr (0.01) does not learn. CANet and PGNet
 # (a deep head without normalisation on a random-init backbone, binary CE) stay at all-background at
@@ -331,6 +357,12 @@ def resolve(params: Params) -> Params:
             setattr(p.train, key, copy.deepcopy(value))
     if params.train.steps == AUTO and p.source == "official" and p.dataset == "coco" and p.model == "denet":
         p.train.steps = _DENET_COCO_STEPS
+    if p.source == "official":
+        for key, value in _RELEASE_BY_DATASET.get((p.model, p.dataset), {}).items():
+            if getattr(params.train, key) == AUTO:
+                setattr(p.train, key, value)
+        if p.sampler.image_size == AUTO and (p.model, p.dataset) in _RELEASE_IMAGE_SIZE:
+            p.sampler.image_size = _RELEASE_IMAGE_SIZE[(p.model, p.dataset)]
     for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):
         for (section, key), choices in table.items():
             obj = getattr(p, section)
@@ -366,7 +398,9 @@ _AT_LEAST = {
 
 # train keys that may be `auto` in params.yaml, and what they must be once resolved
 _TRAIN_AUTO_KEYS = {
-    **dict.fromkeys(("steps", "batch_size", "lr", "momentum", "val_every", "checkpoint_every"), "a number"),
+    **dict.fromkeys(
+        ("steps", "batch_size", "lr", "momentum", "weight_decay", "val_every", "checkpoint_every"), "a number"
+    ),
     "lr_milestones": "a list of steps",
     "lr_multipliers": "a mapping of parameter-name patterns to factors",
 }
@@ -426,8 +460,10 @@ def _check_recipe(t: Train) -> None:
         raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
     if float(t.momentum) < 0:
         raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
-    if t.weight_decay < 0:
+    if float(t.weight_decay) < 0:
         raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
+    if t.lr_power <= 0:
+        raise ConfigError(f"params: train.lr_power = {t.lr_power} must be > 0")
     if t.lr_gamma <= 0:
         raise ConfigError(f"params: train.lr_gamma = {t.lr_gamma} must be > 0")
     milestones = list(t.lr_milestones)

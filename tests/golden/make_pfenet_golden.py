@@ -68,7 +68,14 @@ CASES = [
     ("vgg", "eval", 1),
     ("vgg", "train", 5),
 ]
-VGG_SPLIT = (0, 7, 14, 24, 34, 43)  # the release's get_vgg16_layer: layer i = features[VGG_SPLIT[i]:VGG_SPLIT[i+1]]
+VGG_SPLIT = (
+    0,
+    7,
+    14,
+    24,
+    34,
+    43,
+)  # the release's get_vgg16_layer: layer i = features[VGG_SPLIT[i]:VGG_SPLIT[i+1]]
 
 
 def case_tag(variant: str, mode: str, shot: int) -> str:
@@ -95,7 +102,12 @@ def release_inputs(ep: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 def prefixes(variant: str) -> list[tuple[str, str]]:
     """Release tensor-name prefixes -> this project's."""
     if variant == "resnet":
-        stem = [("layer0.0.", "conv1."), ("layer0.1.", "bn1."), ("layer0.3.", "conv2."), ("layer0.4.", "bn2.")]
+        stem = [
+            ("layer0.0.", "conv1."),
+            ("layer0.1.", "bn1."),
+            ("layer0.3.", "conv2."),
+            ("layer0.4.", "bn2."),
+        ]
         stem += [("layer0.6.", "conv3."), ("layer0.7.", "bn3.")]
         body = [(f"layer{i}.", f"layer{i}.") for i in range(1, 5)]
         pairs = [(r, "backbone." + p) for r, p in stem + body]
@@ -124,16 +136,20 @@ def make(root: Path) -> None:
             for variant, kwargs in VARIANTS.items():
                 torch.manual_seed(0)
                 model = seeded_state(build_model("pfenet", **kwargs), SEEDS[variant])
-                models[variant] = {"model_kwargs": kwargs, "seed": SEEDS[variant], "sha256": state_digest(model)}
+                models[variant] = {
+                    "model_kwargs": kwargs,
+                    "seed": SEEDS[variant],
+                    "sha256": state_digest(model),
+                }
                 state = {k: v.clone() for k, v in model.state_dict().items()}
                 for v, mode, shot in CASES:
                     if v != variant:
                         continue
                     model.load_state_dict(state)
+                    scales = list(kwargs.get("pyramid_bins", [60, 30, 15, 8]))
                     ref = Release(
                         layers=50, classes=2, zoom_factor=8, criterion=nn.CrossEntropyLoss(ignore_index=VOID),
-                        pretrained=False, shot=shot, ppm_scales=list(kwargs.get("pyramid_bins", [60, 30, 15, 8])),
-                        vgg=variant == "vgg",
+                        pretrained=False, shot=shot, ppm_scales=scales, vgg=variant == "vgg",
                     )  # fmt: skip
                     transplant(model, ref, prefixes(variant))
                     arrays.update(run_case(ref, variant, mode, shot, inputs))
@@ -181,7 +197,9 @@ def run_case(ref: nn.Module, variant: str, mode: str, shot: int, inputs: dict) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pfenet", type=Path, required=True, help="checkout of dvlab-research/PFENet")
     args = parser.parse_args(argv)
     make(args.pfenet.resolve())
