@@ -114,6 +114,9 @@ class Train:
     # step: lr x lr_gamma at each of lr_milestones | poly: lr x (1 - step / steps) ** lr_power (PFENet)
     lr_schedule: Literal["auto", "step", "poly"] = AUTO
     lr_power: float = 0.9
+    # training transform (train.stream.transforms.TrainTransform): flip (square resize + flip, the DENet
+    # recipe) | pfenet (PFENet's scale, rotate, blur, flip, crop); auto: the method's recipe
+    augment: Literal["auto", "flip", "pfenet"] = AUTO
     # parameter-name glob -> lr factor, first match wins (SG-One: its guidance conv x10, biases x2)
     lr_multipliers: dict[str, float] | str = AUTO
     grad_accum: int = 1
@@ -218,6 +221,7 @@ _RELEASE_BACKBONE: dict[str, tuple[str, bool]] = {
 _DENET_RECIPE: dict[str, Any] = {
     "optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "batch_size": 8, "steps": 150_000,
     "lr_milestones": [], "lr_multipliers": {}, "weight_decay": 5e-4, "lr_schedule": "step",
+    "augment": "flip",
 }  # fmt: skip
 _RELEASE_RECIPE: dict[str, dict[str, Any]] = {
     "denet": _DENET_RECIPE,
@@ -242,7 +246,7 @@ _RELEASE_RECIPE: dict[str, dict[str, Any]] = {
 # steps as the upper bound used here; COCO: at most train2014's 82,783 images -> 50 x 82,783 / 32 = 129,348.
 _RELEASE_RECIPE["pfenet"] = {
     **_DENET_RECIPE, "lr": 0.0025, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 4,
-    "steps": 297_650, "lr_schedule": "poly",
+    "steps": 297_650, "lr_schedule": "poly", "augment": "pfenet",
 }  # fmt: skip
 _RELEASE_BY_DATASET: dict[tuple[str, str], dict[str, Any]] = {
     ("pfenet", "coco"): {"batch_size": 32, "lr": 0.02, "steps": 129_348},
@@ -433,6 +437,10 @@ def _check_combinations(p: Params) -> None:
         if value < least:
             raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
     _check_recipe(p.train)
+    if p.train.augment != "flip" and p.sampler.gpu_decode:
+        raise ConfigError(
+            f"params: train.augment = {p.train.augment} runs on the CPU: set sampler.gpu_decode false"
+        )
     seeds = p.evaluate.seeds
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(

@@ -382,6 +382,7 @@ def train_batches(
             rank=rank,
             world_size=world,
             gpu_decode=p.sampler.gpu_decode,
+            augment=p.train.augment,
         )
     else:
         stream = _pool_stream(p, split, folds, base, novel, per_epoch, rank, world)
@@ -442,6 +443,7 @@ def _pool_stream(
         resampled=resampled,
         rank=rank,
         world_size=world,
+        augment=p.train.augment,
     )
     return stream
 

@@ -230,6 +230,7 @@ def test_pfenet_official_recipe_is_its_release():
     got = (p.backbone.name, p.backbone.frozen, t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size)
     assert got == ("resnet50_deep", True, "sgd", 0.0025, 0.9, 1e-4, 4)
     assert (t.lr_schedule, t.lr_power, t.steps, p.sampler.image_size) == ("poly", 0.9, 297_650, 473)
+    assert t.augment == "pfenet"
     coco = load_params(REPO_PARAMS, {"source": "official", "model": "pfenet", "dataset": "coco"})
     got = (coco.train.batch_size, coco.train.lr, coco.train.steps, coco.sampler.image_size)
     assert got == (32, 0.02, 129_348, 641)
@@ -239,5 +240,8 @@ def test_pfenet_official_recipe_is_its_release():
     assert mine.train.weight_decay == 0.0
     toy = load_params(REPO_PARAMS, {"model": "pfenet"})
     assert toy.model_kwargs["layers"] == ["layer1", "layer2", "layer3"] and toy.backbone.name == "small"
+    assert toy.train.augment == "flip"
     with pytest.raises(ConfigError, match="lr_schedule"):
         load_params(REPO_PARAMS, {"train.lr_schedule": "cosine"})
+    with pytest.raises(ConfigError, match="train.augment = pfenet runs on the CPU"):
+        load_params(REPO_PARAMS, {"train.augment": "pfenet", "sampler.gpu_decode": True})

@@ -46,6 +46,7 @@ class ManifestEpisodes(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         gpu_decode: bool = False,
+        augment: str = "flip",
     ) -> None:
         super().__init__()
         self.episodes = [
@@ -56,7 +57,7 @@ class ManifestEpisodes(IterableDataset):
             raise ValueError("the training-episode manifest is empty")
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url)
-        self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
+        self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode, augment)
         self.batch_size, self.batches_per_epoch, self.seed = batch_size, batches_per_epoch, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self._orders: dict[int, np.ndarray] = {}
