@@ -13,6 +13,7 @@ from fss_model.backbones import build_backbone
 from fss_model.canet import bilinear_masked_pool
 from fss_model.layers import binary_targets, safe_cross_entropy, upsample, uses_batch_statistics
 from fss_model.pairwise import combine_ways
+from fss_model.recipe import TOY, Recipe
 from fss_model.registry import register_model
 
 COSINE_EPS = 1e-7  # the release's eps of the prior's cosine similarity and of its min-max normalisation
@@ -256,8 +257,32 @@ def pfenet_loss(
     return {"loss": main + aux_weight * aux, "main": main.detach(), "aux": aux.detach()}
 
 
+# dvlab-research/PFENet config/pascal/pascal_split0_resnet50.yaml, train.py, util/util.py: SGD lr 0.0025,
+# momentum 0.9, weight decay 1e-4, poly power 0.9 per iteration, batch 4, 473 px, its augmentation, 200
+# epochs. COCO (config/coco/*.yaml, 4 GPUs): batch 32, lr 0.02, 641 px, 50 epochs. Epochs -> steps: an
+# epoch is one pass over the training images (util/dataset.py make_dataset), at most the 5,953 lines of
+# lists/pascal/voc_sbd_merge_noduplicate.txt (200 x 5,953 / 4 = 297,650 steps) and train2014's 82,783
+# images on COCO (50 x 82,783 / 32 = 129,348): upper bounds (docs/methods.md "PFENet").
+PFENET_RELEASE = Recipe(
+    lr=0.0025, momentum=0.9, weight_decay=1e-4, batch_size=4, steps=297_650, lr_schedule="poly",
+    augment="pfenet", image_size=473, backbone="resnet50_deep", backbone_frozen=True,
+    by_dataset={"coco": {"batch_size": 32, "lr": 0.02, "steps": 129_348, "image_size": 641}},
+)  # fmt: skip
+# toy: the small backbone's three taps, the COCO config's relative scales (a 21 x 21 map at 161 px), width
+# 64 (the released 256 costs ~4x the time per step on 2 cores); the shared toy recipe otherwise
+PFENET_TOY = TOY.replace(
+    model_kwargs={
+        "layers": ["layer1", "layer2", "layer3"],
+        "pyramid_bins": [1.0, 0.5, 0.25, 0.125],
+        "reduce_dim": 64,
+    }
+)
+
+
 @register_model(
     "pfenet",
+    official=PFENET_RELEASE,
+    toy=PFENET_TOY,
     tiny_kwargs={"backbone": "small", "layers": ("layer1", "layer2", "layer3"), "reduce_dim": 16},
 )
 def pfenet(**kwargs: Any) -> PFENet:
