@@ -178,5 +178,5 @@ def test_pfenet_official_recipe_is_its_release():
     assert toy.train.augment == "flip"
     with pytest.raises(ConfigError, match="lr_schedule"):
         load_params(REPO_PARAMS, {"train.lr_schedule": "cosine"})
-    with pytest.raises(ConfigError, match="train.augment = pfenet runs on the CPU"):
+    with pytest.raises(ConfigError, match=r"train\.augment = pfenet runs on the CPU"):
         load_params(REPO_PARAMS, {"train.augment": "pfenet", "sampler.gpu_decode": True})
