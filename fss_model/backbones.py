@@ -13,10 +13,13 @@ API::
 | resnet50    | layer1 256 /4, layer2 512 /8, layer3 1024 /8, layer4 2048 /8               | V1       |
 | resnet101   | same as resnet50                                                           | V1       |
 | resnet18    | layer1 64 /4, layer2 128 /8, layer3 256 /8, layer4 512 /8                  | V1       |
+| resnet50_deep  | as resnet50; PSPNet's deep stem and dilation (PFENet's release)         | file     |
+| resnet101_deep | as resnet101; PSPNet's deep stem and dilation (PFENet's release)        | file     |
 | densenet121 | layer1 256 /4, layer2 512 /8, layer3 1024 /8                               | V1       |
 | vgg16       | pool3 256 /8, pool4 512 /16, pool5 512 /32 (AMP's release)                 | V1       |
 | vgg16_panet | conv5 512 /8 (PANet's release)                                             | V1       |
 | vgg16_sgone | pool3 256 /8, pool4 512 /8, pool5 512 /8 (SG-One's release)                | V1       |
+| vgg16_bn_pfenet | layer2 (pool3) 256 /8, layer3 (pool4) 512 /16, layer4 (conv5_3) 512 /16 | BN V1  |
 | small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params)      | none     |
 
 Sizes: the ResNets, "small" and vgg16's pool3 map 321 px -> 41 x 41 (65 px -> 9 x 9): ResNets use
@@ -28,6 +31,14 @@ removed so denseblock2 and denseblock3 stay at stride 8; its transition1 pool fl
 (1, 1, 2) / conv5 (2, 4, 4); `amp_dilation=False` gives plain VGG16); vgg16_panet is PANet's encoder
 (3x3/2 pools padded 1, pool4 3x3/1, conv5 dilated 2 with no ReLU after conv5_3, no pool5: 321 -> 41);
 vgg16_sgone is SG-One's (3x3/2 pools, pool4 and pool5 3x3/1, no dilation: 321 -> 41 for all three taps).
+vgg16_bn_pfenet is PFENet's VGG-16 with BatchNorm (all pools 2x2 ceil mode, 473 -> 237 -> 119 -> 60 -> 30,
+no pool5), tapped where its release splits `features` into layer0..layer4; it loads torchvision's
+vgg16_bn file. The `_deep` ResNets are PSPNet's ResNets that PFENet's release uses (`model/resnet.py`
+with `deep_base=True`): a stem of three 3x3 convs (64, 64, 128) instead of the 7x7, and every 3x3 conv
+of layer3 / layer4 dilated 2 / 4 (torchvision leaves the first block of each at the previous dilation).
+Their ImageNet weights are not torchvision's: PSPNet's `resnet50_v2.pth` / `resnet101_v2.pth` (the
+PFENet README's "initmodel" download) load with `load_weights(bb, path)`, their keys (conv1, bn1, conv2,
+bn2, conv3, bn3, layer1..4, fc) being this backbone's.
 fc6/fc7 are head-owned (torchvision's are Linear layers for 224 px), so no fc7 map is offered here.
 All three load torchvision's ImageNet VGG16 file, as the releases initialise from it.
 
@@ -134,9 +145,17 @@ class Backbone(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, after: str | None = None, until: str | None = None) -> dict[str, Tensor]:
+        """The `out_layers` maps of `x`. `after`: `x` is that layer's output, run only the stages behind
+        it; `until`: stop at that layer (PFENet runs its deepest stage on masked support features)."""
+        names = [name for name, _ in self._plan]
+        for layer in (after, until):
+            if layer is not None and layer not in names:
+                raise ValueError(f"{self.name} runs no layer {layer!r}; its layers: {self.out_layers}")
+        start = 0 if after is None else names.index(after) + 1
+        stop = len(names) if until is None else names.index(until) + 1
         out: dict[str, Tensor] = {}
-        for name, module in self._plan:
+        for name, module in self._plan[start:stop]:
             x = module(x)
             if name in self.out_layers:
                 out[name] = x
@@ -216,6 +235,59 @@ def resnet18(**kw: Any) -> Backbone:
     return ResNetBackbone(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512), **kw)
 
 
+class DeepStemResNetBackbone(Backbone):
+    """PSPNet's ResNet as PFENet's release builds it: deep stem (3x3 convs 3->64/2, 64->64, 64->128), every
+    3x3 conv of layer3 dilated 2 and of layer4 dilated 4 (stride 8). Module names are PSPNet's file's."""
+
+    channels = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}  # noqa: RUF012
+    strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}  # noqa: RUF012
+
+    def __init__(
+        self, arch: Callable[..., tvm.ResNet], out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool
+    ) -> None:
+        super().__init__(out_layers, frozen, freeze_bn)
+        net = arch(weights=None)
+
+        def conv_bn(cin: int, cout: int, stride: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+            return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout)
+
+        self.conv1, self.bn1 = conv_bn(3, 64, 2)
+        self.conv2, self.bn2 = conv_bn(64, 64, 1)
+        self.conv3, self.bn3 = conv_bn(64, 128, 1)
+        self.relu, self.maxpool = net.relu, net.maxpool
+        first = net.layer1[0]  # the stem now ends with 128 channels, not 64
+        first.conv1 = nn.Conv2d(128, 64, 1, bias=False)
+        first.downsample[0] = nn.Conv2d(128, 256, 1, bias=False)
+        for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
+            for name, m in layer.named_modules():
+                if name.endswith("conv2"):
+                    m.dilation, m.padding, m.stride = (dilation, dilation), (dilation, dilation), (1, 1)
+                elif name.endswith("downsample.0"):
+                    m.stride = (1, 1)
+        deepest = max(int(n[-1]) for n in self.out_layers)
+        for i in range(1, deepest + 1):
+            setattr(self, f"layer{i}", getattr(net, f"layer{i}"))
+        self.unused_prefixes = ("fc.", *(f"layer{i}." for i in range(deepest + 1, 5)))
+        plan: list[tuple[str | None, nn.Module]] = []
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            plan += [(None, conv), (None, bn), (None, self.relu)]
+        plan.append((None, self.maxpool))
+        plan += [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, deepest + 1)]
+        self._finish(plan)
+
+
+@register_backbone
+def resnet50_deep(**kw: Any) -> Backbone:
+    """PSPNet's deep-stem ResNet-50 (PFENet's release); weights: PSPNet's resnet50_v2.pth."""
+    return DeepStemResNetBackbone(tvm.resnet50, **kw)
+
+
+@register_backbone
+def resnet101_deep(**kw: Any) -> Backbone:
+    """PSPNet's deep-stem ResNet-101 (PFENet's release); weights: PSPNet's resnet101_v2.pth."""
+    return DeepStemResNetBackbone(tvm.resnet101, **kw)
+
+
 # -------------------------------------------------------------------------------------------- DenseNet
 
 
@@ -269,6 +341,7 @@ class VGGLayout:
     pools: dict[int, tuple[int, int, int, bool]]
     dilations: dict[int, int] = field(default_factory=dict)
     no_relu: tuple[int, ...] = ()
+    batch_norm: bool = False  # torchvision's vgg16_bn (indices are then those of its `features`)
 
 
 _CEIL_2X2 = (2, 2, 0, True)  # ceil mode: 321 -> 161 -> 81 -> 41 keeps the odd-size alignment of the masks
@@ -297,7 +370,16 @@ SGONE_LAYOUT = VGGLayout(
     strides={"pool3": 8, "pool4": 8, "pool5": 8},
     pools={4: _DEEPLAB_3X3, 9: _DEEPLAB_3X3, 16: _DEEPLAB_3X3, 23: _DEEPLAB_3X3_S1, 30: _DEEPLAB_3X3_S1},
 )
+# PFENet's VGG-16 with BN (dvlab-research/PFENet `model/PFENet.py` get_vgg16_layer, `model/vgg.py`): all
+# pools 2x2 ceil mode; layer2 ends at pool3, layer3 at pool4, layer4 at conv5_3's ReLU (no pool5)
+PFENET_VGG_LAYOUT = VGGLayout(
+    taps={"layer2": 23, "layer3": 33, "layer4": 42},
+    strides={"layer2": 8, "layer3": 16, "layer4": 16},
+    pools=dict.fromkeys((6, 13, 23, 33, 43), _CEIL_2X2),
+    batch_norm=True,
+)
 _VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv5": 512}
+_VGG_CHANNELS.update(layer2=256, layer3=512, layer4=512)  # PFENet's names
 
 
 class VGGBackbone(Backbone):
@@ -311,8 +393,11 @@ class VGGBackbone(Backbone):
         self.channels = {name: _VGG_CHANNELS[name] for name in layout.taps}
         self.strides = dict(layout.strides)
         self.default_out = tuple(layout.taps)
+        if layout.batch_norm:
+            self.imagenet_weights = tvm.VGG16_BN_Weights.IMAGENET1K_V1
         super().__init__(out_layers, frozen, freeze_bn)
-        features = tvm.vgg16(weights=None).features
+        features = (tvm.vgg16_bn if layout.batch_norm else tvm.vgg16)(weights=None).features
+        size = len(features)
         for i, (kernel, stride, padding, ceil) in layout.pools.items():
             features[i] = nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil)
         for i, d in layout.dilations.items():
@@ -325,7 +410,7 @@ class VGGBackbone(Backbone):
         for i in range(len(features) - 1, last, -1):
             del features[i]  # parameter-free tail (later pools and ReLUs): torchvision's keys stay valid
         self.features = features
-        self.unused_prefixes = ("classifier.", *(f"features.{i}." for i in range(last + 1, 31)))
+        self.unused_prefixes = ("classifier.", *(f"features.{i}." for i in range(last + 1, size)))
         tap_at = {v: k for k, v in layout.taps.items()}
         self._finish([(tap_at.get(i), m) for i, m in enumerate(features)])
 
@@ -348,6 +433,12 @@ def vgg16_panet(**kw: Any) -> Backbone:
 def vgg16_sgone(**kw: Any) -> Backbone:
     """VGG16 as SG-One's release uses it (pool3 256, pool4 512, pool5 512, all at stride 8)."""
     return VGGBackbone(SGONE_LAYOUT, **kw)
+
+
+@register_backbone
+def vgg16_bn_pfenet(**kw: Any) -> Backbone:
+    """VGG-16 with BN as PFENet's release uses it (layer2 256 /8, layer3 512 /16, layer4 512 /16)."""
+    return VGGBackbone(PFENET_VGG_LAYOUT, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- small

@@ -21,8 +21,8 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The values `auto` takes for one model on one source. weight_decay (5e-4) and lr_gamma (0.1)
-    are the same in every release and stay plain params."""
+    """The values `auto` takes for one model on one source. lr_gamma (0.1) is the same in every release
+    and stays a plain param."""
 
     lr: float
     steps: int
@@ -46,15 +46,26 @@ class Recipe:
     # the release trains one model per test setting (PANet), where DENet's code reuses its 1-way 1-shot
     # model: `train.experiments` then sets train.way / train.shot to each cell's way / shot
     per_setting_training: bool = False
+    weight_decay: float = 5e-4  # the DENet-era releases; PFENet's 1e-4
+    lr_schedule: str = "step"  # step (lr_milestones) | poly (PFENet)
+    augment: str = "flip"  # train.stream.transforms.TrainTransform: flip | pfenet
+    image_size: int | None = None  # sampler.image_size when `auto`; None: the source's default
+    # recipe fields that differ on one dataset (PFENet's COCO configs: batch 32, lr 0.02, 641 px)
+    by_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("lr_multipliers", "model_kwargs", "steps_by_dataset", "release_kwargs"):
+        for name in ("lr_multipliers", "model_kwargs", "steps_by_dataset", "release_kwargs", "by_dataset"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with `changes` (a variant of a shared recipe)."""
         return dataclasses.replace(self, **changes)
+
+    def for_dataset(self, dataset: str) -> Recipe:
+        """This recipe with its `by_dataset` changes for `dataset` applied."""
+        changes = self.by_dataset.get(dataset)
+        return self.replace(**changes, by_dataset={}) if changes else self
 
 
 # DENet's config templates (config/train_config_{denet,can,pgn,amp}.template): DENet and its

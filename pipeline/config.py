@@ -133,9 +133,15 @@ class Train:
     optimizer: Literal["auto", "sgd", "rmsprop"] = AUTO
     lr: float | str = AUTO
     momentum: float | str = AUTO  # SGD momentum, or RMSprop's (0 in AMP's release)
-    weight_decay: float = 5e-4  # every release uses 5e-4
+    weight_decay: float | str = AUTO  # 5e-4 in the DENet-era releases, 1e-4 in PFENet's
     lr_milestones: list[int] | str = AUTO  # steps after which lr *= lr_gamma (PANet: 10k, 20k); [] = constant
     lr_gamma: float = 0.1
+    # step: lr x lr_gamma at each of lr_milestones | poly: lr x (1 - step / steps) ** lr_power (PFENet)
+    lr_schedule: Literal["auto", "step", "poly"] = AUTO
+    lr_power: float = 0.9
+    # training transform (train.stream.transforms.TrainTransform): flip (square resize + flip, the DENet
+    # recipe) | pfenet (PFENet's scale, rotate, blur, flip, crop); auto: the model's recipe
+    augment: Literal["auto", "flip", "pfenet"] = AUTO
     # parameter-name glob -> lr factor, first match wins (SG-One: its guidance conv x10, biases x2)
     lr_multipliers: dict[str, float] | str = AUTO
     grad_accum: int = 1
@@ -228,6 +234,7 @@ _FROM_PROTOCOL: dict[tuple[str, str], str] = {
 MODEL_KEYS: tuple[str, ...] = (
     "train.steps", "train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.lr_milestones",
     "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs", "train.void",
+    "train.weight_decay", "train.lr_schedule", "train.augment",
 )  # fmt: skip
 NUM_CLASSES = {"pascal": 20, "coco": 80}
 
@@ -368,6 +375,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "train.way": (1, 2), "train.shot": (1, 100), "train.steps": (1, 1e8), "train.batch_size": (1, 4096),
     "train.lr": (1e-12, 10), "train.momentum": (0, 1), "train.weight_decay": (0, 1),
     "train.lr_milestones": (1, 1e8), "train.lr_gamma": (1e-6, 10), "train.lr_multipliers": (1e-6, 1e6),
+    "train.lr_power": (1e-3, 100),
     "train.grad_accum": (1, 1024), "train.val_every": (1, 1e8), "train.checkpoint_every": (1, 1e8),
     "train.episodes_per_class": (1, 1e6), "train.log_every": (1, 1e8),
     "evaluate.batch_size": (1, 4096), "evaluate.seeds": (0, _U32),
@@ -414,7 +422,7 @@ def _check_ranges(p: Params) -> None:
 
 # train keys of the model's recipe that may be `auto` in params.yaml, and what they must be once resolved
 _RECIPE_KEYS = {
-    **dict.fromkeys(("steps", "batch_size", "lr", "momentum"), "a number"),
+    **dict.fromkeys(("steps", "batch_size", "lr", "momentum", "weight_decay"), "a number"),
     "lr_milestones": "a list of steps",
     "lr_multipliers": "a mapping of parameter-name patterns to factors",
 }
@@ -469,6 +477,8 @@ def _check_optimizer_values(t: Train) -> None:
         raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
     if not isinstance(t.momentum, str) and float(t.momentum) < 0:
         raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
+    if not isinstance(t.weight_decay, str) and float(t.weight_decay) < 0:
+        raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
     if not isinstance(t.lr_milestones, str):
         milestones = list(t.lr_milestones)
         if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
@@ -485,8 +495,8 @@ def _check_optimizer_values(t: Train) -> None:
 def _check_plain_recipe(t: Train) -> None:
     """Optimizer values that no recipe sets, which a run could not use (before the ranges: clearer words)."""
     _check_optimizer_values(t)
-    if t.weight_decay < 0:
-        raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
+    if t.lr_power <= 0:
+        raise ConfigError(f"params: train.lr_power = {t.lr_power} must be > 0")
     if t.lr_gamma <= 0:
         raise ConfigError(f"params: train.lr_gamma = {t.lr_gamma} must be > 0")
 
@@ -505,10 +515,19 @@ def check_recipe(p: Params) -> None:
     if int(t.batch_size) < 1:
         raise ConfigError(f"params: train.batch_size = {t.batch_size} must be >= 1")
     _check_optimizer_values(t)
+    if t.augment != "flip" and p.sampler.gpu_decode:
+        raise ConfigError(
+            f"params: train.augment = {t.augment} runs on the CPU: set sampler.gpu_decode false"
+        )
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
     """Read, type-check and resolve params.yaml; `overrides` maps dotted keys to values (tests, CLI)."""
+    return resolve(read_params(path, overrides))
+
+
+def read_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """params.yaml (plus `overrides`) type-checked, its `auto` values not yet resolved."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -524,4 +543,4 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
             if not isinstance(node, dict):
                 raise ConfigError(f"params: cannot set {dotted}: {name} is not a section")
         node[last] = value
-    return resolve(_build(Params, raw, ""))
+    return _build(Params, raw, "")

@@ -26,8 +26,16 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import AUTO, NUM_CLASSES, PARAMS_FILE, ConfigError, Params, check_recipe
-from pipeline.config import load_params as load_data_params
+from pipeline.config import (
+    AUTO,
+    NUM_CLASSES,
+    PARAMS_FILE,
+    ConfigError,
+    Params,
+    check_recipe,
+    read_params,
+    resolve,
+)
 from pipeline.io import atomic_write
 from pipeline.protocol import protocol_rules
 from train.device import DeviceError
@@ -51,10 +59,11 @@ def _recipe(p: Params) -> Any:
     return recipe
 
 
-def resolve_model(params: Params) -> Params:
-    """Fill the model's `auto` keys from its registered recipe for `source`; returns a new Params."""
+def resolve_model(params: Params, image_size_auto: bool = False) -> Params:
+    """Fill the model's `auto` keys from its registered recipe for `source`; returns a new Params.
+    `image_size_auto`: params.yaml left sampler.image_size `auto`, so a recipe's image size applies."""
     p = copy.deepcopy(params)
-    recipe = _recipe(p)
+    recipe = _recipe(p).for_dataset(p.dataset)
     t = p.train
     values: dict[str, Any] = {
         "optimizer": recipe.optimizer,
@@ -64,10 +73,16 @@ def resolve_model(params: Params) -> Params:
         "steps": recipe.steps_by_dataset.get(p.dataset, recipe.steps),
         "lr_milestones": list(recipe.lr_milestones),
         "lr_multipliers": dict(recipe.lr_multipliers),
+        "weight_decay": recipe.weight_decay,
+        "lr_schedule": recipe.lr_schedule,
+        "augment": recipe.augment,
     }
     for key, value in values.items():
         if getattr(t, key) == AUTO:
             setattr(t, key, value)
+    if image_size_auto and recipe.image_size is not None:
+        # training and evaluation only: the data stages (presence under `denet`) keep the source's size
+        p.sampler.image_size = recipe.image_size
     if p.backbone.name == AUTO:
         p.backbone.name = recipe.backbone
     if p.backbone.frozen == AUTO:
@@ -85,7 +100,8 @@ def resolve_model(params: Params) -> Params:
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
     """params.yaml (plus `overrides`: dotted keys -> values) type-checked and fully resolved."""
-    return resolve_model(load_data_params(path, overrides))
+    raw = read_params(path, overrides)
+    return resolve_model(resolve(raw), image_size_auto=raw.sampler.image_size == AUTO)
 
 
 def model_kwargs_from_params(p: Params) -> dict[str, Any]:

@@ -65,6 +65,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = ()  # steps after which the lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"  # step (lr_milestones) | poly
+    lr_power: float = 0.9  # poly: lr x (1 - step / steps) ** lr_power
     lr_multipliers: tuple[tuple[str, float], ...] = ()  # (parameter-name glob, lr factor), first match wins
     grad_accum: int = 1
     val_every: int = 500
@@ -87,9 +89,11 @@ def train_config_from_params(p: Params) -> TrainConfig:
         lr=float(t.lr),
         optimizer=t.optimizer,
         momentum=float(t.momentum),
-        weight_decay=t.weight_decay,
+        weight_decay=float(t.weight_decay),
         lr_milestones=tuple(t.lr_milestones),
         lr_gamma=t.lr_gamma,
+        lr_schedule=t.lr_schedule,
+        lr_power=t.lr_power,
         lr_multipliers=tuple(dict(t.lr_multipliers).items()),
         grad_accum=t.grad_accum,
         val_every=int(t.val_every),
@@ -173,11 +177,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Step decay: after k optimizer steps every group's lr is its base lr x lr_gamma ** (milestones <= k).
+    """The lr factor of every group after k optimizer steps, stepped once per training step; its state is
+    saved in every checkpoint.
 
-    Stepped once per training step, like PANet's MultiStepLR (lr x0.1 from step 10,001 and 20,001);
-    no milestones = the constant lr of the other releases. Its state is saved in every checkpoint.
+    step: lr_gamma ** (milestones <= k), like PANet's MultiStepLR (lr x0.1 from step 10,001 and 20,001);
+    no milestones = the constant lr of the DENet-era releases. poly: (1 - (k + 1) / steps) ** lr_power,
+    PFENet's `poly_learning_rate` (util/util.py), which sets the lr of iteration i (from 1) before its step.
     """
+    if cfg.lr_schedule == "poly":
+        steps, power = cfg.steps, cfg.lr_power
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1 - (k + 1) / steps) ** power)
+    if cfg.lr_schedule != "step":
+        raise ValueError(f"train.lr_schedule = {cfg.lr_schedule!r} is not one of step | poly")
     milestones, gamma = tuple(cfg.lr_milestones), cfg.lr_gamma
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: gamma ** bisect.bisect_right(milestones, k))
 
@@ -403,6 +414,7 @@ def train_batches(
             world_size=world,
             gpu_decode=p.sampler.gpu_decode,
             remote=remote_reads(p),
+            augment=p.train.augment,
         )
     else:
         stream = _pool_stream(p, split, folds, base, novel, per_epoch, rank, world)
@@ -464,6 +476,7 @@ def _pool_stream(
         rank=rank,
         world_size=world,
         remote=remote_reads(p),
+        augment=p.train.augment,
     )
     return stream
 

@@ -191,8 +191,12 @@ DOCUMENTED = {
     "vgg16": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
     "vgg16_panet": ({"conv5": 512}, 9),
     "vgg16_sgone": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
+    "resnet50_deep": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
+    "resnet101_deep": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
+    "vgg16_bn_pfenet": ({"layer2": 256, "layer3": 512, "layer4": 512}, 9),
 }
 STRIDE4 = {"resnet50": 17, "resnet101": 17, "resnet18": 17, "densenet121": 17, "small": 17}
+STRIDE4.update(resnet50_deep=17, resnet101_deep=17)
 
 
 def test_every_backbone_is_documented():

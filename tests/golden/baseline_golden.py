@@ -32,6 +32,7 @@ REFERENCES = {  # the checkouts the golden files were made from
     "denet": ("lizhaoliu-Lec/DENet", "446f941b2a0936e90827c085f98ba069c7bb6ccb"),
     "panet": ("kaixin96/PANet", "1695bf37c2f7585323e09cfcfb3bef8d4fff1b86"),
     "sgone": ("xiaomengyc/SG-One", "7436ca48dc824a2416afb762e26aa701d150361f"),
+    "pfenet": ("dvlab-research/PFENet", "a5056754d232829644e84d36b1e1d30818bd4c4f"),
 }
 
 

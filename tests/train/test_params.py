@@ -170,3 +170,29 @@ def test_toy_presets_per_method_lr_and_width():
     assert load_params(REPO_PARAMS, {"model": "canet", "train.lr": 0.02}).train.lr == 0.02
     official = load_params(REPO_PARAMS, {"model": "canet", "source": "official"})
     assert (official.train.lr, official.model_kwargs) == (0.0025, {})
+
+
+def test_pfenet_official_recipe_is_its_release():
+    """dvlab-research/PFENet config/pascal/pascal_split0_resnet50.yaml (PASCAL) and config/coco (COCO)."""
+    p = load_params(REPO_PARAMS, {"source": "official", "model": "pfenet", "protocol": "standard"})
+    t = p.train
+    got = (p.backbone.name, p.backbone.frozen, t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size)
+    assert got == ("resnet50_deep", True, "sgd", 0.0025, 0.9, 1e-4, 4)
+    assert (t.lr_schedule, t.lr_power, t.steps, p.sampler.image_size) == ("poly", 0.9, 297_650, 473)
+    assert t.augment == "pfenet"
+    coco = load_params(REPO_PARAMS, {"source": "official", "model": "pfenet", "dataset": "coco"})
+    got = (coco.train.batch_size, coco.train.lr, coco.train.steps, coco.sampler.image_size)
+    assert got == (32, 0.02, 129_348, 641)
+    # the other methods keep their weight decay and step schedule; a key set by hand wins
+    assert load_params(REPO_PARAMS, {"source": "official", "model": "denet"}).train.lr_schedule == "step"
+    mine = load_params(REPO_PARAMS, {"source": "official", "model": "pfenet", "train.weight_decay": 0.0})
+    assert mine.train.weight_decay == 0.0
+    size = load_params(REPO_PARAMS, {"source": "official", "model": "pfenet", "sampler.image_size": 321})
+    assert size.sampler.image_size == 321
+    toy = load_params(REPO_PARAMS, {"model": "pfenet"})
+    assert toy.model_kwargs["layers"] == ["layer1", "layer2", "layer3"] and toy.backbone.name == "small"
+    assert toy.train.augment == "flip"
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load_params(REPO_PARAMS, {"train.lr_schedule": "cosine"})
+    with pytest.raises(ConfigError, match=r"train\.augment = pfenet runs on the CPU"):
+        load_params(REPO_PARAMS, {"train.augment": "pfenet", "sampler.gpu_decode": True})

@@ -216,3 +216,17 @@ def test_optimizer_groups_and_step_schedule_follow_the_recipe():
     assert isinstance(rms, torch.optim.RMSprop) and rms.param_groups[0]["alpha"] == 0.99
     with pytest.raises(ValueError, match=r"\['head\.\*'\] match no trainable parameter"):
         tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1.0, lr_multipliers=(("head.*", 10.0),)))
+
+
+def test_poly_schedule_is_pfenets_per_iteration_rule():
+    """PFENet's util.poly_learning_rate: iteration i (from 1) runs at base_lr x (1 - i / max_iter) ** 0.9."""
+    model = torch.nn.Conv2d(2, 2, 1)
+    cfg = tr.TrainConfig(steps=5, lr=0.0025, lr_schedule="poly", lr_power=0.9)
+    opt = tr.build_optimizer(model, cfg)
+    sched = tr.build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.0025 * (1 - i / 5) ** 0.9 for i in range(1, 6)])

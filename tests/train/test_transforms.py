@@ -80,3 +80,50 @@ def test_torchvision_decode_matches_pil():
     pil, _ = load_pair(jpg, png, 40, reduced=False)
     assert ours.shape == (2, 3, 40, 40)
     assert np.abs(ours[0].permute(1, 2, 0).numpy().astype(int) - pil.astype(int)).mean() < 6
+
+
+def test_pfenet_augment_crops_to_size_pads_with_ignore_and_keeps_the_class():
+    from train.stream.transforms import MEAN_RGB
+
+    img = np.full((60, 120, 3), 200, np.uint8)  # shorter than the crop: padded with the mean colour / 255
+    label = np.zeros((60, 120), np.uint8)
+    label[20:40, 30:90] = 7
+    jb, pb = io.BytesIO(), io.BytesIO()
+    Image.fromarray(img).save(jb, "PNG")
+    Image.fromarray(label, "L").save(pb, "PNG")
+    t = TrainTransform(96, augment="pfenet")
+    for seed in range(8):
+        out, mask = t(jb.getvalue(), pb.getvalue(), np.random.default_rng(seed), keep_class=7)
+        assert out.shape == (96, 96, 3) and mask.shape == (96, 96)
+        assert set(np.unique(mask)) <= {0, 7, IGNORE_INDEX}  # nearest everywhere: no blended ids
+        assert (mask == IGNORE_INDEX).any() and (mask == 7).any()
+        rows = (mask == IGNORE_INDEX).all(axis=1)  # whole padded rows: the mean colour (blur softens edges)
+        assert np.abs(out[rows][2:-2].astype(int) - MEAN_RGB).max() <= 12
+    a = t(jb.getvalue(), pb.getvalue(), np.random.default_rng(3), keep_class=7)
+    b = t(jb.getvalue(), pb.getvalue(), np.random.default_rng(3), keep_class=7)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_pfenet_crop_is_redrawn_while_it_keeps_under_85_percent_of_the_class():
+    from train.stream.transforms import pfenet_augment
+
+    img = Image.fromarray(np.full((200, 200, 3), 90, np.uint8))
+    label = np.zeros((200, 200), np.uint8)
+    label[110:150, 110:150] = 5  # a 40 px object off-centre: many 100 px crops cut it
+
+    def kept(keep_class: int | None) -> list[int]:
+        rngs = (np.random.default_rng(s) for s in range(20))
+        crops = (pfenet_augment(img, Image.fromarray(label, "L"), 100, r, keep_class)[1] for r in rngs)
+        return [int((crop == 5).sum()) for crop in crops]
+
+    assert min(kept(5)) >= 0.85 * 0.9**2 * 40 * 40 * 0.9  # 85% of the object at scale >= 0.9 (rotation: 0.9)
+    assert min(kept(None)) == 0  # without the rule some crops miss it
+
+
+def test_unknown_augment_and_gpu_decode_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"augment 'mixup' is not one of flip \| pfenet"):
+        TrainTransform(32, augment="mixup")
+    with pytest.raises(ValueError, match="gpu_decode"):
+        TrainTransform(32, augment="pfenet").label_only(_pair()[1], np.random.default_rng(0))

@@ -152,8 +152,10 @@ def _table_void(rule: str) -> str:
 class EpisodeDecoder:
     """One training episode's samples -> numpy arrays: the training data rules every model sees.
 
-    Transform: square resize to `image_size` and a horizontal flip with `flip_p` per image (query first,
-    then the supports way-major), drawn from the caller's generator. Labels, as 256-entry lookup tables
+    Transform (`augment`, see `TrainTransform`): "flip" = square resize to `image_size` and a horizontal
+    flip with `flip_p` per image; "pfenet" = PFENet's scale / rotate / blur / flip / crop, the crop keeping
+    the episode's class (query: the first way's) (query first, then the supports way-major), drawn from
+    the caller's generator. Labels, as 256-entry lookup tables
     built by the rule functions themselves (one indexing pass per map):
     `query_full_label` = `pipeline.folds.training_label` (void by `void`, novel -> 255 under denet, 0
     under standard); `query_label` (0 bg, k+1 for way k) and `support_masks` (1 fg, 0 bg) are cut from
@@ -172,10 +174,11 @@ class EpisodeDecoder:
         flip_p: float = 0.5,
         reduced: bool = True,
         gpu_decode: bool = False,
+        augment: str = "flip",
     ) -> None:
         if void not in VOID_RULES:
             raise ValueError(f"void rule {void!r} is not {' | '.join(VOID_RULES)}")
-        self.transform = TrainTransform(image_size, flip_p, reduced)
+        self.transform = TrainTransform(image_size, flip_p, reduced, augment)
         self.support_void, self.query_void = VOID_RULES[void]
         # void stays 255 in the tables when a rule keeps it (ignore) or makes it foreground (patched below)
         full_void = "ignore" if self.query_void == "ignore" else "background"
@@ -206,12 +209,12 @@ class EpisodeDecoder:
         """Decode `episode`; `sample(key)` gives a sample's (jpg, png) bytes."""
         if self.gpu_decode:
             return self._labels_only(episode, sample, rng)
-        img, label = self.transform(*sample(episode.query), rng)
+        img, label = self.transform(*sample(episode.query), rng, episode.class_ids[0])
         s_imgs, s_masks = [], []
         for c, keys in zip(episode.class_ids, episode.supports, strict=True):
             mask_lut = self.support_table(c, episode.class_ids)
             for k in keys:
-                si, sl = self.transform(*sample(k), rng)
+                si, sl = self.transform(*sample(k), rng, c)
                 s_imgs.append(si)
                 s_masks.append(np.take(mask_lut, sl))
         return {
@@ -412,6 +415,7 @@ class EpisodeStream(IterableDataset):
         allow_pipe: bool = False,
         gpu_decode: bool = False,
         remote: RemoteReads = DEFAULT_REMOTE,
+        augment: str = "flip",
     ) -> None:
         super().__init__()
         listed = split_shards(shards) if isinstance(shards, str) else [{"url": u} for u in shards]
@@ -445,7 +449,9 @@ class EpisodeStream(IterableDataset):
         self.episodes_per_epoch, self.episodes_per_sample = episodes_per_epoch, episodes_per_sample
         self.resampled, self.allow_pipe, self.gpu_decode = resampled, allow_pipe, gpu_decode
         self.rank, self.world_size = rank, world_size
-        self.decoder = EpisodeDecoder(self.novel, protocol, void, image_size, flip_p, reduced, gpu_decode)
+        self.decoder = EpisodeDecoder(
+            self.novel, protocol, void, image_size, flip_p, reduced, gpu_decode, augment
+        )
         self.warmup = len(self.base) * (shot + 1) * 2
         self.skips = SkipLog(len(self.urls))
         self.stats = self.skips.stats

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pipeline.shard_format import IGNORE_INDEX
 
@@ -62,22 +62,48 @@ def load_pair(
     return np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
 
 
+AUGMENTATIONS = ("flip", "pfenet")  # train.augment: the recipes' training transforms
+# PFENet's train.py: RandScale(0.9, 1.1), RandRotate(+-10, p 0.5, padded with the ImageNet mean and 255),
+# RandomGaussianBlur (5 x 5, p 0.5), RandomHorizontalFlip, Crop(train_h, 'rand') (util/transform.py)
+PFENET_SCALE = (0.9, 1.1)
+PFENET_ROTATE = 10.0  # degrees, either way
+PFENET_BLUR_SIGMA = 1.1  # cv2.GaussianBlur((5, 5), 0): sigma = 0.3 * ((5 - 1) * 0.5 - 1) + 0.8
+PFENET_CROP_KEEP = 0.85  # a crop is redrawn (up to 30 times) while it keeps < 85% of the class's pixels
+PFENET_CROP_TRIES = 30
+MEAN_RGB = (124, 116, 104)  # the ImageNet mean x 255: the release's padding colour
+
+
 class TrainTransform:
-    """The DENet training recipe for one sample: square resize to `size`, random horizontal flip.
+    """A training recipe's transform of one sample, by name (`augment`):
+
+    - "flip" (DENet, and the default): square resize to `size`, random horizontal flip (`flip_p`);
+    - "pfenet": PFENet's, on the decoded image: random scale 0.9-1.1, rotation +-10 degrees (p 0.5),
+      Gaussian blur (p 0.5), horizontal flip (p 0.5), a random `size` x `size` crop (padded with the
+      mean colour / 255 when smaller; redrawn while it keeps < 85% of `keep_class`'s pixels).
 
     Randomness comes from the caller's `np.random.Generator`, so a seeded sampler reproduces it.
     """
 
-    def __init__(self, size: int, flip_p: float = 0.5, reduced: bool = True) -> None:
+    def __init__(self, size: int, flip_p: float = 0.5, reduced: bool = True, augment: str = "flip") -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment {augment!r} is not one of {' | '.join(AUGMENTATIONS)}")
         self.size = size
         self.flip_p = flip_p
         self.reduced = reduced
+        self.augment = augment
 
-    def __call__(self, jpg: bytes, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, jpg: bytes, png: bytes, rng: np.random.Generator, keep_class: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.augment == "pfenet":
+            img = decode_image(jpg, self.size, self.reduced)
+            return pfenet_augment(img, decode_label(png), self.size, rng, keep_class)
         return load_pair(jpg, png, self.size, bool(rng.random() < self.flip_p), self.reduced)
 
     def label_only(self, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
         """The label half of `__call__` (same draw) and the flip its image must get on the device."""
+        if self.augment != "flip":
+            raise ValueError(f"augment {self.augment!r} runs on the CPU only: set sampler.gpu_decode false")
         flip = bool(rng.random() < self.flip_p)
         label = decode_label(png)
         if label.size != (self.size, self.size):
@@ -85,6 +111,38 @@ class TrainTransform:
         if flip:
             label = label.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(label, dtype=np.uint8), flip
+
+
+def pfenet_augment(
+    img: Image.Image, label: Image.Image, size: int, rng: np.random.Generator, keep_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """PFENet's training transform (see `TrainTransform`) -> uint8 [size, size, 3] image and label."""
+    scale = rng.uniform(*PFENET_SCALE)
+    w, h = img.size
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img, label = img.resize(new, Image.BILINEAR), label.resize(new, Image.NEAREST)
+    if rng.random() < 0.5:
+        angle = rng.uniform(-PFENET_ROTATE, PFENET_ROTATE)
+        img = img.rotate(angle, Image.BILINEAR, fillcolor=MEAN_RGB)
+        label = label.rotate(angle, Image.NEAREST, fillcolor=IGNORE_INDEX)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(PFENET_BLUR_SIGMA))
+    if rng.random() < 0.5:
+        img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
+    image, mask = np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
+    pad_h, pad_w = max(size - mask.shape[0], 0), max(size - mask.shape[1], 0)
+    if pad_h or pad_w:  # centred, as the release's copyMakeBorder
+        pads = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+        image = np.stack([np.pad(image[..., c], pads, constant_values=MEAN_RGB[c]) for c in range(3)], -1)
+        mask = np.pad(mask, pads, constant_values=IGNORE_INDEX)
+    total = int((mask == keep_class).sum()) if keep_class is not None else 0
+    for _ in range(PFENET_CROP_TRIES + 1):
+        y = int(rng.integers(0, mask.shape[0] - size + 1))
+        x = int(rng.integers(0, mask.shape[1] - size + 1))
+        crop = mask[y : y + size, x : x + size]
+        if keep_class is None or (crop == keep_class).sum() >= PFENET_CROP_KEEP * total:
+            break
+    return np.ascontiguousarray(image[y : y + size, x : x + size]), np.ascontiguousarray(crop)
 
 
 def binary_mask(label: np.ndarray, class_id: int, episode_classes: Sequence[int] = ()) -> np.ndarray:
