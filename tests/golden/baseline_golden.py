@@ -181,8 +181,10 @@ def decode_sampler_episodes(arrays: dict[str, np.ndarray], void: str = "backgrou
     raw: list[np.ndarray] = []
     transform = decoder.transform
 
-    def recording(jpg: bytes, png: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        img, label = transform(jpg, png, rng)
+    def recording(
+        jpg: bytes, png: bytes, rng: np.random.Generator, keep_class: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        img, label = transform(jpg, png, rng, keep_class)
         raw.append(label)
         return img, label
 
