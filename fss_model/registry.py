@@ -146,7 +146,7 @@ def _ints(value: Any) -> list[int]:
 
 def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
     """ModelArgumentError (one line) before building when `kwargs` do not fit `fn`'s constructor: an
-    unknown name, a value whose type differs from the default's, a negative value (or 0) where the
+    unknown name, a value whose type differs from the default's, a negative value where the
     default is a count, or an integer beyond MAX_INT_ARGUMENT."""
     params = constructor_parameters(fn)
     if params is not None:
@@ -166,11 +166,11 @@ def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]
             if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
                 got, kind = type(value).__name__, type(default).__name__
                 raise ModelArgumentError(f"{what}: argument {key}={value!r} is a {got}, not a {kind}")
-            # a size or count (a positive default) is positive; a rate or weight (>= 0) is not negative
+            # a size, count or rate (a default >= 0) is not negative; 0 can be meaningful (SG-One's
+            # exit_padding), and a 0 that cannot build is refused by the meta-device build of `check`
             if isinstance(default, (int, float)) and not isinstance(default, bool) and default >= 0:
-                least = 1 if isinstance(default, int) and default > 0 else 0
-                if value < least:
-                    raise ModelArgumentError(f"{what}: argument {key}={value!r} must be >= {least}")
+                if value < 0:
+                    raise ModelArgumentError(f"{what}: argument {key}={value!r} must be >= 0")
     for key, value in kwargs.items():
         if any(abs(v) > MAX_INT_ARGUMENT for v in _ints(value)):
             raise ModelArgumentError(

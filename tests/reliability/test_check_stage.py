@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
             {"model_kwargs": {"deep": 3}},
             "model denet cannot be built from these params: model 'denet' has no argument 'deep'",
         ),
-        ({"model_kwargs": {"depth": -3}}, "argument depth=-3 must be >= 1"),
+        ({"model_kwargs": {"depth": -3}}, "argument depth=-3 must be >= 0"),
         ({"sampler.image_size": 100000}, "sampler.image_size = 100000 must be <= 2048"),
         ({"train.lr": float("nan")}, "train.lr = nan must be <= 10 (and a number)"),
         ({"data.workers": 100000}, "data.workers = 100000 must be <= 1024"),
