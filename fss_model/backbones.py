@@ -504,7 +504,9 @@ def small(**kw: Any) -> Backbone:
 def imagenet_cache_path(backbone: Backbone) -> str:
     """Where torchvision's ImageNet file for this backbone must be: <torch hub dir>/checkpoints/<file>."""
     if backbone.imagenet_weights is None:
-        raise WeightsError(f"backbone {backbone.name} has no ImageNet weights; use 'none' or a file path")
+        raise ModelArgumentError(
+            f"backbone {backbone.name} has no ImageNet weights; use 'none' or a file path"
+        )
     filename = os.path.basename(backbone.imagenet_weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
