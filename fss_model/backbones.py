@@ -198,7 +198,8 @@ class ResNetBackbone(Backbone):
         dilated: bool = True,
     ) -> None:
         self.channels = {f"layer{i + 1}": c for i, c in enumerate(widths)}
-        self.strides = {"layer1": 4, "layer2": 8, "layer3": 8 if dilated else 16, "layer4": 8 if dilated else 32}
+        deep = (8, 8) if dilated else (16, 32)
+        self.strides = {"layer1": 4, "layer2": 8, "layer3": deep[0], "layer4": deep[1]}
         self.imagenet_weights = weights
         basic = widths[0] == 64  # BasicBlock nets: torchvision refuses dilation for them
         dilation = [False, True, True] if dilated and not basic else None

@@ -226,9 +226,10 @@ def test_backbone_channels_and_stride_8_size(name: str):
 def test_block_taps_hold_each_block_and_agree_with_the_stage_output(name: str):
     stages = list(build_backbone(name).channels)[-3:]
     bb = build_backbone(name, out_layers=(stages[-1],)).eval()
-    taps = build_backbone(name, out_layers=tuple(f"{s}.*" for s in stages) + (stages[-1],)).eval()
+    taps = build_backbone(name, out_layers=(*[f"{s}.*" for s in stages], stages[-1])).eval()
     taps.load_state_dict(bb.state_dict())
-    assert taps.out_layers[: bb.blocks[stages[0]]] == tuple(f"{stages[0]}.{j}" for j in range(bb.blocks[stages[0]]))
+    first = bb.blocks[stages[0]]
+    assert taps.out_layers[:first] == tuple(f"{stages[0]}.{j}" for j in range(first))
     with torch.no_grad():
         x = torch.randn(1, 3, SIZE, SIZE)
         feats = taps(x)
