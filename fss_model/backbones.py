@@ -17,7 +17,8 @@ API::
 | vgg16       | pool3 256 /8, pool4 512 /16, pool5 512 /32 (AMP's release)                 | V1       |
 | vgg16_panet | conv5 512 /8 (PANet's release)                                             | V1       |
 | vgg16_sgone | pool3 256 /8, pool4 512 /8, pool5 512 /8 (SG-One's release)                | V1       |
-| small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params)      | none     |
+| small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params);      | none     |
+|             | layer4 128 /16 (two more convs, built only when asked for: HSNet's deepest) |          |
 
 Sizes: the ResNets, "small" and vgg16's pool3 map 321 px -> 41 x 41 (65 px -> 9 x 9): ResNets use
 torchvision's `replace_stride_with_dilation=[False, True, True]` (BasicBlock ResNet-18 is dilated here by
@@ -480,9 +481,13 @@ class _Residual(nn.Module):
 
 
 class SmallBackbone(Backbone):
-    """Tiny stride-8 conv encoder for the CPU toy benchmark, trained from scratch (no ImageNet weights)."""
+    """Tiny stride-8 conv encoder for the CPU toy benchmark, trained from scratch (no ImageNet weights).
 
-    strides = {"layer1": 4, "layer2": 8, "layer3": 8}  # noqa: RUF012
+    layer4 (stride 16) exists only when `out_layers` asks for it: HSNet's hypercorrelation pyramid needs
+    a coarser third stage; every other head stops at layer3 and holds the same weights as before.
+    """
+
+    strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 16}  # noqa: RUF012
 
     def __init__(
         self,
@@ -492,8 +497,8 @@ class SmallBackbone(Backbone):
         widths: tuple[int, int, int, int] = (32, 64, 128, 128),
     ) -> None:
         w0, w1, w2, w3 = widths
-        self.channels = {"layer1": w1, "layer2": w2, "layer3": w3}
-        self.blocks = {"layer1": 2, "layer2": 2, "layer3": 1 if w2 == w3 else 2}
+        self.channels = {"layer1": w1, "layer2": w2, "layer3": w3, "layer4": w3}
+        self.blocks = {"layer1": 2, "layer2": 2, "layer3": 1 if w2 == w3 else 2, "layer4": 2}
         super().__init__(out_layers, frozen, freeze_bn)
         self.stem = _conv_gn(3, w0, stride=2)
         self.layer1 = nn.Sequential(_conv_gn(w0, w1, stride=2), _conv_gn(w1, w1))
@@ -503,8 +508,13 @@ class SmallBackbone(Backbone):
         self.layer3 = nn.Sequential(
             *proj, _Residual(nn.Sequential(_conv_gn(w3, w3, dilation=2), _conv_gn(w3, w3, dilation=2)))
         )
+        stages = ["layer1", "layer2", "layer3"]
+        if any(self.stage_of(n) == "layer4" for n in self.out_layers):
+            # built only when asked for (HSNet's deepest stage), so the other heads' weights are unchanged
+            self.layer4 = nn.Sequential(_conv_gn(w3, w3, stride=2), _conv_gn(w3, w3))
+            stages.append("layer4")
         plan: list[tuple[str | tuple[str, ...] | None, nn.Module]] = [(None, self.stem)]
-        for name in ("layer1", "layer2", "layer3"):
+        for name in stages:
             layer: nn.Sequential = getattr(self, name)
             if not self.wants_blocks(name):
                 plan.append((name, layer))

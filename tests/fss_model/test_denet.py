@@ -187,7 +187,7 @@ DOCUMENTED = {
     "resnet101": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
     "resnet18": ({"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}, 9),
     "densenet121": ({"layer1": 256, "layer2": 512, "layer3": 1024}, 8),
-    "small": ({"layer1": 64, "layer2": 128, "layer3": 128}, 9),
+    "small": ({"layer1": 64, "layer2": 128, "layer3": 128, "layer4": 128}, 9),
     "vgg16": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
     "vgg16_panet": ({"conv5": 512}, 9),
     "vgg16_sgone": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
