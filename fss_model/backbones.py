@@ -124,7 +124,8 @@ class Backbone(nn.Module):
         out: list[str] = []
         for name in names:
             stage, _, block = name.partition(".")
-            out += [f"{stage}.{j}" for j in range(self.blocks.get(stage, 0))] if block == "*" else [name]
+            count = self.blocks.get(stage, 0) if block == "*" else 0
+            out += [f"{stage}.{j}" for j in range(count)] if count else [name]  # no blocks: unknown
         return tuple(out)
 
     def _known(self, name: str) -> bool:

@@ -184,17 +184,18 @@ class HSNet(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes, self.use_original_imgsize = num_classes, use_original_imgsize
-        stages = tuple(layers) if layers else tuple(build_backbone(backbone).channels)[-3:]
+        probe = build_backbone(backbone)  # the family's stages and blocks (a throwaway build)
+        stages = tuple(layers) if layers else tuple(probe.channels)[-3:]
         if len(stages) != 3:
             raise ValueError(f"HSNet needs three backbone stages, got layers={stages}")
-        self.backbone: Backbone = build_backbone(
-            backbone, frozen=frozen, freeze_bn=freeze_bn, out_layers=tuple(f"{s}.*" for s in stages)
-        )
-        missing = [s for s in stages if not self.backbone.blocks.get(s)]
+        missing = [s for s in stages if not probe.blocks.get(s)]
         if missing:
             raise ValueError(
                 f"HSNet: backbone {backbone} has no block taps in {missing} (see Backbone.blocks)"
             )
+        self.backbone: Backbone = build_backbone(
+            backbone, frozen=frozen, freeze_bn=freeze_bn, out_layers=tuple(f"{s}.*" for s in stages)
+        )
         # deepest first, as the release's learner takes them
         self.groups = [
             [n for n in self.backbone.out_layers if self.backbone.stage_of(n) == s] for s in reversed(stages)
