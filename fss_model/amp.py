@@ -18,6 +18,7 @@ from fss_model.layers import (
     uses_batch_statistics,
 )
 from fss_model.pairwise import episode_images, split_episode
+from fss_model.recipe import DENET_TEMPLATE, TOY
 from fss_model.registry import register_model
 
 ALPHA = 0.25821  # the release's moving-average rate of the background row
@@ -147,7 +148,14 @@ class AMP(nn.Module):
         return {"loss": ce, "ce": ce.detach()}
 
 
-@register_model("amp", tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")})
+# Official: DENet's re-implementation (config/train_config_amp.template): RMSprop at lr 1e-6 without
+# momentum on a frozen VGG16.
+@register_model(
+    "amp",
+    official=DENET_TEMPLATE.replace(optimizer="rmsprop", lr=1e-6, momentum=0.0, backbone="vgg16"),
+    toy=TOY,
+    tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")},
+)
 def amp(**kwargs: Any) -> AMP:
     """AMP; kwargs: see `AMP` (num_classes, backbone, frozen, freeze_bn, layers, depth, alpha, imprinting)."""
     return AMP(**kwargs)

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from pipeline.shard_format import IGNORE_INDEX
+
 MAP_EPS = 1e-3  # as released: keeps an empty (fully downsampled-away) mask from dividing by zero
 
 

@@ -21,6 +21,7 @@ from fss_model.layers import (
     uses_batch_statistics,
 )
 from fss_model.pairwise import encode_episode, way_ids
+from fss_model.recipe import TOY, Recipe
 from fss_model.registry import register_model
 
 PROTO_EPS = 1e-5  # PANet's eps of every masked average (support and query prototypes)
@@ -140,7 +141,16 @@ class PANet(nn.Module):
         return {"loss": ce + self.align_weight * align, "ce": ce.detach(), "align": align.detach()}
 
 
-@register_model("panet")
+# Official: PANet's config.py: SGD lr 1e-3, one episode per step, 30k steps, lr x0.1 after 10k and 20k,
+# its own VGG16 fine-tuned.
+@register_model(
+    "panet",
+    official=Recipe(
+        lr=1e-3, steps=30_000, batch_size=1, lr_milestones=(10_000, 20_000), backbone="vgg16_panet",
+        backbone_frozen=False,
+    ),
+    toy=TOY,
+)
 def panet(**kwargs: Any) -> PANet:
     """PANet; kwargs: see `PANet` (num_classes, backbone, frozen, freeze_bn, layers, scale, align_weight)."""
     return PANet(**kwargs)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from fss_model.layers import foreground_mask, upsample
 from fss_model.pairwise import EmbeddingPairModel
+from fss_model.recipe import DENET_TEMPLATE, TOY
 from fss_model.registry import register_model
 
 SUPPORT_OFFSET = 5e-4  # added to the masked support map as released, so no support pixel is all zeros
@@ -109,7 +110,15 @@ class PGNet(EmbeddingPairModel):
         return self.tail(out)
 
 
-@register_model("pgnet", tiny_kwargs={"backbone": "small", "depth": 64})
+# Official: DENet's re-implementation (config/train_config_pgn.template) on a frozen ResNet-50; under
+# protocol denet with the release's attention, which is what DENet's published PGNet numbers measure
+# (docs/methods.md). Toy: width 128 (0.6 s per step on 2 cores) and lr 0.05, as CANet (fss_model/canet.py).
+@register_model(
+    "pgnet",
+    official=DENET_TEMPLATE.replace(release_kwargs={"attention": "release"}),
+    toy=TOY.replace(lr=0.05, model_kwargs={"depth": 128}),
+    tiny_kwargs={"backbone": "small", "depth": 64},
+)
 def pgnet(**kwargs: Any) -> PGNet:
     """PGNet; kwargs: see `PGNet` and `EmbeddingPairModel` (num_classes, backbone, scales, attention...)."""
     return PGNet(**kwargs)

@@ -1,18 +1,28 @@
 """Name -> constructor registries for models and backbones (timm-style `register_model` / `build_model`).
 
-Usage::
+A model is its constructor plus how it is trained. Adding one is one file::
 
-    @register_model                      # registered as "denet" (the function's name)
-    def denet(**kwargs) -> nn.Module: ...
+    from fss_model.recipe import DENET_TEMPLATE, TOY, Recipe
 
-    @register_model("canet", ways=(1, 2), tiny_kwargs={"backbone": "small"})
-    def _canet(**kwargs) -> nn.Module: ...
+    @register_model(
+        "mynet",
+        official=Recipe(lr=1e-3, steps=30_000, batch_size=4, backbone="resnet50"),  # its release
+        toy=TOY.replace(model_kwargs={"depth": 64}),  # the CPU preset (TOY: SGD 0.01, 600 steps)
+        ways=(1, 2),
+        tiny_kwargs={"backbone": "small"},
+    )
+    def mynet(**kwargs) -> nn.Module: ...
 
-    model = build_model("denet", num_classes=21, backbone="resnet50")
-    list_models()  # -> ["canet", "denet"]
+    model = build_model("mynet", num_classes=21, backbone="resnet50")
+    list_models()  # -> [..., "mynet"]
 
-`ways` (episode ways a model supports) and `tiny_kwargs` (constructor kwargs of a tiny CPU build, used by
-the registry-driven tests in tests/fss_model/test_models.py) are metadata read with `model_entry(name)`.
+`official` and `toy` (fss_model.recipe.Recipe) are what params.yaml's `auto` values of train.*,
+backbone.name/frozen and model_kwargs become for `source: official` / `source: toy`
+(train.params resolves them); a model without the recipe of a source stops there with one line,
+and tests/fss_model/test_models.py checks that every registered model has both. `ways` (episode
+ways a model supports) and `tiny_kwargs` (constructor kwargs of a tiny CPU build, used by the
+registry-driven tests) are metadata read with `model_entry(name)`; a module registers its model
+when imported (fss_model/__init__.py imports each).
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 import torch.nn as nn
+
+from fss_model.recipe import Recipe, Recipes
 
 T = TypeVar("T")
 
@@ -41,6 +53,7 @@ class Entry(Generic[T]):
     fn: Callable[..., T]
     ways: tuple[int, ...] = (1, 2)  # episode ways the model supports (AMP is 1-way only)
     tiny_kwargs: Mapping[str, Any] = field(default_factory=dict)  # kwargs for a tiny CPU test build
+    recipes: Recipes = field(default_factory=Recipes)  # how it is trained, per params `source`
 
 
 class Registry(Generic[T]):
@@ -56,12 +69,13 @@ class Registry(Generic[T]):
         name: str | None = None,
         ways: tuple[int, ...] = (1, 2),
         tiny_kwargs: Mapping[str, Any] | None = None,
+        recipes: Recipes | None = None,
     ) -> Callable[..., T]:
         name = name or fn.__name__
         if name in self._entries:
             # a silent overwrite would make build(name) depend on import order
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = Entry(name, fn, tuple(ways), dict(tiny_kwargs or {}))
+        self._entries[name] = Entry(name, fn, tuple(ways), dict(tiny_kwargs or {}), recipes or Recipes())
         return fn
 
     def entry(self, name: str) -> Entry[T]:
@@ -163,6 +177,8 @@ def register_model(
     *,
     ways: tuple[int, ...] = (1, 2),
     tiny_kwargs: Mapping[str, Any] | None = None,
+    official: Recipe | None = None,
+    toy: Recipe | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]: ...
 def register_model(
     fn_or_name: Callable[..., nn.Module] | str | None = None,
@@ -170,17 +186,21 @@ def register_model(
     *,
     ways: tuple[int, ...] = (1, 2),
     tiny_kwargs: Mapping[str, Any] | None = None,
+    official: Recipe | None = None,
+    toy: Recipe | None = None,
 ) -> Any:
     """Register a model constructor: bare `@register_model` (name = function name) or with arguments.
 
+    `official` / `toy`: the model's training recipe per params `source` (module docstring).
     `tiny_kwargs` default to `{"backbone": "small"}` so that every model gets a fast CPU test build.
     """
     tiny = {"backbone": "small"} if tiny_kwargs is None else tiny_kwargs
+    recipes = Recipes(official=official, toy=toy)
     if callable(fn_or_name):
-        return MODELS.register(fn_or_name, ways=ways, tiny_kwargs=tiny)
+        return MODELS.register(fn_or_name, ways=ways, tiny_kwargs=tiny, recipes=recipes)
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        return MODELS.register(fn, name=fn_or_name, ways=ways, tiny_kwargs=tiny)
+        return MODELS.register(fn, name=fn_or_name, ways=ways, tiny_kwargs=tiny, recipes=recipes)
 
     return decorator
 
@@ -196,5 +216,5 @@ def list_models() -> list[str]:
 
 
 def model_entry(name: str) -> Entry[nn.Module]:
-    """Registration metadata of a model (`ways`, `tiny_kwargs`)."""
+    """Registration metadata of a model (`ways`, `tiny_kwargs`, `recipes`)."""
     return MODELS.entry(name)

@@ -11,6 +11,7 @@ from torch import Tensor
 from fss_model.backbones import build_backbone
 from fss_model.layers import cosine_map, upsample, upsampled_masked_pool
 from fss_model.pairwise import PairwiseFewShot
+from fss_model.recipe import TOY, Recipe
 from fss_model.registry import register_model
 
 VECTOR_EPS = 1e-5  # the release divides by sum(mask) alone; an empty support mask would give NaN
@@ -104,7 +105,18 @@ class SGOne(PairwiseFewShot):
         return upsample(logits, image_size, align_corners=False)
 
 
-@register_model("sgone", tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")})
+# Official: SG-One's train_frame.py and my_optim.get_finetune_optimizer: SGD lr 1e-5, momentum 0.99,
+# one episode per step, 100k steps, its own VGG16 fine-tuned; weights x1, biases x2, the `cls`
+# (guidance) conv's weight x10, bias x20.
+@register_model(
+    "sgone",
+    official=Recipe(
+        lr=1e-5, steps=100_000, momentum=0.99, batch_size=1, backbone="vgg16_sgone", backbone_frozen=False,
+        lr_multipliers={"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0},
+    ),
+    toy=TOY,
+    tiny_kwargs={"backbone": "small", "layers": ("layer2", "layer3")},
+)
 def sgone(**kwargs: Any) -> SGOne:
     """SG-One; kwargs: see `SGOne` (num_classes, backbone, frozen, freeze_bn, layers, exit_padding, ...)."""
     return SGOne(**kwargs)

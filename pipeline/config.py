@@ -1,14 +1,19 @@
 """Typed view of params.yaml: the one place where its key names are known and checked.
 
-Every stage and entry point calls `load_params()`; an unknown key, a wrong type or an impossible
+Every stage and entry point loads params through here; an unknown key, a wrong type or an impossible
 combination stops with one line that names the key and says what to change.
-Values written as `auto` are filled from the presets in `resolve()` (by `source` and `protocol`),
-so that `dvc exp run -S source=official` switches every data-size knob at once.
+Values written as `auto` are filled in two places, each where it can see what decides them:
+- `resolve()` here: by `source` (data sizes, episode counts) and by the protocol's rules
+  (pipeline.protocol), so that `dvc exp run -S source=official` switches every data-size knob at once;
+  this is all the data stages need, and pipeline/ never imports the models.
+- `train.params.load_params()`: the model's keys (MODEL_KEYS: the train recipe, backbone.name/frozen,
+  model_kwargs) from the recipe the model registered (fss_model.recipe), then the model itself is
+  checked. Training, evaluation, inference and the `check` stage load params that way;
+  `python -m train.params -S key=value` prints the result.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 import typing
@@ -18,6 +23,8 @@ from typing import Any, Literal, Union
 from urllib.parse import urlparse
 
 import yaml
+
+from pipeline.protocol import PROTOCOLS, protocol_rules
 
 AUTO = "auto"
 PARAMS_FILE = Path("params.yaml")
@@ -156,7 +163,7 @@ class Infer:
 class Params:
     dataset: Literal["pascal", "coco"] = "pascal"
     source: Literal["toy", "official"] = "toy"
-    protocol: Literal["denet", "standard"] = "denet"
+    protocol: str = "denet"  # a name in pipeline.protocol.PROTOCOLS
     fold: int = 0
     way: int = 1
     shot: int = 1
@@ -174,8 +181,9 @@ class Params:
     infer: Infer = field(default_factory=Infer)
 
 
-# Presets for `auto` values, keyed by (section, key); each maps a selector to a value.
-# Facts behind the numbers: docs/protocol.md (the DENet model and recipe, the data rules) and docs/methods.md.
+# Presets for `auto` values by `source`, keyed by (section, key). The protocol's defaults are its
+# rules (pipeline.protocol); the model's (train recipe, backbone, model_kwargs) its registered recipe
+# (fss_model.recipe, applied by train.params). Facts behind the numbers: docs/protocol.md.
 _BY_SOURCE: dict[tuple[str, str], dict[str, Any]] = {
     ("sampler", "image_size"): {"toy": 161, "official": 321},
     ("sampler", "test_episodes"): {"toy": 300, "official": 1000},
@@ -186,73 +194,21 @@ _BY_SOURCE: dict[tuple[str, str], dict[str, Any]] = {
     ("train", "val_every"): {"toy": 200, "official": 500},
     ("train", "checkpoint_every"): {"toy": 200, "official": 2000},
 }
-_BY_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
-    # class presence: DENet keeps a class at >= 2% (PASCAL) / 1% (COCO) of the pixels,
-    # HSNet/PFENet at >= 2 * 32 * 32 pixels.
-    ("data", "min_fraction"): {"denet": None, "standard": 0.0},
-    ("data", "min_pixels"): {"denet": 0, "standard": 2 * 32 * 32},
-    ("data", "pascal_masks"): {"denet": "list", "standard": "voc"},
-    ("data", "coco_crowd"): {"denet": "background", "standard": "ignore"},
-    ("backbone", "freeze_bn"): {"denet": False, "standard": True},
-    ("train", "void"): {"denet": "background", "standard": "ignore"},
-    ("train", "episodes"): {"denet": "manifest", "standard": "stream"},
-    ("evaluate", "flip"): {"denet": True, "standard": False},
+# (section, key) <- the protocol rule that is its default
+_FROM_PROTOCOL: dict[tuple[str, str], str] = {
+    ("data", "pascal_masks"): "pascal_masks",
+    ("data", "coco_crowd"): "coco_crowd",
+    ("data", "min_pixels"): "min_pixels",
+    ("backbone", "freeze_bn"): "freeze_bn",
+    ("train", "void"): "train_void",
+    ("train", "episodes"): "train_episodes",
+    ("evaluate", "flip"): "eval_flip",
 }
-# Backbone of each method as its release trains it, for backbone.* = auto on official data: DENet's
-# re-implementations freeze a ResNet-50 (AMP: its VGG16); PANet and SG-One fine-tune their own VGG16s.
-# Sources per method: docs/methods.md.
-_RELEASE_BACKBONE: dict[str, tuple[str, bool]] = {
-    "denet": ("resnet50", True),
-    "canet": ("resnet50", True),
-    "pgnet": ("resnet50", True),
-    "amp": ("vgg16", True),
-    "panet": ("vgg16_panet", False),
-    "sgone": ("vgg16_sgone", False),
-}
-# Training recipe of each method as released, for train.* = auto on official data (docs/methods.md:
-# DENet's config/train_config_{denet,can,pgn,amp}.template, PANet's config.py, SG-One's train_frame.py and
-# my_optim.get_finetune_optimizer). A model not listed gets DENet's. weight_decay is 5e-4 in all of them.
-_DENET_RECIPE: dict[str, Any] = {
-    "optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "batch_size": 8, "steps": 150_000,
-    "lr_milestones": [], "lr_multipliers": {},
-}  # fmt: skip
-_RELEASE_RECIPE: dict[str, dict[str, Any]] = {
-    "denet": _DENET_RECIPE,
-    "canet": _DENET_RECIPE,
-    "pgnet": _DENET_RECIPE,
-    "amp": {**_DENET_RECIPE, "optimizer": "rmsprop", "lr": 1e-6, "momentum": 0.0},
-    "panet": {
-        **_DENET_RECIPE, "lr": 1e-3, "batch_size": 1, "steps": 30_000, "lr_milestones": [10_000, 20_000],
-    },
-    "sgone": {
-        **_DENET_RECIPE, "lr": 1e-5, "momentum": 0.99, "batch_size": 1, "steps": 100_000,
-        # get_finetune_optimizer: weights x1, biases x2, the `cls` (guidance) conv's weight x10, bias x20
-        "lr_multipliers": {"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0},
-    },
-}  # fmt: skip
-# The toy (CPU) recipe of every method: not a release's, one that learns the toy task in minutes on 2
-# cores (README "Results on the toy data"); CANet and PGNet need lr 0.05 there (_TOY_LR).
-_TOY_RECIPE: dict[str, Any] = {**_DENET_RECIPE, "lr": 0.01, "steps": 600}
-# Constructor kwargs on official data under `protocol: denet` (reproducing DENet's table): PGNet's attention
-# as the release computes it, which is what DENet's published PGNet numbers measure (docs/methods.md).
-_RELEASE_MODEL_KWARGS: dict[str, dict[str, Any]] = {"pgnet": {"attention": "release"}}
-# Toy (CPU) constructor defaults: DENet's neck at width 128 learns the toy task as well as at 256
-# (53.6 vs 53.4 novel mIoU, fold 0, 600 steps) in about half the step time on 2 cores.
-# CANet and PGNet at their released width 256 take ~1.0 s per step on 2 cores (600 steps ~10 min);
-# at 128 (DENet's toy width) 0.43 / 0.6 s per step (train/episodes_per_s, fold 0, batch 8, 161 px).
-_TOY_MODEL_KWARGS: dict[str, dict[str, Any]] = {
-    "denet": {"depth": 128},
-    "canet": {"depth": 128},
-    "pgnet": {"depth": 128},
-}
-# Toy (CPU) learning rate per method where the shared toy lr (0.01) does not learn. CANet and PGNet
-# (a deep head without normalisation on a random-init backbone, binary CE) stay at all-background at
-# lr 0.01: validation mIoU 0.0 at steps 50 and 100, foreground-minus-background logit -1.81 on
-# foreground vs -1.87 on background pixels at step 100 (dropout 0 did not change it). At lr 0.05 the
-# two separate (-1.0 vs -3.2 at step 100, CANet; fold 0, validation draw, never the test episodes).
-_TOY_LR: dict[str, float] = {"canet": 0.05, "pgnet": 0.05}
-_DENET_MIN_FRACTION = {"pascal": 0.02, "coco": 0.01}
-_DENET_COCO_STEPS = 200_000  # DENet's paper on COCO; the baselines' templates keep 150k
+# Keys whose `auto` depends on the model: its registered recipe fills them (train.params.resolve_model).
+MODEL_KEYS: tuple[str, ...] = (
+    "train.steps", "train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.lr_milestones",
+    "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs",
+)  # fmt: skip
 NUM_CLASSES = {"pascal": 20, "coco": 80}
 
 
@@ -316,47 +272,36 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def resolve(params: Params) -> Params:
-    """Fill `auto` values from the presets and check combinations; returns a new Params."""
+    """Fill the `auto` values that do not depend on the model (by `source` and the protocol's rules)
+    and check them; returns a new Params. The model's keys (MODEL_KEYS) stay `auto` here:
+    `train.params.load_params` fills them from the model's registered recipe."""
     p = dataclasses.replace(params)
     for f in dataclasses.fields(p):  # copy every section, so the caller's Params is never mutated
         value = getattr(params, f.name)
         if dataclasses.is_dataclass(value):
             setattr(p, f.name, dataclasses.replace(value))
-    if p.source == "official":
-        recipe = _RELEASE_RECIPE.get(p.model, _DENET_RECIPE)
-    else:
-        recipe = {**_TOY_RECIPE, **({"lr": _TOY_LR[p.model]} if p.model in _TOY_LR else {})}
-    for key, value in recipe.items():
-        if getattr(p.train, key) == AUTO:
-            setattr(p.train, key, copy.deepcopy(value))
-    if params.train.steps == AUTO and p.source == "official" and p.dataset == "coco" and p.model == "denet":
-        p.train.steps = _DENET_COCO_STEPS
-    for table, selector in ((_BY_SOURCE, p.source), (_BY_PROTOCOL, p.protocol)):
-        for (section, key), choices in table.items():
-            obj = getattr(p, section)
-            if getattr(obj, key) == AUTO:
-                setattr(obj, key, choices[selector])
-    release_name, release_frozen = _RELEASE_BACKBONE.get(p.model, ("resnet50", True))
-    if p.backbone.name == AUTO:
-        p.backbone.name = "small" if p.source == "toy" else release_name
-    if p.backbone.frozen == AUTO:
-        p.backbone.frozen = False if p.source == "toy" else release_frozen  # a random-init net must train
-    if p.model_kwargs == AUTO:
-        if p.source == "toy":
-            p.model_kwargs = dict(_TOY_MODEL_KWARGS.get(p.model, {}))
-        else:
-            p.model_kwargs = dict(_RELEASE_MODEL_KWARGS.get(p.model, {})) if p.protocol == "denet" else {}
-    if p.data.min_fraction is None:
-        p.data.min_fraction = _DENET_MIN_FRACTION[p.dataset]
+    if p.protocol not in PROTOCOLS:
+        raise ConfigError(f"params: protocol = {p.protocol!r} is not one of {' | '.join(PROTOCOLS)}")
+    rules = protocol_rules(p.protocol)
+    for (section, key), choices in _BY_SOURCE.items():
+        obj = getattr(p, section)
+        if getattr(obj, key) == AUTO:
+            setattr(obj, key, choices[p.source])
+    for (section, key), rule in _FROM_PROTOCOL.items():
+        obj = getattr(p, section)
+        if getattr(obj, key) == AUTO:
+            setattr(obj, key, getattr(rules, rule))
+    if p.data.min_fraction == AUTO:
+        p.data.min_fraction = rules.min_fraction[p.dataset]
     if p.data.presence_size == AUTO:
-        p.data.presence_size = int(p.sampler.image_size) if p.protocol == "denet" else None
+        p.data.presence_size = int(p.sampler.image_size) if rules.presence_at_image_size else None
     _check_combinations(p)
     return p
 
 
 # counts that must be positive (or non-negative: worker counts, retries)
 _AT_LEAST = {
-    **dict.fromkeys(("train.batch_size", "train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
+    **dict.fromkeys(("train.grad_accum", "train.log_every", "evaluate.batch_size"), 1),
     **dict.fromkeys(("sampler.image_size", "sampler.test_episodes", "sampler.val_episodes"), 1),
     **dict.fromkeys(("data.shard_max_samples", "data.min_shards", "train.episodes_per_class"), 1),
     **dict.fromkeys(("sampler.workers", "data.workers", "download.retries"), 0),
@@ -364,9 +309,9 @@ _AT_LEAST = {
 }
 
 
-# train keys that may be `auto` in params.yaml, and what they must be once resolved
-_TRAIN_AUTO_KEYS = {
-    **dict.fromkeys(("steps", "batch_size", "lr", "momentum", "val_every", "checkpoint_every"), "a number"),
+# train keys of the model's recipe that may be `auto` in params.yaml, and what they must be once resolved
+_RECIPE_KEYS = {
+    **dict.fromkeys(("steps", "batch_size", "lr", "momentum"), "a number"),
     "lr_milestones": "a list of steps",
     "lr_multipliers": "a mapping of parameter-name patterns to factors",
 }
@@ -386,19 +331,18 @@ def _check_combinations(p: Params) -> None:
         raise ConfigError(f"params: train.way = {p.train.way} is not supported: use 1 or 2")
     if p.train.shot < 1:
         raise ConfigError(f"params: train.shot = {p.train.shot} must be >= 1")
-    for key, expected in _TRAIN_AUTO_KEYS.items():  # `auto` was resolved: a string left is a typo
+    for key in ("val_every", "checkpoint_every"):  # `auto` was resolved: a string left is a typo
         value = getattr(p.train, key)
         if isinstance(value, str):
-            raise ConfigError(f"params: train.{key} = {value!r} must be {expected} (or auto)")
-    for key in ("steps", "val_every", "checkpoint_every"):
-        if int(getattr(p.train, key)) < 1:
+            raise ConfigError(f"params: train.{key} = {value!r} must be a number (or auto)")
+        if value < 1:
             raise ConfigError(f"params: train.{key} must be >= 1")
     for dotted, least in _AT_LEAST.items():
         section, key = dotted.split(".")
         value = getattr(getattr(p, section), key)
         if value < least:
             raise ConfigError(f"params: {dotted} = {value} must be >= {least}")
-    _check_recipe(p.train)
+    _check_plain_recipe(p.train)
     seeds = p.evaluate.seeds
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(
@@ -420,16 +364,29 @@ def _check_combinations(p: Params) -> None:
         )
 
 
-def _check_recipe(t: Train) -> None:
-    """Optimizer and schedule values a run could not use."""
-    if float(t.lr) <= 0:
-        raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
-    if float(t.momentum) < 0:
-        raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
+def _check_plain_recipe(t: Train) -> None:
+    """Optimizer values that no recipe sets, which a run could not use."""
     if t.weight_decay < 0:
         raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
     if t.lr_gamma <= 0:
         raise ConfigError(f"params: train.lr_gamma = {t.lr_gamma} must be > 0")
+
+
+def check_recipe(p: Params) -> None:
+    """The model's recipe keys once filled (train.params.resolve_model): values a run could not use."""
+    t = p.train
+    for key, expected in _RECIPE_KEYS.items():  # `auto` was resolved: a string left is a typo
+        value = getattr(t, key)
+        if isinstance(value, str):
+            raise ConfigError(f"params: train.{key} = {value!r} must be {expected} (or auto)")
+    if int(t.steps) < 1:
+        raise ConfigError("params: train.steps must be >= 1")
+    if int(t.batch_size) < 1:
+        raise ConfigError(f"params: train.batch_size = {t.batch_size} must be >= 1")
+    if float(t.lr) <= 0:
+        raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
+    if float(t.momentum) < 0:
+        raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
     milestones = list(t.lr_milestones)
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(

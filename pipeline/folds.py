@@ -11,7 +11,7 @@ per-fold (image, class) pair lists (docs/protocol.md, "Data"):
   the standard preset) an image showing any pixel of a novel class is dropped too;
 - test: every novel-class pair that passes the presence rule, from the test split (the DENet
   release's 2-way pool, `unlimited_item_class.pair`); the per-way query and support rules of each
-  protocol are applied when episodes are drawn (`train.stream.episodes.episode_pools`).
+  protocol are applied when episodes are drawn (`train.stream.draw.episode_pools`).
 The presence rule reads index.tsv's presence columns (class pixels at `data.presence_size`).
 The void / novel rules of training masks are `training_label` and `binary_label` below, applied by
 the sampler.
@@ -29,8 +29,9 @@ import numpy as np
 
 from pipeline.config import NUM_CLASSES, ConfigError, load_params
 from pipeline.io import atomic_write, write_json
+from pipeline.protocol import protocol_rules, void_as_background
+from pipeline.shard_format import index_rows
 
-IGNORE_INDEX = 255
 NUM_FOLDS = 4
 
 
@@ -60,10 +61,7 @@ VOIDS = ("background", "ignore")
 def _void(label: np.ndarray, void: str) -> np.ndarray:
     if void not in VOIDS:
         raise ValueError(f"void rule {void!r} is not background | ignore")
-    out = label.copy()
-    if void == "background":
-        out[label == IGNORE_INDEX] = 0
-    return out
+    return void_as_background(label) if void == "background" else label.copy()
 
 
 def training_label(label: np.ndarray, novel: list[int], protocol: str, void: str = "ignore") -> np.ndarray:
@@ -73,9 +71,8 @@ def training_label(label: np.ndarray, novel: list[int], protocol: str, void: str
     `void="background"` (the DENet release maps 255 to 0 before anything else, voc_sbd.py:207-211),
     else kept as 255; then novel classes become 255 (denet, voc_sbd.py:212-217) or background (standard).
     """
-    fill = {"denet": IGNORE_INDEX, "standard": 0}[protocol]
     out = _void(label, void)
-    out[np.isin(label, novel)] = fill
+    out[np.isin(label, novel)] = protocol_rules(protocol).train_novel_label
     return out
 
 
@@ -100,15 +97,9 @@ def iter_index_images(path: str | Path) -> Iterator[tuple[str, dict[int, tuple[i
     The shard writer emits an image's rows together, so memory stays flat for any dataset size.
     """
     with open(path) as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        col = {name: i for i, name in enumerate(header)}
-        rows = (line.rstrip("\n").split("\t") for line in handle)
-        for image_id, group in itertools.groupby(rows, key=lambda r: r[col["image_id"]]):
-            classes = {
-                int(r[col["class_id"]]): (int(r[col["presence_px"]]), int(r[col["presence_total"]]))
-                for r in group
-            }
-            yield image_id, classes
+        rows = (row for _, row in index_rows(handle, str(path)))
+        for image_id, group in itertools.groupby(rows, key=lambda r: r["image_id"]):
+            yield image_id, {r["class_id"]: (r["presence_px"], r["presence_total"]) for r in group}
 
 
 def pair_name(image_id: str, class_id: int) -> str:

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import NUM_CLASSES
-from pipeline.shard_format import image_size_problem
+from pipeline.protocol import protocol_rules
+from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "test")
 VOC_DIR = Path("VOCdevkit/VOC2012")
 SBD_DIR = Path("benchmark_RELEASE/dataset")
@@ -120,15 +120,15 @@ def pascal_image_sets(raw: str | Path, protocol: str) -> dict[str, list[str]]:
     else:
         log.info("%s is absent: computing it as SBD train minus VOC2012 val", noval_file)
         sbd_noval = sorted(set(sbd_train) - set(voc_val))
-    if protocol == "denet":
-        train = set(voc_train) | set(sbd_noval)
-        test = set(voc_val) | set(sbd_val)
-    elif protocol == "standard":
-        train = (set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val)
-        test = set(voc_val)
-    else:
-        raise ValueError(f"protocol {protocol!r} is not denet | standard")
-    return {"train": sorted(train), "test": sorted(test)}
+    lists = {"voc_train": voc_train, "voc_val": voc_val, "sbd_train": sbd_train, "sbd_val": sbd_val,
+             "sbd_train_noval": sbd_noval}  # fmt: skip
+    rules = protocol_rules(protocol)
+
+    def union(names: tuple[str, ...]) -> set[str]:
+        return set().union(*(lists[n] for n in names))
+
+    train = union(rules.pascal_train) - union(rules.pascal_train_minus)
+    return {"train": sorted(train), "test": sorted(union(rules.pascal_test))}
 
 
 def pascal_samples(raw: str | Path, protocol: str, pascal_masks: str = "voc") -> dict[str, list[Sample]]:
@@ -374,7 +374,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def encode_png(label: np.ndarray) -> bytes:
-    """Mode "L" PNG with fixed settings, so the bytes depend on the label only."""
+    """A shard's label PNG: mode "L" with fixed settings, so the bytes depend on the label only
+    (the toy data's VOC-style palette PNG is pipeline.toy.encode_voc_png)."""
     buf = io.BytesIO()
     Image.fromarray(label, mode="L").save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

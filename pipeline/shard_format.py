@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+# Void in every label map the shards hold: VOC's border band, COCO crowd under data.coco_crowd=ignore.
+# Losses and metrics ignore it (or count it as background where the protocol says so).
+IGNORE_INDEX = 255
 
 COMPLETE = "complete.json"  # <dataset>/complete.json: written last by the shards stage (docs/design.md)
 
@@ -43,6 +47,39 @@ def check_shard_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
         raise ShardError(f"{where}: shard name {name!r} is not a plain file name")
     return name
+
+
+# A split's index.tsv: one row per (image, class present), an image's rows together (design.md).
+INDEX_COLUMNS = [
+    *("image_id", "split", "class_id", "area_px", "fraction", "presence_px", "presence_total"),
+    *("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
+    *("ignore_px", "height", "width", "shard", "offset"),
+]
+INDEX_TEXT_COLUMNS = ("image_id", "split", "shard")  # the rest are ints, but `fraction` (a float)
+
+
+def index_rows(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row by column name) of an index.tsv's lines, header first; ints and the float
+    `fraction` converted. Every reader of an index reads it through here (streamed: an image's rows
+    arrive together). ShardError naming `where` and the line for a wrong header or a bad row."""
+    it = iter(lines)
+    header = next(it, "").rstrip("\n").split("\t")
+    if header != INDEX_COLUMNS:
+        raise ShardError(f"{where}:1: header {header} is not the index header {INDEX_COLUMNS}")
+    for line_no, line in enumerate(it, start=2):
+        cells = line.rstrip("\n").split("\t")
+        if len(cells) != len(INDEX_COLUMNS):
+            raise ShardError(f"{where}:{line_no}: {len(cells)} cells, an index row has {len(INDEX_COLUMNS)}")
+        row: dict[str, Any] = dict(zip(INDEX_COLUMNS, cells, strict=True))
+        try:
+            for name in INDEX_COLUMNS:
+                if name == "fraction":
+                    row[name] = float(row[name])
+                elif name not in INDEX_TEXT_COLUMNS:
+                    row[name] = int(row[name])
+        except ValueError as exc:
+            raise ShardError(f"{where}:{line_no}: {exc}") from None
+        yield line_no, row
 
 
 def member_limit(shard_bytes: int | None) -> int:

@@ -35,17 +35,19 @@ from pipeline.cli import run_stage
 from pipeline.config import NUM_CLASSES, Params, load_params
 from pipeline.io import atomic_write, remove_stale_temps, replace_dir, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
-from pipeline.shard_format import COMPLETE, check_member, completion_record, member_limit
+from pipeline.shard_format import (
+    COMPLETE,
+    INDEX_COLUMNS,
+    INDEX_TEXT_COLUMNS,
+    check_member,
+    completion_record,
+    index_rows,
+    member_limit,
+)
 
-INDEX_COLUMNS = [
-    *("image_id", "split", "class_id", "area_px", "fraction", "presence_px", "presence_total"),
-    *("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"),
-    *("ignore_px", "height", "width", "shard", "offset"),
-]
 _WINDOW = 256  # images in flight in the pool
 _CHUNK = 4  # images per pool task
 REPORT = "report.json"
-_INT_COLUMNS = set(INDEX_COLUMNS) - {"image_id", "split", "fraction", "shard"}
 
 
 @dataclass
@@ -336,21 +338,16 @@ def check_replaceable(out: Path) -> None:
 def load_index(path: str | Path) -> dict[str, np.ndarray]:
     """Columns of an `index.tsv` as numpy arrays (ints, float fraction, str ids)."""
     with open(path) as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        if header != INDEX_COLUMNS:
-            raise ValueError(f"{path}: header {header} is not the index header {INDEX_COLUMNS}")
-        cols: list[list[str]] = [[] for _ in header]
-        for line in handle:
-            for col, value in zip(cols, line.rstrip("\n").split("\t"), strict=True):
-                col.append(value)
+        rows = [row for _, row in index_rows(handle, str(path))]
     out: dict[str, np.ndarray] = {}
-    for name, values in zip(header, cols, strict=True):
-        if name in _INT_COLUMNS:
-            out[name] = np.array(values, dtype=np.int64)
-        elif name == "fraction":
+    for name in INDEX_COLUMNS:
+        values = [row[name] for row in rows]
+        if name == "fraction":
             out[name] = np.array(values, dtype=np.float64)
-        else:
+        elif name in INDEX_TEXT_COLUMNS:
             out[name] = np.array(values, dtype=str)
+        else:
+            out[name] = np.array(values, dtype=np.int64)
     return out
 
 

@@ -33,10 +33,10 @@ from pipeline.archive import publish_tree, record_created
 from pipeline.classes import COCO_CATEGORIES, VOC_CLASSES
 from pipeline.io import remove_stale_temps, sha256_file, temp_dir, write_json
 from pipeline.masks import voc_palette
+from pipeline.shard_format import IGNORE_INDEX
 from pipeline.sources import COCO_ANN2014, COCO_TRAIN2014, COCO_VAL2014, SBD, SBD_TRAIN_NOVAL, VOC2012
 
 JPEG_QUALITY = 90
-IGNORE = 255
 SIZE_RANGE = (140, 220)  # image sides in pixels, drawn per image
 SHAPES = ("ellipse", "polygon", "star", "ring", "blob", "cross", "arrow")
 TEXTURES = ("stripes", "checkers", "dots", "waves", "grid", "rings")
@@ -311,14 +311,16 @@ def voc_label(label: np.ndarray) -> np.ndarray:
     """VOC's PNG: a void (255) band a few pixels wide on every object border."""
     band = ndi.binary_dilation(_edges(label), iterations=1)
     out = label.copy()
-    out[band] = IGNORE
+    out[band] = IGNORE_INDEX
     return out
 
 
 _PALETTE = voc_palette().flatten().tolist()
 
 
-def encode_png(label: np.ndarray) -> bytes:
+def encode_voc_png(label: np.ndarray) -> bytes:
+    """A palette PNG as VOC publishes its SegmentationClass files (the shards' own label PNG is
+    pipeline.masks.encode_png, mode L)."""
     img = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
     img.putpalette(_PALETTE)
     buf = io.BytesIO()
@@ -404,7 +406,7 @@ def generate_pascal(
         jpeg = encode_jpeg(img)
         if image_id in in_voc:
             (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg)
-            (voc / "SegmentationClass" / f"{image_id}.png").write_bytes(encode_png(voc_label(label)))
+            (voc / "SegmentationClass" / f"{image_id}.png").write_bytes(encode_voc_png(voc_label(label)))
         if image_id in in_sbd:
             (sbd / "img" / f"{image_id}.jpg").write_bytes(jpeg)
             (sbd / "cls" / f"{image_id}.mat").write_bytes(encode_sbd_mat(label))

@@ -10,7 +10,14 @@ import tarfile
 from pathlib import Path
 
 from pipeline.io import sha256_file
-from pipeline.shard_format import COMPLETE, ShardError, check_completion, check_shard_name, member_limit
+from pipeline.shard_format import (
+    COMPLETE,
+    ShardError,
+    check_completion,
+    check_shard_name,
+    index_rows,
+    member_limit,
+)
 from pipeline.shards import read_shard_with_offsets
 
 MEMBERS = ("jpg", "json", "label.png")  # every sample's members (docs/design.md)
@@ -82,16 +89,14 @@ def _check_index(path: Path, offsets: dict[tuple[str, int], str]) -> list[str]:
     if not path.is_file():
         return [f"{path}: missing"]
     with open(path) as handle:
-        col = {name: i for i, name in enumerate(handle.readline().rstrip("\n").split("\t"))}
-        for line_no, line in enumerate(handle, start=2):
-            row = line.rstrip("\n").split("\t")
-            try:
-                check_shard_name(row[col["shard"]], f"{path}:{line_no}")
-            except ShardError as exc:
-                return [str(exc)]
-            where = (row[col["shard"]], int(row[col["offset"]]))
-            if offsets.get(where) != row[col["image_id"]]:
-                return [f"{path}:{line_no}: {row[col['image_id']]} is not at {where[0]} offset {where[1]}"]
+        try:
+            for line_no, row in index_rows(handle, str(path)):
+                check_shard_name(row["shard"], f"{path}:{line_no}")
+                where = (row["shard"], row["offset"])
+                if offsets.get(where) != row["image_id"]:
+                    return [f"{path}:{line_no}: {row['image_id']} is not at {where[0]} offset {where[1]}"]
+        except ShardError as exc:
+            return [str(exc)]
     return []
 
 

@@ -28,13 +28,15 @@ from torch.utils.data import DataLoader
 
 from fss_model import model_entry
 from pipeline.classes import class_names
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params
 from pipeline.io import write_json
+from pipeline.protocol import protocol_rules
 from train import distributed
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
 from train.metrics import FewShotIoU, score_episode
+from train.params import load_params
 from train.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL, EpisodeSums, bootstrap_miou, mean_and_std
 from train.step import Batch, autocast_for, forward, upsample_way_logits
 from train.stream import shards_location
@@ -54,7 +56,7 @@ def episode_batches(
 
     Under torchrun each rank gets its own run of whole batches (`distributed.shard_range`).
     """
-    from train.stream.episodes import EvalEpisodes, collate_eval
+    from train.stream.by_key import EvalEpisodes, collate_eval
 
     size = batch_size or p.evaluate.batch_size
     mine = distributed.shard_range(len(manifest["episodes"]), size)
@@ -96,7 +98,7 @@ def run_episodes(
     Labels are cropped to the episode's `query_size` when the batch carries one (standard protocol:
     original size, padded in the batch); predictions are upsampled to the label's size.
     """
-    from train.stream.episodes import normalize
+    from train.stream.normalize import normalize
 
     device = torch.device(device)
     model.eval()
@@ -176,7 +178,7 @@ def evaluate_fold(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint and (optionally) the trivial predictors on one manifest (one fold, one seed)."""
-    from train.stream.episodes import read_manifest
+    from train.stream.manifests import read_manifest
 
     manifest = read_manifest(manifest_path)
     if manifest["protocol"] != p.protocol or manifest["dataset"] != p.dataset:
@@ -257,12 +259,13 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[name] = cell
     low, high = bootstrap_miou([[run["episode_sums"] for run in seeds.values()] for seeds in folds.values()])
     summary["model"]["miou_ci95"] = [round(low, 4), round(high, 4)]
+    rules = protocol_rules(p.protocol)
     return {
         "source": p.source,
         "dataset": p.dataset,
         "protocol": p.protocol,
-        "eval_resolution": "resized" if p.protocol == "denet" else "original",
-        "void": "background" if p.protocol == "denet" else "ignored",
+        "eval_resolution": "resized" if rules.eval_at_image_size else "original",
+        "void": "background" if rules.eval_void_background else "ignored",
         "way": runs[0]["way"],
         "shot": runs[0]["shot"],
         "model": runs[0]["model_name"],
@@ -361,7 +364,7 @@ def resolve_params(path: str | Path, ckpt: dict[str, Any], flags: dict[str, Any]
 
 def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -> None:
     """Draw a missing manifest exactly as the `episodes` stage would, from the shards and fold lists."""
-    from train.stream.episodes import build_manifest
+    from train.stream.manifests import build_manifest
 
     if not (folds / f"fold{p.fold}.json").exists():
         raise ConfigError(
@@ -380,7 +383,7 @@ def _draw_manifest(p: Params, shards: str, folds: Path, seed: int, path: Path) -
 def manifests_for(p: Params, given: str | None, shards: str, folds: Path) -> list[Path]:
     """`given` (a manifest, or a folder of seed<k>.json) or the setting's manifests for `evaluate.seeds`
     under paths.episodes, drawn first where missing."""
-    from train.stream.episodes import manifest_dir, manifest_file, manifest_files
+    from train.stream.manifests import manifest_dir, manifest_file, manifest_files
 
     if given is not None:
         path = Path(given)

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     for run in skipped:
         print(f"skip {run.model} {run.setting}: the model does not support {run.way}-way episodes (n/a)")
-    from pipeline.config import ConfigError, load_params
+    from pipeline.config import ConfigError
+    from train.params import load_params
 
     try:
         load_params(args.params)  # a params.yaml mistake stops here, not once per cell

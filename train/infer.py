@@ -30,13 +30,13 @@ from PIL import Image
 from torch import nn
 
 from pipeline.classes import class_name
-from pipeline.config import load_params
 from pipeline.masks import voc_palette
-from pipeline.shard_format import image_size_problem
+from pipeline.shard_format import IGNORE_INDEX, image_size_problem
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.errors import USER_ERRORS, report
-from train.metrics import IGNORE_INDEX, FewShotIoU, score_episode
+from train.metrics import FewShotIoU, score_episode
+from train.params import load_params
 
 log = logging.getLogger(__name__)
 WAY_COLOURS = np.array([[255, 40, 40], [40, 120, 255], [40, 220, 40]], dtype=np.float32)
@@ -127,7 +127,7 @@ def full_prediction(
 
 def to_uint8_image(img: torch.Tensor) -> np.ndarray:
     """A normalised [3, H, W] tensor back to HxWx3 uint8 (ImageNet mean/std undone)."""
-    from train.stream.episodes import IMAGENET_MEAN, IMAGENET_STD
+    from train.stream.normalize import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -320,13 +320,14 @@ def collect_panels(
 
 def image_sizes(split_url: str) -> dict[str, tuple[int, int]]:
     """Image id -> original (height, width), from a split's index.tsv (panels keep the aspect ratio)."""
-    import csv
-    import io
-
+    from pipeline.shard_format import index_rows
     from train.stream.shard_io import join_url, read_text
 
-    rows = csv.DictReader(io.StringIO(read_text(join_url(split_url, "index.tsv"))), delimiter="\t")
-    return {row["image_id"]: (int(row["height"]), int(row["width"])) for row in rows}
+    url = join_url(split_url, "index.tsv")
+    return {
+        row["image_id"]: (row["height"], row["width"])
+        for _, row in index_rows(read_text(url).splitlines(), url)
+    }
 
 
 def write_index(out_dir: Path, sections: list[tuple[str, str, list[tuple[str, Panel]]]]) -> Path:
@@ -357,7 +358,7 @@ def infer_manifests(
     """Panels and index.html for each manifest; returns the index path."""
     from train.evaluate import episode_batches
     from train.stream import shards_location
-    from train.stream.episodes import manifest_files, read_manifest
+    from train.stream.manifests import manifest_files, read_manifest
     from train.stream.shard_io import join_url
 
     p = load_params(params_file)
@@ -476,7 +477,7 @@ def infer_user_images(
 ) -> Path:  # fmt: skip
     """Segment the support's object in `query`; writes panel.png, prediction.png and index.html."""
     from train.evaluate import predict, way_predictions
-    from train.stream.episodes import normalize
+    from train.stream.normalize import normalize
 
     if len(supports) != len(masks) or not supports:
         raise ValueError("give one --mask per --support (and at least one)")

@@ -7,7 +7,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from pipeline.protocol import protocol_rules, void_as_background
+from pipeline.shard_format import IGNORE_INDEX
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -19,14 +20,8 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def eval_target(label: ArrayLike, protocol: str) -> ArrayLike:
-    """The label a protocol scores: `denet` counts void (255) as background, `standard` ignores it."""
-    if protocol == "denet":
-        if isinstance(label, torch.Tensor):
-            return torch.where(label == IGNORE_INDEX, torch.zeros_like(label), label)
-        return np.where(label == IGNORE_INDEX, 0, label)
-    if protocol == "standard":
-        return label
-    raise ValueError(f"protocol {protocol!r} is not denet | standard")
+    """The label a protocol scores: void (255) counted as background (`eval_void_background`) or ignored."""
+    return void_as_background(label) if protocol_rules(protocol).eval_void_background else label
 
 
 def _counts(pred: ArrayLike, gt: ArrayLike) -> tuple[int, int, int, int]:

@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import AUTO, NUM_CLASSES, Params, load_params
+from pipeline.config import Params
 from pipeline.io import write_json
 from train import distributed
 from train.checkpoint import (
@@ -33,8 +33,10 @@ from train.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from train.device import resolve_device
+from train.device import COMPILE_MIN_STEPS, compile_mode, resolve_device  # noqa: F401  (re-exported)
 from train.errors import USER_ERRORS, report
+from train.params import load_params, model_kwargs_from_params
+from train.params import write_json as write_params_json
 from train.step import Batch, autocast_for, binary_focal_loss, forward
 from train.stream import shards_location
 from train.validation import make_validator
@@ -42,6 +44,7 @@ from train.validation import make_validator
 LAST = "last.pt"
 BEST = "best.pt"
 TRAIN_EPISODES = "train_episodes.json"  # train.episodes: manifest
+PARAMS_JSON = "params.json"  # beside the dvclive metrics: the params the run used, every `auto` resolved
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,17 +52,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ---------------------------------------------------------------- params -> explicit arguments (one place)
-
-
-def model_kwargs_from_params(p: Params) -> dict[str, Any]:
-    """Constructor kwargs of the model: the only place that maps params.yaml keys onto a model."""
-    return {
-        "num_classes": NUM_CLASSES[p.dataset] + 1,  # background + every dataset class (W has C rows)
-        "backbone": p.backbone.name,
-        "frozen": bool(p.backbone.frozen),
-        "freeze_bn": bool(p.backbone.freeze_bn),
-        **p.model_kwargs,  # per-model extras (params model_kwargs; toy DENet: depth 128)
-    }
 
 
 @dataclass(frozen=True)
@@ -110,26 +102,6 @@ def train_config_from_params(p: Params) -> TrainConfig:
         nan_policy=t.nan_policy,
         protocol=p.protocol,
     )
-
-
-# `train.compile: auto` compiles runs at least this long: on one H200 CUDA graphs saved ~8 ms a step
-# (DENet ResNet-50, 321 px, batch 8: 27 -> 19 ms in the trainer's loop) against a compile of tens of
-# seconds, so short runs (the toy default's 600 steps) are faster eager.
-COMPILE_MIN_STEPS = 10_000
-
-
-def compile_mode(spec: str, device: str, steps: int) -> str:
-    """`train.compile` -> a torch.compile mode or "none".
-
-    auto: CUDA graphs ("reduce-overhead") for a long run on a single CUDA process, where the eager
-    step is bound by kernel launches (on one H200, 383 -> 641 episodes/s for DENet ResNet-50 at
-    321 px, batch 8, fed by the sampler); "none" on CPU, under torchrun (the eager path is the
-    tested one there) and for runs shorter than COMPILE_MIN_STEPS.
-    """
-    if spec != AUTO:
-        return spec
-    cuda_alone = device.startswith("cuda") and not distributed.launched()
-    return "reduce-overhead" if cuda_alone and steps >= COMPILE_MIN_STEPS else "none"
 
 
 def params_snapshot(p: Params) -> dict[str, Any]:
@@ -322,7 +294,7 @@ def train_loop(
 
 def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
     """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
-    from train.stream.episodes import train_manifest
+    from train.stream.manifests import train_manifest
 
     per_class = p.train.episodes_per_class
     return train_manifest(
@@ -402,7 +374,7 @@ def _pool_stream(
     world: int,
 ) -> Any:
     """`train.episodes: stream`: episodes drawn from bounded per-class pools while the shards stream."""
-    from train.stream.episodes import read_pairs
+    from train.stream.index import read_pairs
     from train.stream.sampler import EpisodeStream, dist_rank
     from train.stream.shard_io import shard_urls
 
@@ -451,7 +423,7 @@ def run(
     its own shards (`train.batch_size` episodes per rank and step), rank 0 alone logs and writes.
     """
     import fss_model
-    from train.stream.episodes import normalize
+    from train.stream.normalize import normalize
 
     shards = shards_location(p, shards)
     cfg = train_config_from_params(p)
@@ -520,6 +492,9 @@ def run(
     batches = train_batches(p, cfg, shards, folds, state.step, manifest)
     validate = make_validator(p, shards, folds, cfg.device, cfg.amp) if cfg.val_every else None
     live = _make_live(live_dir, resume_step=state.step) if info.is_main else None
+    if live_dir is not None and info.is_main:  # what this run used, `auto` resolved (dvc exp show/diff)
+        resolved_train = dataclasses.replace(p.train, device=cfg.device, compile=cfg.compile)
+        write_params_json(dataclasses.replace(p, train=resolved_train), live_dir / PARAMS_JSON)
     snapshot = params_snapshot(p)
 
     def save(s: TrainState, name: str) -> None:

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
-
 
 def _binary_logits(fg: torch.Tensor) -> torch.Tensor:
     """[B, way, H, W] foreground indicator -> way_logits [B, way, 2, H, W] (background, foreground)."""

@@ -29,28 +29,30 @@ def validation_episodes(p: Params, shards: str | Path, folds: Path) -> dict[str,
     the draw falls back to the same images, still other episodes.
     `train.select_on_test`: the test draw itself (what the release does).
     """
-    from train.stream import episodes as ep
+    from train.stream.draw import draw_test_episodes, episodes_digest
+    from train.stream.index import read_fold, read_index, read_pairs
+    from train.stream.manifests import build_manifest
 
-    test = ep.build_manifest(
+    test = build_manifest(
         str(shards), str(folds), p.dataset, p.fold, p.train.way, p.train.shot, p.protocol, p.seed,
         int(p.sampler.test_episodes), shot_key="train.shot",
     )  # fmt: skip
     if p.train.select_on_test:
         return test
-    _, novel = ep.read_fold(str(folds), p.fold)
-    pairs = ep.read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
+    _, novel = read_fold(str(folds), p.fold)
+    pairs = read_pairs((folds / f"fold{p.fold}" / "test.txt").read_text())
     test_queries = {e["query"] for e in test["episodes"]}
-    image_classes, _ = ep.read_index(join_url(str(shards), "test"))
+    image_classes, _ = read_index(join_url(str(shards), "test"))
     draw = {"way": p.train.way, "shot": p.train.shot, "count": int(p.sampler.val_episodes),
             "seed": p.seed + VAL_SEED_OFFSET, "protocol": p.protocol, "shot_key": "train.shot"}  # fmt: skip
     try:
         held_out = {k: v for k, v in pairs.items() if k not in test_queries}
-        episodes = ep.draw_test_episodes(held_out, image_classes, novel, **draw)
+        episodes = draw_test_episodes(held_out, image_classes, novel, **draw)
     except ValueError:
         print("validation: too few images besides the test queries; other episodes of the same images")
-        episodes = ep.draw_test_episodes(pairs, image_classes, novel, **draw)
+        episodes = draw_test_episodes(pairs, image_classes, novel, **draw)
     return {**test, "seed": p.seed + VAL_SEED_OFFSET, "episodes": episodes,
-            "sha256_of_episodes": ep.episodes_digest(episodes)}  # fmt: skip
+            "sha256_of_episodes": episodes_digest(episodes)}  # fmt: skip
 
 
 def make_validator(

@@ -23,16 +23,9 @@ from pipeline import toy
 from pipeline.config import load_params
 from pipeline.folds import training_label, write_folds
 from pipeline.shards import build_shards
-from train.stream.episodes import (
-    SampleReader,
-    episode_pools,
-    episode_queries,
-    eval_flips,
-    eval_query_label,
-    novel_in_images,
-    read_index,
-    read_pairs,
-)
+from train.stream.by_key import SampleReader, eval_query_label
+from train.stream.draw import episode_pools, episode_queries, eval_flips, novel_in_images
+from train.stream.index import read_index, read_pairs
 from train.stream.sampler import Episode, EpisodeDecoder
 from train.stream.transforms import decode_label
 
@@ -75,6 +68,7 @@ def grouped(pairs: dict[str, list[int]], classes: list[int]) -> dict[str, list[s
     return dict(out)
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
     golden = G.read_json_golden(G.GOLDEN["pools"])[dataset]
@@ -106,6 +100,7 @@ def test_training_pairs_and_test_pools_equal_the_release(built, dataset):
                 assert episode_queries(pools2, novel_of, [c, o], "denet") == expected, f"fold {fold}: {pair}"
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_presence_pixels_equal_the_release(built, dataset):
     """index.tsv's presence_px: the class pixels the release's threshold counts on its resized test masks."""
@@ -116,6 +111,7 @@ def test_presence_pixels_equal_the_release(built, dataset):
     assert ours == theirs
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 def test_two_way_pools_are_not_the_one_way_pools(built):
     """The goldens exercise the 2-way rule: images with two novel classes at >= 2% exist on the toy data."""
     golden = G.read_json_golden(G.GOLDEN["pools"])["pascal"]
@@ -144,6 +140,7 @@ def _sample(reader: SampleReader):
     return read
 
 
+@pytest.mark.heavy  # the `built` fixture builds both toy data sets
 @pytest.mark.parametrize("dataset", ["pascal", "coco"])
 def test_training_label_maps_equal_the_release(built, dataset):
     header, arrays = G.read_npz_golden(G.GOLDEN["labels"])

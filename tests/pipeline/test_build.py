@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from raw_fixtures import write_params
 
 from pipeline import build, folds, lists, shards
 from train.bench import bench_shards
+
+pytestmark = pytest.mark.heavy  # builds whole toy data sets
 
 
 def test_build_then_lists(pascal_raw, tmp_path, capsys):

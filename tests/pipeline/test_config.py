@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, load_params, resolve
+from pipeline.config import MODEL_KEYS, ConfigError, Params, load_params, resolve
+from pipeline.protocol import PROTOCOLS
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -66,15 +67,40 @@ def test_protocol_presets_follow_the_release_under_denet():
     )
 
 
-def test_official_source_switches_presets():
-    p = load_params(REPO_PARAMS, {"source": "official", "dataset": "coco"})
-    assert p.sampler.image_size == 321 and p.backbone.name == "resnet50" and p.backbone.frozen is True
-    assert p.train.steps == 200_000 and p.train.lr == 0.0025 and p.data.min_fraction == 0.01
-
-
 def test_explicit_value_beats_preset():
     p = load_params(REPO_PARAMS, {"source": "official", "train.steps": 10, "protocol": "standard"})
     assert p.train.steps == 10 and p.data.min_pixels == 2048
+
+
+def test_the_model_keys_are_left_to_the_models_recipe():
+    """pipeline/ cannot see the models: their keys stay `auto` here (train.params fills them), so no
+    model silently gets another's recipe."""
+    p = load_params(REPO_PARAMS, {"model": "not-a-model-pipeline-knows", "source": "official"})
+    for dotted in MODEL_KEYS:
+        section, _, key = dotted.rpartition(".")
+        assert getattr(getattr(p, section) if section else p, key) == "auto", dotted
+
+
+def test_resolve_never_mutates_its_input():
+    raw = Params()
+    resolved = resolve(raw)
+    assert resolved.sampler.image_size == 161 and resolved.data.presence_size == 161
+    for f in dataclasses.fields(Params):
+        if dataclasses.is_dataclass(getattr(raw, f.name)):
+            assert getattr(raw, f.name) is not getattr(resolved, f.name), f.name
+    assert raw.sampler.image_size == "auto" and raw.data.presence_size == "auto"
+
+
+def test_every_protocol_resolves_and_an_unknown_one_is_one_line(tmp_path):
+    for name, rules in PROTOCOLS.items():
+        p = load_params(REPO_PARAMS, {"protocol": name, "dataset": "coco"})
+        assert (p.evaluate.flip, p.train.void, p.data.min_fraction) == (
+            rules.eval_flip,
+            rules.train_void,
+            rules.min_fraction["coco"],
+        )
+    with pytest.raises(ConfigError, match=r"protocol = 'bam' is not one of denet \| standard"):
+        load_params(write(tmp_path, {"protocol": "bam"}))
 
 
 def test_unknown_key_is_one_line_naming_it(tmp_path):
@@ -92,7 +118,7 @@ def test_unknown_key_is_one_line_naming_it(tmp_path):
         ({"fold": 4}, r"fold = 4 is out of range"),
         ({"way": 3}, r"way = 3 is not supported"),
         ({"shot": 0}, r"shot = 0 must be >= 1"),
-        ({"train": {"steps": 0}}, r"train.steps must be >= 1"),
+        ({"train": {"val_every": 0}}, r"train.val_every must be >= 1"),
         ({"paths": 3}, r"paths must be a mapping"),
         ({"train": {"compile": True}}, r"train.compile = True is not one of auto \| none \| default"),
     ],
@@ -106,103 +132,9 @@ def test_int_is_accepted_for_float(tmp_path):
     assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
 
 
-# Each method on official data: its release's backbone and recipe (docs/methods.md gives the sources)
-RELEASES = {
-    # model: (backbone, frozen, optimizer, lr, momentum, batch, steps, milestones, multipliers)
-    "denet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
-    "canet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
-    "pgnet": ("resnet50", True, "sgd", 0.0025, 0.9, 8, 150_000, [], {}),
-    "amp": ("vgg16", True, "rmsprop", 1e-6, 0.0, 8, 150_000, [], {}),
-    "panet": ("vgg16_panet", False, "sgd", 1e-3, 0.9, 1, 30_000, [10_000, 20_000], {}),
-    "sgone": ("vgg16_sgone", False, "sgd", 1e-5, 0.99, 1, 100_000, [],
-              {"guide.weight": 10.0, "guide.bias": 20.0, "*.bias": 2.0}),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("model", sorted(RELEASES))
-def test_official_backbone_and_recipe_follow_the_method_release(model):
-    p = load_params(REPO_PARAMS, {"source": "official", "model": model})
-    t = p.train
-    got = (p.backbone.name, p.backbone.frozen, t.optimizer, t.lr, t.momentum, t.batch_size, t.steps,
-           t.lr_milestones, t.lr_multipliers)  # fmt: skip
-    assert got == RELEASES[model]
-    assert (t.weight_decay, t.lr_gamma, p.backbone.weights) == (5e-4, 0.1, "imagenet")
-    # PGNet reproduces DENet's table with the release's attention; elsewhere the fixed one
-    assert p.model_kwargs == ({"attention": "release"} if model == "pgnet" else {})
-    standard = load_params(REPO_PARAMS, {"source": "official", "model": model, "protocol": "standard"})
-    assert standard.model_kwargs == {} and standard.train.lr == t.lr
-
-
-def test_official_coco_steps_are_200k_for_denet_only():
-    coco = {m: load_params(REPO_PARAMS, {"source": "official", "dataset": "coco", "model": m}).train.steps
-            for m in RELEASES}  # fmt: skip
-    assert coco == {"denet": 200_000, "canet": 150_000, "pgnet": 150_000, "amp": 150_000, "panet": 30_000,
-                    "sgone": 100_000}  # fmt: skip
-
-
-def test_toy_recipe_is_one_cpu_recipe_for_every_method():
-    for model in RELEASES:
-        t = load_params(REPO_PARAMS, {"model": model}).train
-        lr = 0.05 if model in ("canet", "pgnet") else 0.01
-        assert (t.optimizer, t.lr, t.momentum, t.batch_size, t.steps) == ("sgd", lr, 0.9, 8, 600), model
-        assert (t.lr_milestones, t.lr_multipliers) == ([], {}), model
-
-
-def test_recipe_keys_override_the_preset_and_are_checked(tmp_path):
-    p = load_params(REPO_PARAMS, {"source": "official", "model": "panet", "train.batch_size": 4,
-                                  "train.lr_milestones": [5], "train.optimizer": "rmsprop"})  # fmt: skip
-    assert (p.train.batch_size, p.train.lr_milestones, p.train.optimizer, p.train.lr) == (
-        4,
-        [5],
-        "rmsprop",
-        1e-3,
-    )
-    bad = [
-        ({"lr_milestones": [20, 10]}, r"train\.lr_milestones = \[20, 10\] must be increasing"),
-        ({"lr_milestones": [0]}, r"train\.lr_milestones = \[0\] must be increasing steps >= 1"),
-        ({"lr_milestones": "10k"}, r"train\.lr_milestones = '10k' must be a list of steps"),
-        ({"lr_milestones": ["a"]}, r"train\.lr_milestones = \['a'\] has the wrong type"),
-        ({"lr_multipliers": {"*.bias": 0}}, r"train\.lr_multipliers\.\*\.bias = 0\.0 must be > 0"),
-        ({"lr_multipliers": [2]}, r"train\.lr_multipliers = \[2\] has the wrong type"),
-        ({"optimizer": "adam"}, r"train\.optimizer = 'adam' is not one of auto \| sgd \| rmsprop"),
-        ({"batch_size": "eight"}, r"train\.batch_size = 'eight' must be a number"),
-        ({"momentum": -0.5}, r"train\.momentum = -0\.5 must be >= 0"),
-        ({"lr_gamma": 0}, r"train\.lr_gamma = 0\.0 must be > 0"),
-    ]
-    for train, match in bad:
-        with pytest.raises(ConfigError, match=match):
-            load_params(write(tmp_path, {"train": train}))
-
-
-def test_toy_model_kwargs_preset_and_override():
-    assert load_params(REPO_PARAMS).model_kwargs == {"depth": 128}
-    assert load_params(REPO_PARAMS, {"model": "panet"}).model_kwargs == {}
-    assert load_params(REPO_PARAMS, {"model_kwargs": {"depth": 64}}).model_kwargs == {"depth": 64}
-
-
-def test_toy_presets_per_method_lr_and_width():
-    canet = load_params(REPO_PARAMS, {"model": "canet"})
-    assert (canet.train.lr, canet.model_kwargs) == (0.05, {"depth": 128})
-    assert load_params(REPO_PARAMS, {"model": "pgnet"}).train.lr == 0.05
-    assert load_params(REPO_PARAMS, {"model": "sgone"}).train.lr == 0.01  # the shared toy lr
-    assert load_params(REPO_PARAMS, {"model": "canet", "train.lr": 0.02}).train.lr == 0.02
-    official = load_params(REPO_PARAMS, {"model": "canet", "source": "official"})
-    assert (official.train.lr, official.model_kwargs) == (0.0025, {})
-
-
 def test_model_kwargs_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="model_kwargs = 3 has the wrong type"):
         load_params(write(tmp_path, {"model_kwargs": 3}))
-
-
-def test_resolve_never_mutates_its_input():
-    raw = Params()
-    resolved = resolve(raw)
-    assert resolved.sampler.image_size == 161 and resolved.backbone.name == "small"
-    for f in dataclasses.fields(Params):
-        if dataclasses.is_dataclass(getattr(raw, f.name)):
-            assert getattr(raw, f.name) is not getattr(resolved, f.name), f.name
-    assert raw.sampler.image_size == "auto" and raw.backbone.name == "auto"
 
 
 @pytest.mark.parametrize(

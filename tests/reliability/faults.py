@@ -140,7 +140,7 @@ def copy_shards(tiny_data: dict[str, Path], tmp_path: Path) -> Path:
 
 def fold0_stream(tiny_data: dict[str, Path], split: Path, **kw: object) -> Any:
     """A small training stream of fold 0 over the split folder `split`."""
-    from train.stream.episodes import read_fold, read_pairs
+    from train.stream.index import read_fold, read_pairs
     from train.stream.sampler import EpisodeStream
 
     base, novel = read_fold(str(tiny_data["folds"]), 0)

@@ -64,7 +64,7 @@ def test_verify_and_the_readers_refuse_a_dataset_without_its_completion_record(t
     assert out[-1] == "verify: 1 split(s), 1 problem(s)"
     with pytest.raises(ShardError, match=r"complete\.json is missing"):
         shard_urls(str(shards / "train"))  # training's reader
-    from train.stream.episodes import read_index
+    from train.stream.index import read_index
 
     shutil.copytree(tiny_data["shards"] / "test", shards / "test")
     with pytest.raises(ShardError, match=r"complete\.json is missing"):

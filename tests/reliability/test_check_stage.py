@@ -6,7 +6,7 @@ import pytest
 import yaml
 from train_helpers import write_params
 
-from pipeline import check
+from train import params as check
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 )
 def test_a_mistake_is_one_line_and_no_marker(tmp_path, capsys, changes, message):
     marker = tmp_path / "params.checked"
-    assert check.main(["--params", str(write_params(tmp_path, **changes)), "--out", str(marker)]) == 2
+    params = str(write_params(tmp_path, **changes))
+    assert check.main(["--params", params, "--out", str(marker), "--check"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not marker.exists()

@@ -21,7 +21,7 @@ from train import evaluate as ev
 from train import infer
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.stream.episodes import build_manifest
+from train.stream.manifests import build_manifest
 
 
 def _one_line(capsys: pytest.CaptureFixture[str], *words: str) -> str:

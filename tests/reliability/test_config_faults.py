@@ -5,10 +5,11 @@ import shutil
 import pytest
 from train_helpers import REPO_PARAMS, write_params
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
 from train import train as tr
+from train.params import load_params
 from train.stream import episodes
-from train.stream.episodes import read_fold, read_pairs
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream
 
 

@@ -12,13 +12,14 @@ from train_helpers import write_params
 
 import fss_model
 from pipeline import shards as shards_stage
-from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.stream.episodes import EvalEpisodes, SampleReader, build_manifest
+from train.params import load_params
+from train.stream.by_key import EvalEpisodes, SampleReader
+from train.stream.manifests import build_manifest
 from train.stream.shard_io import ShardError
 
 _copy, _stream = copy_shards, fold0_stream

@@ -1,10 +1,13 @@
 """Soak: the sampler streams 10,000 episodes through 2 DataLoader workers with flat memory (RSS printed)."""
 
 import psutil
+import pytest
 from torch.utils.data import DataLoader
 
-from train.stream.episodes import read_fold, read_pairs
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream
+
+pytestmark = pytest.mark.heavy  # long streaming runs
 
 EPISODES = 10_000
 BATCH = 16

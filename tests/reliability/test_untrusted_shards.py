@@ -29,13 +29,16 @@ from train_helpers import write_params as train_params
 
 import fss_model
 from pipeline import shards as shards_stage
-from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.stream.episodes import SampleReader, build_manifest, episodes_digest, read_index
+from train.params import load_params
+from train.stream.by_key import SampleReader
+from train.stream.draw import episodes_digest
+from train.stream.index import read_index
+from train.stream.manifests import build_manifest
 from train.stream.shard_io import ShardError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +118,7 @@ def test_shard_names_from_an_index_or_manifest_never_leave_the_split(tiny_data, 
 
 STREAM = """
 import sys
-from train.stream.episodes import read_fold, read_pairs
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream
 shards, folds = sys.argv[1], sys.argv[2]
 base, novel = read_fold(folds, 0)

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from train import distributed
 from train.metrics import FewShotIoU
+
+pytestmark = pytest.mark.heavy  # torchrun processes
 
 NPROC = 2
 
@@ -83,7 +86,7 @@ def test_torchrun_two_gloo_processes_train_and_evaluate(tiny_data, tmp_path):
     from pipeline.io import write_json
     from train import evaluate as ev
     from train.checkpoint import load_checkpoint
-    from train.stream.episodes import build_manifest
+    from train.stream.manifests import build_manifest
 
     # the streaming sampler: each rank must read its own shards (manifest training reads by key)
     steps = {"train.steps": 3, "train.val_every": 3, "train.checkpoint_every": 3, "train.episodes": "stream"}

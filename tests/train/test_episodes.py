@@ -9,14 +9,11 @@ import pytest
 import torch
 from train_helpers import write_params
 
-from pipeline.folds import IGNORE_INDEX
 from pipeline.io import write_json
+from pipeline.shard_format import IGNORE_INDEX
 from train.bench.bench_loader import slow_http_server
-from train.stream.episodes import (
-    EvalEpisodes,
-    SampleReader,
-    build_manifest,
-    collate_eval,
+from train.stream.by_key import EvalEpisodes, SampleReader, collate_eval
+from train.stream.draw import (
     draw_test_episodes,
     draw_train_episodes,
     episode_pools,
@@ -24,15 +21,12 @@ from train.stream.episodes import (
     episodes_with_every_way,
     eval_flips,
     expected_with_every_way,
-    main,
-    manifest_files,
-    normalize,
     novel_in_images,
-    read_fold,
-    read_index,
-    read_manifest,
-    read_pairs,
 )
+from train.stream.episodes import main
+from train.stream.index import read_fold, read_index, read_pairs
+from train.stream.manifests import build_manifest, manifest_files, read_manifest
+from train.stream.normalize import normalize
 from train.stream.shard_io import ShardError, read_shard, shard_urls
 from train.stream.transforms import decode_label
 

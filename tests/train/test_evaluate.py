@@ -15,7 +15,7 @@ from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import save_checkpoint
 from train.stats import EpisodeSums, scores
-from train.stream.episodes import build_manifest
+from train.stream.manifests import build_manifest
 
 
 @pytest.fixture(scope="module")

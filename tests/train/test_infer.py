@@ -16,7 +16,7 @@ from pipeline.masks import voc_palette
 from train import infer
 from train import train as tr
 from train.checkpoint import save_checkpoint
-from train.stream.episodes import build_manifest
+from train.stream.manifests import build_manifest
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,9 @@ def test_manifest_panels_and_index(tiny_data, ckpt, tmp_path):
 
 def test_panels_keep_aspect_and_failures_come_from_distinct_queries(tiny_data, ckpt, tmp_path):
     """Panels of real episodes: images at their original aspect ratio, VOC names, distinct failures."""
-    from pipeline.config import load_params
     from train.checkpoint import build_model_from_checkpoint
     from train.evaluate import episode_batches
+    from train.params import load_params
 
     shards, folds = str(tiny_data["shards"]), str(tiny_data["folds"])
     manifest = build_manifest(shards, folds, "pascal", 0, 1, 1, "denet", 0, 40)

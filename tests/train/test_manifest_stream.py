@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from train.stream.episodes import read_fold, train_manifest
+from train.stream.index import read_fold
 from train.stream.manifest_stream import ManifestEpisodes
+from train.stream.manifests import train_manifest
 from train.stream.transforms import decode_label
 
 SIZE = 32

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.folds import IGNORE_INDEX
-from train.stream.episodes import normalize, read_fold, read_index, read_pairs
+from pipeline.shard_format import IGNORE_INDEX
+from train.stream.index import read_fold, read_index, read_pairs
+from train.stream.normalize import normalize
 from train.stream.sampler import EpisodeStream
 from train.stream.shard_io import ShardError, open_stream, read_shard, shard_urls, tar_samples
 from train.stream.transforms import load_pair

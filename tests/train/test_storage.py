@@ -13,9 +13,11 @@ from train import evaluate as ev
 from train import train as tr
 from train.checkpoint import load_checkpoint
 from train.stream import shard_io
-from train.stream.episodes import SampleReader
+from train.stream.by_key import SampleReader
 from train.stream.sampler import EpisodeStream
 from train.stream.shard_io import ShardError, read_shard, shard_urls
+
+pytestmark = pytest.mark.heavy  # HTTP and S3 servers in their own processes
 
 PREFIX = "fss/shards/toy/pascal/denet"
 
@@ -38,7 +40,7 @@ def _samples(url: str) -> dict[str, dict]:
 
 def _stream(tiny_data, shards, **kw) -> EpisodeStream:
     from pipeline.folds import fold_classes
-    from train.stream.episodes import read_pairs
+    from train.stream.index import read_pairs
 
     base, novel = fold_classes("pascal", 0, "interleaved")
     pairs = read_pairs((tiny_data["folds"] / "fold0" / "train.txt").read_text())
@@ -126,7 +128,7 @@ def _train_and_evaluate(tiny_data, out: Path, shards_url: str | None) -> tuple[d
     tr.run(p, tiny_data["shards"], tiny_data["folds"], out, progress=False)
     manifest = out / "manifest.json"
     from pipeline.io import write_json
-    from train.stream.episodes import build_manifest
+    from train.stream.manifests import build_manifest
 
     write_json(manifest, build_manifest(str(tiny_data["shards"]), str(tiny_data["folds"]),
                                         "pascal", 0, 1, 1, "denet", 0, 6))  # fmt: skip

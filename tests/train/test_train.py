@@ -1,5 +1,6 @@
 """Training loop on tiny shards: loss goes down, resume is bit-identical, NaN policy, corrupt checkpoints."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,11 @@ def test_short_cpu_run_lowers_loss_and_logs_dvclive(tiny_data, tmp_path):
     assert ckpt["model_kwargs"] == tr.model_kwargs_from_params(p)
     assert ckpt["params"]["train"]["steps"] == 8  # params snapshot
     assert (tmp_path / "m" / tr.BEST).exists()
+    used = json.loads(
+        (tmp_path / "live" / tr.PARAMS_JSON).read_text()
+    )  # beside metrics.json, for dvc exp show
+    assert (used["train"]["steps"], used["train"]["lr"], used["model_kwargs"]) == (8, 0.01, {"depth": 128})
+    assert (used["train"]["device"], used["train"]["compile"]) == ("cpu", "none")  # as the run resolved them
 
 
 def test_cli_prints_progress_lines_with_loss_and_rate(tiny_data, tmp_path, capsys):

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.folds import IGNORE_INDEX
+from pipeline.shard_format import IGNORE_INDEX
 from train.stream.transforms import (
     TrainTransform,
     binary_mask,

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Params, load_params
+from pipeline.config import Params
+from train.params import load_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 TINY = {

@@ -29,7 +29,8 @@ from pipeline.build import build
 from pipeline.folds import fold_classes
 from pipeline.toy import generate
 from train.step import autocast_for, forward
-from train.stream.episodes import normalize, read_pairs
+from train.stream.index import read_pairs
+from train.stream.normalize import normalize
 from train.stream.sampler import EpisodeStream
 from train.train import TrainConfig, build_optimizer, train_loop
 

@@ -12,10 +12,8 @@ import contextlib
 import functools
 import http.server
 import io
-import json
 import multiprocessing
 import os
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,11 +25,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from pipeline.folds import fold_classes, training_label
-from pipeline.io import sha256_file, write_json
+from pipeline.folds import training_label, write_folds
+from pipeline.io import write_json
+from pipeline.masks import Sample
 from pipeline.shard_format import COMPLETE, completion_record
-from pipeline.shards import INDEX_COLUMNS
-from train.stream.episodes import read_fold, read_pairs
+from pipeline.shards import write_split
+from train.stream.index import read_fold, read_pairs
 from train.stream.sampler import EpisodeStream, collate_train, worker_split
 from train.stream.shard_io import join_url, read_range, read_text
 from train.stream.transforms import (
@@ -62,20 +61,6 @@ def _synthetic_image(
     return Image.fromarray(img), label
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
-        len(data),
-        0,
-        0o644,
-        0,
-        0,
-        "",
-        "",
-    )
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_synthetic(
     root: str | Path,
     n_train: int = 120,
@@ -85,109 +70,34 @@ def write_synthetic(
     protocol: str = "denet",
     seed: int = 0,
 ) -> dict[str, Path]:
-    """PASCAL-like data under `root`: VOCdevkit files, `shards/{train,test}`, `folds` (all 4 folds)."""
+    """PASCAL-like data under `root`: VOCdevkit files, then `shards/{train,test}` and `folds` (all 4
+    folds) written by the stages' own writers (`pipeline.shards.write_split`, `pipeline.folds.write_folds`),
+    presence at the original size and any pixel counting."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     jpg_dir, png_dir = root / VOC / "JPEGImages", root / VOC / "SegmentationClass"
     jpg_dir.mkdir(parents=True, exist_ok=True)
     png_dir.mkdir(parents=True, exist_ok=True)
-    classes_of: dict[str, dict[int, int]] = {}
+    shards = root / "shards"
+    counts = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        out = root / "shards" / split
-        out.mkdir(parents=True, exist_ok=True)
-        rows, shards = [], []
-        keys = [f"{2000 + (split == 'test')}_{i:06d}" for i in range(n)]
-        for s0 in range(0, n, shard_max):
-            name = f"{split}-{s0 // shard_max:06d}.tar"
-            counts: dict[str, int] = {}
-            with tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for key in keys[s0 : s0 + shard_max]:
-                    img, label = _synthetic_image(rng, *size, 20)
-                    jbuf, pbuf = io.BytesIO(), io.BytesIO()
-                    img.save(jbuf, "JPEG", quality=90)
-                    Image.fromarray(label, "L").save(pbuf, "PNG")
-                    (jpg_dir / f"{key}.jpg").write_bytes(jbuf.getvalue())
-                    (png_dir / f"{key}.png").write_bytes(pbuf.getvalue())
-                    ids, areas = np.unique(label, return_counts=True)
-                    cls = {int(c): int(a) for c, a in zip(ids, areas, strict=True) if 0 < c < 255}
-                    classes_of[key] = cls
-                    meta = {
-                        "id": key,
-                        "split": split,
-                        "height": size[1],
-                        "width": size[0],
-                        "classes": {str(c): a for c, a in cls.items()},
-                        "ignore_px": int((label == 255).sum()),
-                    }
-                    offset = tar.offset
-                    _tar_add(tar, f"{key}.jpg", jbuf.getvalue())
-                    _tar_add(tar, f"{key}.json", json.dumps(meta).encode())
-                    _tar_add(tar, f"{key}.label.png", pbuf.getvalue())
-                    for c, a in cls.items():
-                        counts[str(c)] = counts.get(str(c), 0) + 1
-                        ys, xs = np.nonzero(label == c)
-                        rows.append(
-                            [
-                                key,
-                                split,
-                                c,
-                                a,
-                                round(a / label.size, 6),
-                                a,  # presence columns at the original size
-                                label.size,
-                                xs.min(),
-                                ys.min(),
-                                xs.max(),
-                                ys.max(),
-                                meta["ignore_px"],
-                                size[1],
-                                size[0],
-                                name,
-                                offset,
-                            ]
-                        )
-            shards.append(
-                {
-                    "name": name,
-                    "num_samples": len(keys[s0 : s0 + shard_max]),
-                    "sha256": sha256_file(out / name),
-                    "bytes": (out / name).stat().st_size,
-                    "class_counts": counts,
-                }
+        samples = []
+        for i in range(n):
+            key = f"{2000 + (split == 'test')}_{i:06d}"
+            img, label = _synthetic_image(rng, *size, 20)
+            img.save(jpg_dir / f"{key}.jpg", "JPEG", quality=90)
+            Image.fromarray(label, "L").save(png_dir / f"{key}.png", "PNG")
+            samples.append(
+                Sample(key, split, str(jpg_dir / f"{key}.jpg"), str(png_dir / f"{key}.png"), "png")
             )
-        (out / "index.tsv").write_text(
-            "\n".join("\t".join(map(str, r)) for r in [INDEX_COLUMNS, *rows]) + "\n"
-        )
-        write_json(
-            out / "manifest.json",
-            {"dataset": "pascal", "split": split, "protocol": protocol, "num_samples": n, "shards": shards},
-        )
-    counts = {"train": n_train, "test": n_test}
-    write_json(root / "shards" / COMPLETE, completion_record("pascal", protocol, counts))
-    folds = root / "folds"
-    for fold in range(4):
-        base, novel = fold_classes("pascal", fold)
-        write_json(
-            folds / f"fold{fold}.json",
-            {
-                "fold": fold,
-                "dataset": "pascal",
-                "protocol": protocol,
-                "coco_split": "interleaved",
-                "novel": novel,
-                "base": base,
-            },
-        )
-        train_lines, test_lines = [], []
-        for key, cls in classes_of.items():
-            if key.startswith("2000"):
-                train_lines += [f"{key}__{c:02d}" for c in cls if c in base]
-            elif len(set(cls) & set(novel)) == 1 or protocol == "standard":
-                test_lines += [f"{key}__{c:02d}" for c in cls if c in novel]
-        (folds / f"fold{fold}").mkdir(parents=True, exist_ok=True)
-        (folds / f"fold{fold}" / "train.txt").write_text("".join(f"{x}\n" for x in sorted(train_lines)))
-        (folds / f"fold{fold}" / "test.txt").write_text("".join(f"{x}\n" for x in sorted(test_lines)))
-    return {"root": root, "shards": root / "shards", "folds": folds, "raw": root}
+        result = write_split(
+            samples, shards / split, dataset="pascal", protocol=protocol, split=split, max_samples=shard_max,
+            min_shards=1, workers=1, progress=False,
+        )  # fmt: skip
+        counts[split] = result.num_samples
+    write_json(shards / COMPLETE, completion_record("pascal", protocol, counts))
+    write_folds(shards, root / "folds", dataset="pascal", protocol=protocol)
+    return {"root": root, "shards": shards, "folds": root / "folds", "raw": root}
 
 
 # -- per-file loader in the style of HSNet/PFENet ----------------------------------------------

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import load_params
 from train.checkpoint import build_model_from_checkpoint
 from train.device import resolve_device
 from train.evaluate import episode_batches, evaluate_model
-from train.stream.episodes import read_manifest
+from train.params import load_params
+from train.stream.manifests import read_manifest
 
 
 def score(model: torch.nn.Module, p, shards: str, manifest: dict, device: str, bf16: bool) -> float:

@@ -19,11 +19,13 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from train.bench_loader import served_by_process, write_synthetic
-from train.episodes import EvalEpisodes, build_manifest, collate_eval, read_fold, read_pairs
-from train.sampler import EpisodeStream
+from train.bench.bench_loader import served_by_process, write_synthetic
+from train.stream.by_key import EvalEpisodes, collate_eval
+from train.stream.index import read_fold, read_pairs
+from train.stream.manifests import build_manifest
+from train.stream.sampler import EpisodeStream
 
-TESTS = Path(__file__).resolve().parents[1] / "tests" / "train"
+TESTS = Path(__file__).resolve().parents[2] / "tests" / "train"
 
 
 def _serve_aiohttp(root: str, port_out: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from train.stream.episodes import SampleReader
+from train.stream.by_key import SampleReader
 from train.stream.sampler import Episode, EpisodeDecoder, collate_train, dist_rank, worker_split
 
 

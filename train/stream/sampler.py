@@ -29,7 +29,7 @@ base class of the fold's train list stops with a ShardError (lists and shards do
 reading on would never draw an episode). `stats` lives in a DataLoader worker, so every batch also
 carries its reader's counts so far in this pass, as `data_skips` = (reader id, shards, samples); the
 trainer sums them per reader and logs the totals (dvclive). Test-time reading never skips (see
-train.stream.episodes).
+train.stream.by_key).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class EpisodeDecoder:
     `query_full_label` = `pipeline.folds.training_label` (void by `void`, novel -> 255 under denet, 0
     under standard); `query_label` (0 bg, k+1 for way k) and `support_masks` (1 fg, 0 bg) are cut from
     `pipeline.folds.binary_label` (novel -> background, void by `void`: 255 only with "ignore").
-    `gpu_decode`: labels here, JPEG bytes and flips for `train.stream.episodes.normalize` to decode
+    `gpu_decode`: labels here, JPEG bytes and flips for `train.stream.normalize.normalize` to decode
     on the device.
     """
 
@@ -341,7 +341,7 @@ class EpisodeStream(IterableDataset):
     `episodes_per_epoch` is counted per rank (webdataset's `with_epoch` advice for DDP) and divided
     among the workers; call `set_epoch(e)` each epoch so shard order and draws change reproducibly.
     `episodes_per_sample` sets how many episodes each newly read sample pays for (reuse rate).
-    `gpu_decode`: labels are decoded here, images travel as JPEG bytes and `train.stream.episodes.normalize`
+    `gpu_decode`: labels are decoded here, images travel as JPEG bytes and `train.stream.normalize.normalize`
     decodes them on its device with nvJPEG (pays when the loader's CPUs are the bottleneck).
     """
 
@@ -496,7 +496,7 @@ def collate_train(items: list[dict[str, Any]], way: int, shot: int) -> dict[str,
         "query_id": [it["query_id"] for it in items],
         "support_ids": [it["support_ids"] for it in items],
     }
-    if "query_jpeg" in items[0]:  # gpu_decode: train.stream.episodes.normalize decodes on the device
+    if "query_jpeg" in items[0]:  # gpu_decode: train.stream.normalize.normalize decodes on the device
         return {
             **labels,
             "query_jpeg": [it["query_jpeg"] for it in items],

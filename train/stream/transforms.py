@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.folds import IGNORE_INDEX
+from pipeline.shard_format import IGNORE_INDEX
 
 
 def decode_image(data: bytes, size: int | None = None, reduced: bool = True) -> Image.Image:

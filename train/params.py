@@ -1,0 +1,189 @@
+"""Params as a run uses them: params.yaml with every `auto` resolved, the model's included.
+
+`pipeline.config` resolves what the data stages need; here the model's keys (train recipe,
+backbone.name/frozen, model_kwargs) come from the recipe the model registered (fss_model.recipe),
+and the model is built on the meta device to check its arguments. Training, evaluation, inference
+and the DVC `check` stage load params through `load_params` below.
+
+    python -m train.params -S model=panet -S source=official   # the resolved params, as YAML
+    python -m train.params --check --out FILE                  # the `check` stage: one line per problem
+
+The `check` stage is the first stage of dvc.yaml: every stage removes its outputs just before its
+command runs, so a mistake found inside a stage (an unknown key, `fold: 9`, a model name with a typo)
+would cost that stage's outputs. Its output is a constant marker, so a params change never makes
+the stages after it run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import AUTO, NUM_CLASSES, PARAMS_FILE, ConfigError, Params, check_recipe
+from pipeline.config import load_params as load_data_params
+from pipeline.io import atomic_write
+from pipeline.protocol import protocol_rules
+from train.device import DeviceError
+
+MARKER = "params.yaml checked\n"
+
+
+def _recipe(p: Params) -> Any:
+    import fss_model
+
+    try:
+        entry = fss_model.model_entry(p.model)
+    except ValueError as exc:
+        raise ConfigError(f"params: model: {exc}") from exc
+    recipe = entry.recipes.for_source(p.source)
+    if recipe is None:
+        raise ConfigError(
+            f"params: model {p.model} has no {p.source} recipe: register it with "
+            f"register_model(..., {p.source}=Recipe(...)) (fss_model/registry.py)"
+        )
+    return recipe
+
+
+def resolve_model(params: Params) -> Params:
+    """Fill the model's `auto` keys from its registered recipe for `source`; returns a new Params."""
+    p = copy.deepcopy(params)
+    recipe = _recipe(p)
+    t = p.train
+    values: dict[str, Any] = {
+        "optimizer": recipe.optimizer,
+        "lr": recipe.lr,
+        "momentum": recipe.momentum,
+        "batch_size": recipe.batch_size,
+        "steps": recipe.steps_by_dataset.get(p.dataset, recipe.steps),
+        "lr_milestones": list(recipe.lr_milestones),
+        "lr_multipliers": dict(recipe.lr_multipliers),
+    }
+    for key, value in values.items():
+        if getattr(t, key) == AUTO:
+            setattr(t, key, value)
+    if p.backbone.name == AUTO:
+        p.backbone.name = recipe.backbone
+    if p.backbone.frozen == AUTO:
+        p.backbone.frozen = recipe.backbone_frozen
+    if p.model_kwargs == AUTO:
+        p.model_kwargs = dict(recipe.model_kwargs)
+        if p.source == "official" and protocol_rules(p.protocol).release_model_kwargs:
+            p.model_kwargs.update(recipe.release_kwargs)
+    check_recipe(p)
+    return p
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """params.yaml (plus `overrides`: dotted keys -> values) type-checked and fully resolved."""
+    return resolve_model(load_data_params(path, overrides))
+
+
+def model_kwargs_from_params(p: Params) -> dict[str, Any]:
+    """Constructor kwargs of the model: the only place that maps params.yaml keys onto a model."""
+    return {
+        "num_classes": NUM_CLASSES[p.dataset] + 1,  # background + every dataset class (W has C rows)
+        "backbone": p.backbone.name,
+        "frozen": bool(p.backbone.frozen),
+        "freeze_bn": bool(p.backbone.freeze_bn),
+        **p.model_kwargs,  # per-model extras (params model_kwargs; toy DENet: depth 128)
+    }
+
+
+def resolve_machine(p: Params) -> Params:
+    """train.device and train.compile as this machine resolves their `auto` (train.device)."""
+    from train.device import compile_mode, resolve_device
+
+    device = resolve_device(p.train.device)
+    train = dataclasses.replace(
+        p.train, device=device, compile=compile_mode(p.train.compile, device, int(p.train.steps))
+    )
+    return dataclasses.replace(p, train=train)
+
+
+def check_model(p: Params) -> None:
+    """The model exists, supports `way`, and its constructor takes the kwargs params give it."""
+    import torch
+
+    import fss_model
+
+    try:
+        entry = fss_model.model_entry(p.model)
+    except ValueError as exc:
+        raise ConfigError(f"params: model: {exc}") from exc
+    if p.way not in entry.ways:
+        raise ConfigError(f"params: way = {p.way}: model {p.model} supports {entry.ways}-way episodes")
+    try:
+        with torch.device("meta"):  # shapes only: a ResNet-50 builds in a fraction of a second
+            entry.fn(**model_kwargs_from_params(p))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"params: model {p.model} cannot be built from these params: {exc}".replace("\n", " ")
+        ) from exc
+
+
+def check(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Everything `load_params` checks (keys, types, ranges, combinations, recipe) plus the model."""
+    p = load_params(path, overrides)
+    check_model(p)
+    return p
+
+
+def as_dict(p: Params) -> dict[str, Any]:
+    """The resolved params as plain data (the sections of params.yaml, `paths` left out)."""
+    out = dataclasses.asdict(p)
+    out.pop("paths")
+    return out
+
+
+def write_json(p: Params, path: str | Path) -> None:
+    """The resolved params beside a run's metrics (results/train/params.json, a DVC metrics file)."""
+    with atomic_write(path, "w") as handle:
+        json.dump(as_dict(p), handle, indent=2)
+        handle.write("\n")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (as `dvc exp run -S`) -> {dotted key: YAML value}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"params: override {item!r} is not KEY=VALUE (e.g. -S train.lr=0.01)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(PARAMS_FILE))
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param as `dvc exp run -S` does (repeatable)")  # fmt: skip
+    parser.add_argument("--check", action="store_true", help="check only: print one line, not the params")
+    parser.add_argument("--out", default=None, help="marker file written when the params are valid")
+    args = parser.parse_args(argv)
+    try:
+        p = check(args.params, parse_overrides(args.set))
+        shown = p if args.check else resolve_machine(p)
+    except (ConfigError, DeviceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        with atomic_write(args.out, "w") as handle:
+            handle.write(MARKER)
+    if args.check:
+        print(f"{args.params}: ok")
+    else:
+        print("# every `auto` resolved; train.device and train.compile as on this machine")
+        print(yaml.safe_dump(as_dict(shown), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
