@@ -21,14 +21,15 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The values `auto` takes for one model on one source. weight_decay (5e-4) and lr_gamma (0.1)
-    are the same in every release and stay plain params."""
+    """The values `auto` takes for one model on one source. lr_gamma (0.1) is the same in every release
+    and stays a plain param."""
 
     lr: float
     steps: int
-    optimizer: str = "sgd"  # sgd | rmsprop
+    optimizer: str = "sgd"  # sgd | rmsprop | adam
     momentum: float = 0.9  # SGD momentum, or RMSprop's
     batch_size: int = 8
+    weight_decay: float = 5e-4  # every release up to 2020 (HSNet's Adam: none)
     lr_milestones: tuple[int, ...] = ()  # steps after which lr *= train.lr_gamma; () = constant
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)  # parameter-name glob -> lr factor
     backbone: str = "resnet50"

@@ -112,10 +112,10 @@ class Train:
     # the recipe: `auto` = the method's release on official data (_RELEASE_RECIPE), the toy recipe on toy
     steps: int | str = AUTO
     batch_size: int | str = AUTO
-    optimizer: Literal["auto", "sgd", "rmsprop"] = AUTO
+    optimizer: Literal["auto", "sgd", "rmsprop", "adam"] = AUTO
     lr: float | str = AUTO
     momentum: float | str = AUTO  # SGD momentum, or RMSprop's (0 in AMP's release)
-    weight_decay: float = 5e-4  # every release uses 5e-4
+    weight_decay: float | str = AUTO  # the recipe's: 5e-4 in the releases up to 2020, 0 in HSNet's
     lr_milestones: list[int] | str = AUTO  # steps after which lr *= lr_gamma (PANet: 10k, 20k); [] = constant
     lr_gamma: float = 0.1
     # parameter-name glob -> lr factor, first match wins (SG-One: its guidance conv x10, biases x2)
@@ -207,7 +207,7 @@ _FROM_PROTOCOL: dict[tuple[str, str], str] = {
 # Keys whose `auto` depends on the model: its registered recipe fills them (train.params.resolve_model).
 MODEL_KEYS: tuple[str, ...] = (
     "train.steps", "train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.lr_milestones",
-    "train.lr_multipliers", "backbone.name", "backbone.frozen", "model_kwargs",
+    "train.lr_multipliers", "train.weight_decay", "backbone.name", "backbone.frozen", "model_kwargs",
 )  # fmt: skip
 NUM_CLASSES = {"pascal": 20, "coco": 80}
 
@@ -311,7 +311,7 @@ _AT_LEAST = {
 
 # train keys of the model's recipe that may be `auto` in params.yaml, and what they must be once resolved
 _RECIPE_KEYS = {
-    **dict.fromkeys(("steps", "batch_size", "lr", "momentum"), "a number"),
+    **dict.fromkeys(("steps", "batch_size", "lr", "momentum", "weight_decay"), "a number"),
     "lr_milestones": "a list of steps",
     "lr_multipliers": "a mapping of parameter-name patterns to factors",
 }
@@ -366,8 +366,6 @@ def _check_combinations(p: Params) -> None:
 
 def _check_plain_recipe(t: Train) -> None:
     """Optimizer values that no recipe sets, which a run could not use."""
-    if t.weight_decay < 0:
-        raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
     if t.lr_gamma <= 0:
         raise ConfigError(f"params: train.lr_gamma = {t.lr_gamma} must be > 0")
 
@@ -387,6 +385,8 @@ def check_recipe(p: Params) -> None:
         raise ConfigError(f"params: train.lr = {t.lr} must be > 0")
     if float(t.momentum) < 0:
         raise ConfigError(f"params: train.momentum = {t.momentum} must be >= 0")
+    if float(t.weight_decay) < 0:
+        raise ConfigError(f"params: train.weight_decay = {t.weight_decay} must be >= 0")
     milestones = list(t.lr_milestones)
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
