@@ -261,7 +261,7 @@ def test_unknown_backbone_or_layer_is_rejected():
     with pytest.raises(ValueError, match=r"known: .*resnet50"):
         build_backbone("resnet51")
     with pytest.raises(ValueError, match="no layer"):
-        build_backbone("small", out_layers=("layer4",))
+        build_backbone("small", out_layers=("layer5",))
 
 
 def test_load_weights_file_round_trip_is_strict(tmp_path):
