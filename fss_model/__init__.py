@@ -3,6 +3,6 @@
 from fss_model.registry import build_model, list_models, model_entry, register_model
 
 # importing a model module registers it
-from fss_model import amp, canet, denet, panet, pfenet, pgnet, sgone  # noqa: F401  isort: skip
+from fss_model import amp, canet, denet, hsnet, panet, pfenet, pgnet, sgone  # noqa: F401  isort: skip
 
 __all__ = ["build_model", "list_models", "model_entry", "register_model"]

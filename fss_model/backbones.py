@@ -20,7 +20,8 @@ API::
 | vgg16_panet | conv5 512 /8 (PANet's release)                                             | V1       |
 | vgg16_sgone | pool3 256 /8, pool4 512 /8, pool5 512 /8 (SG-One's release)                | V1       |
 | vgg16_bn_pfenet | layer2 (pool3) 256 /8, layer3 (pool4) 512 /16, layer4 (conv5_3) 512 /16 | BN V1  |
-| small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params)      | none     |
+| small       | layer1 64 /4, layer2 128 /8, layer3 128 /8 (GroupNorm, ~0.6 M params);      | none     |
+|             | layer4 128 /16 (two more convs, built only when asked for: HSNet's deepest) |          |
 
 Sizes: the ResNets, "small" and vgg16's pool3 map 321 px -> 41 x 41 (65 px -> 9 x 9): ResNets use
 torchvision's `replace_stride_with_dilation=[False, True, True]` (BasicBlock ResNet-18 is dilated here by
@@ -45,6 +46,12 @@ All three load torchvision's ImageNet VGG16 file, as the releases initialise fro
 A backbone holds only the stages up to its deepest `out_layers` entry (no unused ResNet layer4 weights)
 and names its modules exactly as torchvision does, so a torchvision state_dict loads strictly once the
 keys of the deliberately dropped parts (`unused_prefixes`, e.g. "fc.", "layer4.") are removed.
+
+Block taps: `out_layers` may also name `<stage>.<j>` (block j of a stage) or `<stage>.*` (every block of
+it, expanded in order), for the stages listed in `blocks`. A ResNet block's tap is its residual sum before
+the block's last ReLU (what HSNet's `extract_feat_res` reads); vgg16_hsnet's blocks are conv4_1..3 and
+conv5_1..3 before their ReLU, and pool5 (HSNet's `feat_ids` 17..30); `small`'s are its stage's children.
+A block tap has its stage's channels and stride. A tap is never overwritten by an in-place ReLU after it.
 
 `frozen=True`: no parameter requires grad. `freeze_bn=True`: BatchNorm layers stay in eval mode (running
 statistics fixed) even under `model.train()`; the release leaves BN in train mode (`freeze_bn=False`).
@@ -106,6 +113,7 @@ class Backbone(nn.Module):
 
     channels: dict[str, int]  # channels of every layer this family can expose
     strides: dict[str, int]  # output stride of every layer
+    blocks: dict[str, int] = {}  # noqa: RUF012  stage -> number of block taps (`<stage>.<j>`)
     default_out: tuple[str, ...] = ("layer3",)
     imagenet_weights: WeightsEnum | None = None  # torchvision weights enum used by load_weights
     unused_prefixes: tuple[str, ...] = ()  # pretrained keys this backbone deliberately does not hold
@@ -113,25 +121,55 @@ class Backbone(nn.Module):
     def __init__(self, out_layers: Sequence[str] | None, frozen: bool, freeze_bn: bool) -> None:
         super().__init__()
         self.name = type(self).__name__
-        self.out_layers = tuple(out_layers or self.default_out)
-        unknown = [n for n in self.out_layers if n not in self.channels]
+        self.out_layers = self._expand(tuple(out_layers or self.default_out))
+        unknown = [n for n in self.out_layers if not self._known(n)]
         if unknown:
-            raise ModelArgumentError(
-                f"{type(self).__name__} has no layer {unknown}; known: {list(self.channels)}"
-            )
+            blocks = [f"{k}.0..{k}.{n - 1}" for k, n in self.blocks.items()]
+            known = list(self.channels) + ([f"blocks {', '.join(blocks)}"] if blocks else [])
+            raise ModelArgumentError(f"{type(self).__name__} has no layer {unknown}; known: {known}")
         self.frozen = frozen
         self.freeze_bn = freeze_bn
         self._plan: list[tuple[str | None, nn.Module]] = []
 
+    def _expand(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """`<stage>.*` -> every block tap of the stage, in order."""
+        out: list[str] = []
+        for name in names:
+            stage, _, block = name.partition(".")
+            count = self.blocks.get(stage, 0) if block == "*" else 0
+            out += [f"{stage}.{j}" for j in range(count)] if count else [name]  # no blocks: unknown
+        return tuple(out)
+
+    def _known(self, name: str) -> bool:
+        stage, dot, block = name.partition(".")
+        if not dot:
+            return name in self.channels
+        return block.isdigit() and int(block) < self.blocks.get(stage, 0)
+
+    @staticmethod
+    def stage_of(name: str) -> str:
+        """The stage a tap belongs to: "layer3.2" -> "layer3" (a stage's name is its own)."""
+        return name.partition(".")[0]
+
     @property
     def out_channels(self) -> int:
         """Channels of the last entry of `out_layers` (the map single-feature heads use)."""
-        return self.channels[self.out_layers[-1]]
+        return self.channels[self.stage_of(self.out_layers[-1])]
 
-    def _finish(self, plan: list[tuple[str | None, nn.Module]]) -> None:
-        """Truncate the plan after the deepest requested layer, then apply freezing."""
-        last = max(i for i, (name, _) in enumerate(plan) if name in self.out_layers)
-        self._plan = plan[: last + 1]
+    def wants_blocks(self, stage: str) -> bool:
+        """True when some block tap of `stage` is requested (the stage's plan is then per block)."""
+        return any(n.startswith(f"{stage}.") for n in self.out_layers)
+
+    def _finish(self, plan: list[tuple[str | tuple[str, ...] | None, nn.Module]]) -> None:
+        """Truncate the plan after the deepest requested layer, keep taps from in-place ReLUs, freeze."""
+        steps = [((n,) if isinstance(n, str) else tuple(n or ()), m) for n, m in plan]
+        last = max(i for i, (names, _) in enumerate(steps) if set(names) & set(self.out_layers))
+        steps = steps[: last + 1]
+        for i in range(1, len(steps)):
+            names, module = steps[i]
+            if isinstance(module, nn.ReLU) and module.inplace and set(steps[i - 1][0]) & set(self.out_layers):
+                steps[i] = (names, nn.ReLU())  # the ReLU would overwrite the tap just stored
+        self._plan = steps
         if self.frozen:
             for p in self.parameters():
                 p.requires_grad_(False)
@@ -146,19 +184,25 @@ class Backbone(nn.Module):
         return self
 
     def forward(self, x: Tensor, after: str | None = None, until: str | None = None) -> dict[str, Tensor]:
-        """The `out_layers` maps of `x`. `after`: `x` is that layer's output, run only the stages behind
-        it; `until`: stop at that layer (PFENet runs its deepest stage on masked support features)."""
-        names = [name for name, _ in self._plan]
-        for layer in (after, until):
-            if layer is not None and layer not in names:
+        """The `out_layers` maps of `x`, in forward (plan) order. `after`: `x` is that layer's output, run
+        only the steps behind it; `until`: stop at that layer (PFENet runs its deepest stage on masked
+        support features)."""
+        steps = [names for names, _ in self._plan]
+
+        def index(layer: str) -> int:
+            found = [i for i, names in enumerate(steps) if layer in names]
+            if not found:
                 raise ValueError(f"{self.name} runs no layer {layer!r}; its layers: {self.out_layers}")
-        start = 0 if after is None else names.index(after) + 1
-        stop = len(names) if until is None else names.index(until) + 1
+            return found[0]
+
+        start = 0 if after is None else index(after) + 1
+        stop = len(steps) if until is None else index(until) + 1
         out: dict[str, Tensor] = {}
-        for name, module in self._plan[start:stop]:
+        for names, module in self._plan[start:stop]:
             x = module(x)
-            if name in self.out_layers:
-                out[name] = x
+            for name in names:
+                if name in self.out_layers:
+                    out[name] = x
         return out
 
 
@@ -166,7 +210,8 @@ class Backbone(nn.Module):
 
 
 class ResNetBackbone(Backbone):
-    """torchvision ResNet with layer3/layer4 dilated (stride 8); modules keep torchvision's names."""
+    """torchvision ResNet, layer3/layer4 dilated (stride 8) unless `dilated=False` (torchvision's strides
+    4, 8, 16, 32, as HSNet uses it); modules keep torchvision's names."""
 
     def __init__(
         self,
@@ -176,29 +221,57 @@ class ResNetBackbone(Backbone):
         out_layers: Sequence[str] | None,
         frozen: bool,
         freeze_bn: bool,
+        dilated: bool = True,
     ) -> None:
         self.channels = {f"layer{i + 1}": c for i, c in enumerate(widths)}
-        self.strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
+        deep = (8, 8) if dilated else (16, 32)
+        self.strides = {"layer1": 4, "layer2": 8, "layer3": deep[0], "layer4": deep[1]}
         self.imagenet_weights = weights
-        super().__init__(out_layers, frozen, freeze_bn)
         basic = widths[0] == 64  # BasicBlock nets: torchvision refuses dilation for them
-        net = arch(weights=None, replace_stride_with_dilation=None if basic else [False, True, True])
-        if basic:
+        dilation = [False, True, True] if dilated and not basic else None
+        net = arch(weights=None, replace_stride_with_dilation=dilation)
+        self.blocks = {f"layer{i}": len(getattr(net, f"layer{i}")) for i in range(1, 5)}
+        super().__init__(out_layers, frozen, freeze_bn)
+        if basic and dilated:
             _dilate_basic_layer(net.layer3, 2)
             _dilate_basic_layer(net.layer4, 4)
-        deepest = max(int(n[-1]) for n in self.out_layers)
+        deepest = max(int(self.stage_of(n)[-1]) for n in self.out_layers)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         for i in range(1, deepest + 1):
             setattr(self, f"layer{i}", getattr(net, f"layer{i}"))
         self.unused_prefixes = ("fc.", *(f"layer{i}." for i in range(deepest + 1, 5)))
-        plan: list[tuple[str | None, nn.Module]] = [
+        plan: list[tuple[str | tuple[str, ...] | None, nn.Module]] = [
             (None, self.conv1),
             (None, self.bn1),
             (None, self.relu),
             (None, self.maxpool),
         ]
-        plan += [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, deepest + 1)]
+        for i in range(1, deepest + 1):
+            name, layer = f"layer{i}", getattr(self, f"layer{i}")
+            if not self.wants_blocks(name):
+                plan.append((name, layer))
+                continue
+            for j, block in enumerate(layer):  # the same computation as the block, its sum exposed
+                plan.append((f"{name}.{j}", _ResidualSum(block)))
+                plan.append((name if j == len(layer) - 1 else None, nn.ReLU()))
         self._finish(plan)
+
+
+class _ResidualSum(nn.Module):
+    """A torchvision ResNet block up to its residual sum, without the block's last ReLU."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.block
+        out = b.relu(b.bn1(b.conv1(x)))
+        if isinstance(b, tvm.resnet.Bottleneck):
+            out = b.bn3(b.conv3(b.relu(b.bn2(b.conv2(out)))))
+        else:
+            out = b.bn2(b.conv2(out))
+        return out + (x if b.downsample is None else b.downsample(x))
 
 
 def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
@@ -227,6 +300,22 @@ def resnet50(**kw: Any) -> Backbone:
 def resnet101(**kw: Any) -> Backbone:
     """ResNet-101, dilated layer3/4."""
     return ResNetBackbone(tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), **kw)
+
+
+@register_backbone
+def resnet50_hsnet(**kw: Any) -> Backbone:
+    """ResNet-50 undilated (layer3 /16, layer4 /32): torchvision's network, as HSNet's release uses it."""
+    return ResNetBackbone(
+        tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), dilated=False, **kw
+    )
+
+
+@register_backbone
+def resnet101_hsnet(**kw: Any) -> Backbone:
+    """ResNet-101 undilated (layer3 /16, layer4 /32): torchvision's network, as HSNet's release uses it."""
+    return ResNetBackbone(
+        tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), dilated=False, **kw
+    )
 
 
 @register_backbone
@@ -333,7 +422,8 @@ class VGGLayout:
 
     taps: output name -> index of the module whose output it is; strides: output name -> stride;
     pools: index -> MaxPool2d (kernel, stride, padding, ceil_mode) replacing torchvision's 2x2/2 pool;
-    dilations: conv index -> dilation (padding = dilation); no_relu: ReLU indices replaced by Identity.
+    dilations: conv index -> dilation (padding = dilation); no_relu: ReLU indices replaced by Identity;
+    blocks: tap name -> indices of its block taps (`<tap>.<j>`).
     """
 
     taps: dict[str, int]
@@ -342,6 +432,7 @@ class VGGLayout:
     dilations: dict[int, int] = field(default_factory=dict)
     no_relu: tuple[int, ...] = ()
     batch_norm: bool = False  # torchvision's vgg16_bn (indices are then those of its `features`)
+    blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 _CEIL_2X2 = (2, 2, 0, True)  # ceil mode: 321 -> 161 -> 81 -> 41 keeps the odd-size alignment of the masks
@@ -378,7 +469,15 @@ PFENET_VGG_LAYOUT = VGGLayout(
     pools=dict.fromkeys((6, 13, 23, 33, 43), _CEIL_2X2),
     batch_norm=True,
 )
-_VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv5": 512}
+# HSNet's VGG16 (juhongm999/hsnet `model/hsnet.py`): torchvision's `features` unchanged (2x2/2 pools, no
+# dilation); its hypercorrelation reads conv4_1..3, conv5_1..3 before their ReLU and pool5 (feat_ids 17..30)
+HSNET_LAYOUT = VGGLayout(
+    taps={"conv4": 22, "conv5": 29, "pool5": 30},
+    strides={"conv4": 8, "conv5": 16, "pool5": 32},
+    pools={},
+    blocks={"conv4": (17, 19, 21), "conv5": (24, 26, 28), "pool5": (30,)},
+)
+_VGG_CHANNELS = {"pool3": 256, "pool4": 512, "pool5": 512, "conv4": 512, "conv5": 512}
 _VGG_CHANNELS.update(layer2=256, layer3=512, layer4=512)  # PFENet's names
 
 
@@ -395,6 +494,7 @@ class VGGBackbone(Backbone):
         self.default_out = tuple(layout.taps)
         if layout.batch_norm:
             self.imagenet_weights = tvm.VGG16_BN_Weights.IMAGENET1K_V1
+        self.blocks = {name: len(ids) for name, ids in layout.blocks.items()}
         super().__init__(out_layers, frozen, freeze_bn)
         features = (tvm.vgg16_bn if layout.batch_norm else tvm.vgg16)(weights=None).features
         size = len(features)
@@ -406,13 +506,18 @@ class VGGBackbone(Backbone):
             conv.dilation, conv.padding = (d, d), (d, d)
         for i in layout.no_relu:
             features[i] = nn.Identity()
-        last = max(layout.taps[n] for n in self.out_layers)
+        index = dict(layout.taps)
+        for stage, ids in layout.blocks.items():
+            index.update({f"{stage}.{j}": i for j, i in enumerate(ids)})
+        last = max(index[n] for n in self.out_layers)
         for i in range(len(features) - 1, last, -1):
             del features[i]  # parameter-free tail (later pools and ReLUs): torchvision's keys stay valid
         self.features = features
         self.unused_prefixes = ("classifier.", *(f"features.{i}." for i in range(last + 1, size)))
-        tap_at = {v: k for k, v in layout.taps.items()}
-        self._finish([(tap_at.get(i), m) for i, m in enumerate(features)])
+        names_at: dict[int, tuple[str, ...]] = {}
+        for name, i in index.items():
+            names_at[i] = (*names_at.get(i, ()), name)
+        self._finish([(names_at.get(i), m) for i, m in enumerate(features)])
 
 
 @register_backbone
@@ -441,6 +546,13 @@ def vgg16_bn_pfenet(**kw: Any) -> Backbone:
     return VGGBackbone(PFENET_VGG_LAYOUT, **kw)
 
 
+@register_backbone
+def vgg16_hsnet(**kw: Any) -> Backbone:
+    """torchvision's VGG16 as HSNet's release uses it (conv4 512 /8, conv5 512 /16, pool5 512 /32; block
+    taps conv4_1..3, conv5_1..3 before their ReLU, pool5)."""
+    return VGGBackbone(HSNET_LAYOUT, **kw)
+
+
 # ---------------------------------------------------------------------------------------------- small
 
 
@@ -466,9 +578,13 @@ class _Residual(nn.Module):
 
 
 class SmallBackbone(Backbone):
-    """Tiny stride-8 conv encoder for the CPU toy benchmark, trained from scratch (no ImageNet weights)."""
+    """Tiny stride-8 conv encoder for the CPU toy benchmark, trained from scratch (no ImageNet weights).
 
-    strides = {"layer1": 4, "layer2": 8, "layer3": 8}  # noqa: RUF012
+    layer4 (stride 16) exists only when `out_layers` asks for it: HSNet's hypercorrelation pyramid needs
+    a coarser third stage; every other head stops at layer3 and holds the same weights as before.
+    """
+
+    strides = {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 16}  # noqa: RUF012
 
     def __init__(
         self,
@@ -478,7 +594,8 @@ class SmallBackbone(Backbone):
         widths: tuple[int, int, int, int] = (32, 64, 128, 128),
     ) -> None:
         w0, w1, w2, w3 = widths
-        self.channels = {"layer1": w1, "layer2": w2, "layer3": w3}
+        self.channels = {"layer1": w1, "layer2": w2, "layer3": w3, "layer4": w3}
+        self.blocks = {"layer1": 2, "layer2": 2, "layer3": 1 if w2 == w3 else 2, "layer4": 2}
         super().__init__(out_layers, frozen, freeze_bn)
         self.stem = _conv_gn(3, w0, stride=2)
         self.layer1 = nn.Sequential(_conv_gn(w0, w1, stride=2), _conv_gn(w1, w1))
@@ -488,8 +605,20 @@ class SmallBackbone(Backbone):
         self.layer3 = nn.Sequential(
             *proj, _Residual(nn.Sequential(_conv_gn(w3, w3, dilation=2), _conv_gn(w3, w3, dilation=2)))
         )
-        plan: list[tuple[str | None, nn.Module]] = [(None, self.stem), ("layer1", self.layer1)]
-        self._finish([*plan, ("layer2", self.layer2), ("layer3", self.layer3)])
+        stages = ["layer1", "layer2", "layer3"]
+        if any(self.stage_of(n) == "layer4" for n in self.out_layers):
+            # built only when asked for (HSNet's deepest stage), so the other heads' weights are unchanged
+            self.layer4 = nn.Sequential(_conv_gn(w3, w3, stride=2), _conv_gn(w3, w3))
+            stages.append("layer4")
+        plan: list[tuple[str | tuple[str, ...] | None, nn.Module]] = [(None, self.stem)]
+        for name in stages:
+            layer: nn.Sequential = getattr(self, name)
+            if not self.wants_blocks(name):
+                plan.append((name, layer))
+                continue
+            last = len(layer) - 1
+            plan += [((f"{name}.{j}", name) if j == last else f"{name}.{j}", m) for j, m in enumerate(layer)]
+        self._finish(plan)
 
 
 @register_backbone

@@ -26,9 +26,10 @@ class Recipe:
 
     lr: float
     steps: int
-    optimizer: str = "sgd"  # sgd | rmsprop
+    optimizer: str = "sgd"  # sgd | rmsprop | adam
     momentum: float = 0.9  # SGD momentum, or RMSprop's
     batch_size: int = 8
+    weight_decay: float = 5e-4  # every release up to 2020 (HSNet's Adam: none)
     lr_milestones: tuple[int, ...] = ()  # steps after which lr *= train.lr_gamma; () = constant
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)  # parameter-name glob -> lr factor
     backbone: str = "resnet50"

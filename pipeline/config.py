@@ -130,10 +130,10 @@ class Train:
     # the recipe: `auto` = the method's release on official data (_RELEASE_RECIPE), the toy recipe on toy
     steps: int | str = AUTO
     batch_size: int | str = AUTO
-    optimizer: Literal["auto", "sgd", "rmsprop"] = AUTO
+    optimizer: Literal["auto", "sgd", "rmsprop", "adam"] = AUTO
     lr: float | str = AUTO
     momentum: float | str = AUTO  # SGD momentum, or RMSprop's (0 in AMP's release)
-    weight_decay: float | str = AUTO  # 5e-4 in the DENet-era releases, 1e-4 in PFENet's
+    weight_decay: float | str = AUTO  # the recipe's: 5e-4 up to 2020, 1e-4 in PFENet's, 0 in HSNet's
     lr_milestones: list[int] | str = AUTO  # steps after which lr *= lr_gamma (PANet: 10k, 20k); [] = constant
     lr_gamma: float = 0.1
     # step: lr x lr_gamma at each of lr_milestones | poly: lr x (1 - step / steps) ** lr_power (PFENet)

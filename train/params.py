@@ -70,6 +70,7 @@ def resolve_model(params: Params, image_size_auto: bool = False) -> Params:
         "lr": recipe.lr,
         "momentum": recipe.momentum,
         "batch_size": recipe.batch_size,
+        "weight_decay": recipe.weight_decay,
         "steps": recipe.steps_by_dataset.get(p.dataset, recipe.steps),
         "lr_milestones": list(recipe.lr_milestones),
         "lr_multipliers": dict(recipe.lr_multipliers),

@@ -60,7 +60,7 @@ class TrainConfig:
 
     steps: int
     lr: float
-    optimizer: str = "sgd"  # sgd | rmsprop
+    optimizer: str = "sgd"  # sgd | rmsprop | adam
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = ()  # steps after which the lr is multiplied by lr_gamma
@@ -160,7 +160,7 @@ def parameter_groups(model: nn.Module, multipliers: tuple[tuple[str, float], ...
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The recipe's optimizer (SGD or RMSprop, as `cfg.optimizer`) over the trainable parameters.
+    """The recipe's optimizer (SGD, RMSprop or Adam, as `cfg.optimizer`) over the trainable parameters.
 
     Every group's lr is cfg.lr times its `cfg.lr_multipliers` factor (SG-One's release: biases x2, its
     guidance conv x10 / x20); weight decay applies to every group, as in all the releases.
@@ -173,7 +173,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # torch's defaults otherwise (alpha 0.99, eps 1e-8), as AMP's release
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"params: train.optimizer = {cfg.optimizer!r} is not one of sgd | rmsprop")
+    if cfg.optimizer == "adam":  # torch's defaults otherwise (betas 0.9, 0.999; eps 1e-8), as HSNet's release
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"params: train.optimizer = {cfg.optimizer!r} is not one of sgd | rmsprop | adam")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

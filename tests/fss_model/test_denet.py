@@ -187,15 +187,22 @@ DOCUMENTED = {
     "resnet101": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
     "resnet18": ({"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}, 9),
     "densenet121": ({"layer1": 256, "layer2": 512, "layer3": 1024}, 8),
-    "small": ({"layer1": 64, "layer2": 128, "layer3": 128}, 9),
+    "small": ({"layer1": 64, "layer2": 128, "layer3": 128, "layer4": 128}, 9),
     "vgg16": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
     "vgg16_panet": ({"conv5": 512}, 9),
     "vgg16_sgone": ({"pool3": 256, "pool4": 512, "pool5": 512}, 9),
     "resnet50_deep": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
     "resnet101_deep": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
     "vgg16_bn_pfenet": ({"layer2": 256, "layer3": 512, "layer4": 512}, 9),
+    "vgg16_hsnet": ({"conv4": 512, "conv5": 512, "pool5": 512}, 8),  # torchvision's floored 2x2 pools
+    "resnet50_hsnet": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
+    "resnet101_hsnet": ({"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}, 9),
 }
-STRIDE4 = {"resnet50": 17, "resnet101": 17, "resnet18": 17, "densenet121": 17, "small": 17}
+# sizes at strides 16 and 32 where they differ from 5 and 3
+DEEP_SIZES = {"vgg16_hsnet": {16: 4, 32: 2}}
+STRIDE4 = dict.fromkeys(
+    ("resnet50", "resnet101", "resnet18", "densenet121", "small", "resnet50_hsnet", "resnet101_hsnet"), 17
+)
 STRIDE4.update(resnet50_deep=17, resnet101_deep=17)
 
 
@@ -213,10 +220,37 @@ def test_backbone_channels_and_stride_8_size(name: str):
     assert list(feats) == list(channels)
     for layer, c in channels.items():
         assert feats[layer].shape[1] == c
-        expect = {4: STRIDE4.get(name), 8: size, 16: 5, 32: 3}[bb.strides[layer]]
+        expect = {4: STRIDE4.get(name), 8: size, 16: 5, 32: 3, **DEEP_SIZES.get(name, {})}[bb.strides[layer]]
         assert tuple(feats[layer].shape[-2:]) == (expect, expect), layer
     # out_channels: the last default out layer (layer3; vgg16's default taps end at pool5)
     assert build_backbone(name).out_channels == list(channels.values())[-1 if name.startswith("vgg") else 2]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50_hsnet", "vgg16_hsnet", "small"])
+def test_block_taps_hold_each_block_and_agree_with_the_stage_output(name: str):
+    stages = list(build_backbone(name).channels)[-3:]
+    bb = build_backbone(name, out_layers=(stages[-1],)).eval()
+    taps = build_backbone(name, out_layers=(*[f"{s}.*" for s in stages], stages[-1])).eval()
+    taps.load_state_dict(bb.state_dict())
+    first = bb.blocks[stages[0]]
+    assert taps.out_layers[:first] == tuple(f"{stages[0]}.{j}" for j in range(first))
+    with torch.no_grad():
+        x = torch.randn(1, 3, SIZE, SIZE)
+        feats = taps(x)
+        deepest = bb(x)[stages[-1]]
+    assert sum(bb.blocks[s] for s in stages) + 1 == len(feats)
+    for tap, value in feats.items():
+        assert value.shape[1] == bb.channels[bb.stage_of(tap)], tap
+    # the stage's output is computed along the block taps unchanged (block taps never altered in place)
+    assert torch.allclose(feats[stages[-1]], deepest, atol=1e-5)
+    last_block = f"{stages[-1]}.{bb.blocks[stages[-1]] - 1}"
+    if name != "vgg16_hsnet":  # a ResNet block's tap is its sum before the ReLU; small's its child's output
+        relu = torch.relu if name.startswith("resnet") else (lambda t: t)
+        assert torch.allclose(relu(feats[last_block]), deepest, atol=1e-5)
+    if name.startswith("resnet"):
+        assert (feats[last_block] < 0).any()  # before the ReLU
+    with pytest.raises(ValueError, match="no layer"):
+        build_backbone(name, out_layers=(f"{stages[0]}.{bb.blocks[stages[0]]}",))
 
 
 def test_resnet50_gives_41x41_at_321_px_with_layer3_only():
@@ -231,7 +265,7 @@ def test_unknown_backbone_or_layer_is_rejected():
     with pytest.raises(ValueError, match=r"known: .*resnet50"):
         build_backbone("resnet51")
     with pytest.raises(ValueError, match="no layer"):
-        build_backbone("small", out_layers=("layer4",))
+        build_backbone("small", out_layers=("layer5",))
 
 
 def test_load_weights_file_round_trip_is_strict(tmp_path):

@@ -146,7 +146,8 @@ def test_recipe_keys_override_the_preset_and_are_checked(tmp_path):
         ({"lr_milestones": ["a"]}, r"train\.lr_milestones = \['a'\] has the wrong type"),
         ({"lr_multipliers": {"*.bias": 0}}, r"train\.lr_multipliers\.\*\.bias = 0\.0 must be > 0"),
         ({"lr_multipliers": [2]}, r"train\.lr_multipliers = \[2\] has the wrong type"),
-        ({"optimizer": "adam"}, r"train\.optimizer = 'adam' is not one of auto \| sgd \| rmsprop"),
+        ({"optimizer": "adamw"}, r"train\.optimizer = 'adamw' is not one of auto \| sgd \| rmsprop \| adam"),
+        ({"weight_decay": -1e-4}, r"train\.weight_decay = -0\.0001 must be >= 0"),
         ({"batch_size": "eight"}, r"train\.batch_size = 'eight' must be a number"),
         ({"momentum": -0.5}, r"train\.momentum = -0\.5 must be >= 0"),
         ({"lr_gamma": 0}, r"train\.lr_gamma = 0\.0 must be > 0"),
@@ -154,6 +155,17 @@ def test_recipe_keys_override_the_preset_and_are_checked(tmp_path):
     for train, match in bad:
         with pytest.raises(ConfigError, match=match):
             load_params(write(tmp_path, {"train": train}))
+
+
+def test_hsnet_recipe_is_its_release_and_its_toy_preset_adam_without_weight_decay():
+    p = load_params(REPO_PARAMS, {"source": "official", "model": "hsnet", "protocol": "standard"})
+    t = p.train
+    assert (t.optimizer, t.lr, t.weight_decay, t.batch_size, t.steps) == ("adam", 1e-3, 0.0, 20, 100_000)
+    assert (p.backbone.name, p.backbone.frozen, p.backbone.freeze_bn) == ("resnet50_hsnet", True, True)
+    toy = load_params(REPO_PARAMS, {"model": "hsnet"})
+    assert (toy.train.optimizer, toy.train.weight_decay, toy.backbone.name) == ("adam", 0.0, "small")
+    assert tuple(toy.model_kwargs["widths"]) == (8, 32, 64)
+    assert load_params(REPO_PARAMS, {"model": "denet"}).train.weight_decay == 5e-4  # the others keep 5e-4
 
 
 def test_toy_model_kwargs_preset_and_override():

@@ -214,6 +214,10 @@ def test_optimizer_groups_and_step_schedule_follow_the_recipe():
     assert lrs == pytest.approx(ref_lrs)
     rms = tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1e-6, optimizer="rmsprop", momentum=0.0))
     assert isinstance(rms, torch.optim.RMSprop) and rms.param_groups[0]["alpha"] == 0.99
+    # HSNet's release: torch's Adam with its defaults and no weight decay
+    adam = tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1e-3, optimizer="adam", weight_decay=0.0))
+    assert isinstance(adam, torch.optim.Adam)
+    assert adam.param_groups[0]["betas"] == (0.9, 0.999) and adam.param_groups[0]["weight_decay"] == 0.0
     with pytest.raises(ValueError, match=r"\['head\.\*'\] match no trainable parameter"):
         tr.build_optimizer(model, tr.TrainConfig(steps=1, lr=1.0, lr_multipliers=(("head.*", 10.0),)))
 
