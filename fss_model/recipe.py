@@ -29,7 +29,7 @@ class Recipe:
     optimizer: str = "sgd"  # sgd | rmsprop | adam
     momentum: float = 0.9  # SGD momentum, or RMSprop's
     batch_size: int = 8
-    weight_decay: float = 5e-4  # every release up to 2020 (HSNet's Adam: none)
+    weight_decay: float = 5e-4  # every release up to 2020; PFENet's 1e-4, HSNet's Adam none
     lr_milestones: tuple[int, ...] = ()  # steps after which lr *= train.lr_gamma; () = constant
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)  # parameter-name glob -> lr factor
     backbone: str = "resnet50"
@@ -47,7 +47,6 @@ class Recipe:
     # the release trains one model per test setting (PANet), where DENet's code reuses its 1-way 1-shot
     # model: `train.experiments` then sets train.way / train.shot to each cell's way / shot
     per_setting_training: bool = False
-    weight_decay: float = 5e-4  # the DENet-era releases; PFENet's 1e-4
     lr_schedule: str = "step"  # step (lr_milestones) | poly (PFENet)
     augment: str = "flip"  # train.stream.transforms.TrainTransform: flip | pfenet
     image_size: int | None = None  # sampler.image_size when `auto`; None: the source's default

@@ -168,9 +168,9 @@ def check_arguments(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]
                 raise ModelArgumentError(f"{what}: argument {key}={value!r} is a {got}, not a {kind}")
             # a size, count or rate (a default >= 0) is not negative; 0 can be meaningful (SG-One's
             # exit_padding), and a 0 that cannot build is refused by the meta-device build of `check`
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and default >= 0:
-                if value < 0:
-                    raise ModelArgumentError(f"{what}: argument {key}={value!r} must be >= 0")
+            counts = isinstance(default, (int, float)) and not isinstance(default, bool) and default >= 0
+            if counts and value < 0:
+                raise ModelArgumentError(f"{what}: argument {key}={value!r} must be >= 0")
     for key, value in kwargs.items():
         if any(abs(v) > MAX_INT_ARGUMENT for v in _ints(value)):
             raise ModelArgumentError(

@@ -74,7 +74,6 @@ def resolve_model(params: Params, image_size_auto: bool = False) -> Params:
         "steps": recipe.steps_by_dataset.get(p.dataset, recipe.steps),
         "lr_milestones": list(recipe.lr_milestones),
         "lr_multipliers": dict(recipe.lr_multipliers),
-        "weight_decay": recipe.weight_decay,
         "lr_schedule": recipe.lr_schedule,
         "augment": recipe.augment,
     }
