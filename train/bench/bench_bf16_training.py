@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--episodes", type=int, default=300, help="test episodes of the fixed manifest")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="one per process lets the runs go in parallel")  # fmt: skip
     args = ap.parse_args(argv)
     base = {"train.steps": args.steps, "train.val_every": args.steps, "train.checkpoint_every": args.steps,
             "train.device": "cpu"}  # fmt: skip
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "test_manifest.json", manifest)
     rows = []
     for seed in args.seeds:
-        for bf16 in (False, True):
+        for bf16 in [kind == "bf16" for kind in args.precisions]:
             p = load_params(args.params, {**base, "seed": seed})
             last, seconds = train_once(
                 p, args.shards, args.folds, args.out / f"seed{seed}_{'bf16' if bf16 else 'fp32'}", bf16
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             rows.append((seed, "bf16" if bf16 else "fp32", float(miou), seconds))
             print(f"seed {seed} {rows[-1][1]}: test mIoU {miou:.2f} ({seconds:.0f} s training)", flush=True)
+    if len(args.precisions) < 2:
+        return 0
     fp32 = {s: m for s, kind, m, _ in rows if kind == "fp32"}
     bf16 = {s: m for s, kind, m, _ in rows if kind == "bf16"}
     print("| seed | fp32 | bf16 | bf16 - fp32 |\n|---|---|---|---|")
