@@ -171,8 +171,13 @@ def evaluate_model(
     if not metric.count:
         raise ManifestError("no episode was scored: the episode manifest is empty")
     result = metric.compute()
-    if full is not None:
-        full.matrix = distributed.all_reduce_sum(full.matrix)
+    # every rank joins (a rank may have scored no episode, and so holds no matrix): a collective that
+    # only some ranks enter would wait for ever
+    gathered = distributed.all_gather_object(None if full is None else full.matrix)
+    matrices = [m for m in gathered if m is not None]
+    if matrices:
+        full = FullIoU(int(matrices[0].shape[0]))
+        full.matrix = np.sum(matrices, axis=0)
         result["f_iou"] = full.compute()
     offset, merged = 0, []
     for n, part in distributed.all_gather_object((count, records)):
