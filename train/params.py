@@ -189,7 +189,7 @@ def resolve_data(p: Params) -> Params:
     folds = folds_dir(p)
     if p.train.episodes_per_class != AUTO or not (folds / f"fold{p.fold}" / "train.txt").is_file():
         return p
-    from train.train import episodes_per_class
+    from train.stream.manifests import episodes_per_class
 
     per_class = episodes_per_class(p, folds)
     return dataclasses.replace(p, train=dataclasses.replace(p.train, episodes_per_class=per_class))

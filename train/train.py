@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import AUTO, ConfigError, Params
+from pipeline.config import ConfigError, Params
 from pipeline.io import write_json
 from train import distributed
 from train.checkpoint import (
@@ -330,43 +330,9 @@ def train_loop(
 # ---------------------------------------------------------------- wiring: params, data, model, outputs
 
 
-RELEASE_EPISODES_PER_CLASS = 1000  # the release's fixed set: 1000 training episodes per base class
-
-
-def episodes_per_class(p: Params, folds: Path) -> int:
-    """`train.episodes_per_class`, with `auto` resolved to what the fold's training pairs allow.
-
-    auto: the release's 1000 where every base class has the images for it (n^2 >= 1000 for n images,
-    the manifest draw's rule), else n^2 of the base class with the fewest images (n >= train.shot + 1),
-    so that every base class trains; one line says which and why.
-    """
-    if p.train.episodes_per_class != AUTO:
-        return int(p.train.episodes_per_class)
-    from pipeline.classes import class_name
-    from train.stream.index import read_fold, read_pairs
-    from train.stream.shard_io import join_url, read_text
-
-    base, _ = read_fold(str(folds), p.fold)
-    pairs = read_pairs(read_text(join_url(str(folds), f"fold{p.fold}/train.txt")))
-    counts = {c: sum(c in cs for cs in pairs.values()) for c in base}
-    usable = {c: n for c, n in counts.items() if n >= p.train.shot + 1}
-    if not usable:
-        raise ConfigError(f"{folds}: no base class of fold {p.fold} has {p.train.shot + 1} training images")
-    fewest, n = min(usable.items(), key=lambda item: (item[1], item[0]))
-    if n * n >= RELEASE_EPISODES_PER_CLASS:
-        return RELEASE_EPISODES_PER_CLASS
-    name = class_name(p.dataset, fewest)
-    print(
-        f"train.episodes_per_class auto: {n * n} (base class {name} has {n} training images, n^2 = "
-        f"{n * n}; the release's {RELEASE_EPISODES_PER_CLASS} needs 32 per class)",
-        file=sys.stderr,
-    )
-    return n * n
-
-
 def training_manifest(p: Params, folds: Path) -> dict[str, Any]:
     """The fixed training episodes of `train.episodes: manifest` (drawn once from train.txt and the seed)."""
-    from train.stream.manifests import train_manifest
+    from train.stream.manifests import episodes_per_class, train_manifest
 
     per_class = episodes_per_class(p, folds)
     return train_manifest(

@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipeline.classes import class_name
+from pipeline.config import AUTO, ConfigError, Params
 from pipeline.errors import UserError
 from train.stream.draw import draw_test_episodes, draw_train_episodes, episodes_digest, left_out_classes
 from train.stream.index import read_fold, read_index, read_pairs
@@ -141,3 +144,33 @@ def train_manifest(
         "sha256_of_episodes": episodes_digest(episodes),
         "episodes": episodes,
     }
+
+
+RELEASE_EPISODES_PER_CLASS = 1000  # the release's fixed set: 1000 training episodes per base class
+
+
+def episodes_per_class(p: Params, folds: Path) -> int:
+    """`train.episodes_per_class`, with `auto` resolved to what the fold's training pairs allow.
+
+    auto: the release's 1000 where every base class has the images for it (n^2 >= 1000 for n images,
+    the manifest draw's rule), else n^2 of the base class with the fewest images (n >= train.shot + 1),
+    so that every base class trains; one line says which and why.
+    """
+    if p.train.episodes_per_class != AUTO:
+        return int(p.train.episodes_per_class)
+    base, _ = read_fold(str(folds), p.fold)
+    pairs = read_pairs(read_text(join_url(str(folds), f"fold{p.fold}/train.txt")))
+    counts = {c: sum(c in cs for cs in pairs.values()) for c in base}
+    usable = {c: n for c, n in counts.items() if n >= p.train.shot + 1}
+    if not usable:
+        raise ConfigError(f"{folds}: no base class of fold {p.fold} has {p.train.shot + 1} training images")
+    fewest, n = min(usable.items(), key=lambda item: (item[1], item[0]))
+    if n * n >= RELEASE_EPISODES_PER_CLASS:
+        return RELEASE_EPISODES_PER_CLASS
+    name = class_name(p.dataset, fewest)
+    print(
+        f"train.episodes_per_class auto: {n * n} (base class {name} has {n} training images, n^2 = "
+        f"{n * n}; the release's {RELEASE_EPISODES_PER_CLASS} needs 32 per class)",
+        file=sys.stderr,
+    )
+    return n * n
