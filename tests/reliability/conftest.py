@@ -1,8 +1,6 @@
 """Fixtures of the fault-injection suite: tiny raw trees and tiny shards, built by the tests in tmp dirs."""
 
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +32,3 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_synthetic(
         tmp_path_factory.mktemp("tiny"), n_train=60, n_test=60, size=(48, 40), shard_max=10
     )
-
-
-@pytest.fixture(autouse=True, scope="session")
-def shard_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Remote reads in tests cache shards in a temp folder, never in the user's ~/.cache."""
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = saved

@@ -27,6 +27,7 @@ import yaml
 from PIL import Image
 
 from pipeline.classes import COCO_CATEGORIES
+from train.bench.bench_shards import export_revision
 
 # COCO 2014 as published: images and annotations per annotation file
 COCO_2014 = {"train": (82_783, 604_907), "val": (40_504, 291_875)}
@@ -182,14 +183,6 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def _export(rev: str, into: Path) -> Path:
-    """`git archive` of `rev` (the code and params.yaml) into `into`."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m train.bench.bench_coco_memory [--workers 2 16] [--fraction F] [--baseline REV]`."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -213,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthetic COCO 2014: {images} images, {anns} annotations, {mb:.0f} MB of JSON")
         codes = {"this checkout": REPO}
         if args.baseline:
-            codes = {f"baseline {args.baseline}": _export(args.baseline, Path(tmp) / "baseline"), **codes}
+            baseline = export_revision(args.baseline, Path(tmp) / "baseline")
+            codes = {f"baseline {args.baseline}": baseline, **codes}
         for label, code in codes.items():
             for n in args.workers:
                 r = measure(raw, Path(tmp) / f"out-{len(label)}-{n}", n, code)

@@ -99,7 +99,7 @@ def shard_hashes(split_dir: Path) -> list[str]:
     return [s["sha256"] for s in json.loads((split_dir / "manifest.json").read_text())["shards"]]
 
 
-def _export(rev: str, into: Path) -> Path:
+def export_revision(rev: str, into: Path) -> Path:
     """`git archive` of `rev` into `into`."""
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             generate(raw, args.dataset, sides=tuple(args.sides))
         codes = {"this checkout": REPO}
         if args.baseline:
-            codes = {f"baseline {args.baseline}": _export(args.baseline, Path(tmp) / "baseline"), **codes}
+            baseline = export_revision(args.baseline, Path(tmp) / "baseline")
+            codes = {f"baseline {args.baseline}": baseline, **codes}
         runs: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for n in args.workers:
