@@ -188,13 +188,21 @@ class CountingRangelessHandler(SimpleHTTPRequestHandler):
                 self.sent[self.path] = self.sent.get(self.path, 0) + len(block)
 
 
+Served = tuple[str, dict[str, int], dict[str, int]]  # base URL, body bytes sent by path, GETs by path
+
+
 @contextlib.contextmanager
-def rangeless_http(root: Path) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
-    """`root` served by a Range-less server on 127.0.0.1; yields (base URL, bytes sent, GETs) by path."""
+def _counting_http(root: Path, base: type[CountingRangelessHandler]) -> Iterator[Served]:
+    """`root` served on 127.0.0.1 by `base` with fresh counters; (base URL, bytes sent, GETs) by path."""
     attrs = {"sent": {}, "gets": {}, "count_lock": threading.Lock()}
-    handler = type("Handler", (CountingRangelessHandler,), attrs)
+    handler = type("Handler", (base,), attrs)
     with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
         yield url.rstrip("/"), attrs["sent"], attrs["gets"]
+
+
+def rangeless_http(root: Path) -> contextlib.AbstractContextManager[Served]:
+    """`root` served by a Range-less server on 127.0.0.1; yields (base URL, bytes sent, GETs) by path."""
+    return _counting_http(root, CountingRangelessHandler)
 
 
 class CountingRangeHandler(CountingRangelessHandler):
@@ -217,13 +225,9 @@ class CountingRangeHandler(CountingRangelessHandler):
         self.copyfile(io.BytesIO(data[start:end]), self.wfile)
 
 
-@contextlib.contextmanager
-def ranged_http(root: Path) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
+def ranged_http(root: Path) -> contextlib.AbstractContextManager[Served]:
     """`root` served on 127.0.0.1 by a server that honours Range; (base URL, bytes sent, GETs) by path."""
-    attrs = {"sent": {}, "gets": {}, "count_lock": threading.Lock()}
-    handler = type("Handler", (CountingRangeHandler,), attrs)
-    with serve_http(functools.partial(handler, directory=str(root))) as url:  # type: ignore[arg-type]
-        yield url.rstrip("/"), attrs["sent"], attrs["gets"]
+    return _counting_http(root, CountingRangeHandler)
 
 
 class SlowShardHandler(SimpleHTTPRequestHandler):
