@@ -155,9 +155,9 @@ class PANet(nn.Module):
         backbone="vgg16_panet",
         backbone_frozen=False,
         train_void="query_ignore",
-        per_setting_training=True,
+        trains_per=("way", "shot"),
     ),
-    toy=TOY.replace(train_void="query_ignore", per_setting_training=True),
+    toy=TOY.replace(train_void="query_ignore", trains_per=("way", "shot")),
 )
 def panet(**kwargs: Any) -> PANet:
     """PANet; kwargs: see `PANet` (num_classes, backbone, frozen, freeze_bn, layers, scale, align_weight)."""

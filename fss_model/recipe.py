@@ -44,9 +44,10 @@ class Recipe:
     # holds (denet): query_ignore (PANet), foreground (SG-One); None: the protocol's rule
     # (train.stream.sampler.VOID_RULES)
     train_void: str | None = None
-    # the release trains one model per test setting (PANet), where DENet's code reuses its 1-way 1-shot
-    # model: `train.experiments` then sets train.way / train.shot to each cell's way / shot
-    per_setting_training: bool = False
+    # which of a test setting's way / shot get their own trained model, as the release trains them (PANet:
+    # ("way", "shot"); PFENet: ("shot",)); () reuses one 1-way 1-shot model, as DENet's code does.
+    # `train.experiments` sets train.<key> of every key named here to the cell's value
+    trains_per: tuple[str, ...] = ()
     lr_schedule: str = "step"  # step (lr_milestones) | poly (PFENet)
     augment: str = "flip"  # train.stream.transforms.TrainTransform: flip | pfenet
     image_size: int | None = None  # sampler.image_size when `auto`; None: the source's default
@@ -57,6 +58,10 @@ class Recipe:
         for name in ("lr_multipliers", "model_kwargs", "steps_by_dataset", "release_kwargs", "by_dataset"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        object.__setattr__(self, "trains_per", tuple(self.trains_per))
+        unknown = set(self.trains_per) - {"way", "shot"}
+        if unknown:
+            raise ValueError(f"Recipe.trains_per takes 'way' and 'shot', got {sorted(unknown)}")
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with `changes` (a variant of a shared recipe)."""

@@ -63,14 +63,15 @@ def plan(models: Sequence[str], settings: Sequence[str]) -> tuple[list[Run], lis
 
 
 def overrides(run: Run, fold: int, extra: Sequence[str] = ()) -> list[str]:
-    """The cell's `-S` values: model, fold, way, shot (and train.way, train.shot for a method whose release
-    trains one model per setting, `Recipe.per_setting_training`: PANet), then the extra KEY=VALUE pairs."""
+    """The cell's `-S` values: model, fold, way, shot (and train.way and / or train.shot where the method's
+    release trains one model per way / shot, `Recipe.trains_per`: PANet both, PFENet shot), then the extra
+    KEY=VALUE pairs."""
     from fss_model import model_entry
 
     cell = [f"model={run.model}", f"fold={fold}", f"way={run.way}", f"shot={run.shot}"]
     recipe = model_entry(run.model).recipes.official
-    if recipe is not None and recipe.per_setting_training:
-        cell += [f"train.way={run.way}", f"train.shot={run.shot}"]
+    own = {"way": run.way, "shot": run.shot}
+    cell += [f"train.{key}={own[key]}" for key in (recipe.trains_per if recipe is not None else ())]
     return [*cell, *extra]
 
 

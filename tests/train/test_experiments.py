@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fss_model.recipe import Recipe
 from fss_model.registry import MODELS, Entry
 from train import experiments
 
@@ -78,6 +79,21 @@ def test_panet_trains_one_model_per_setting_as_released(fake_dvc):
          "train.shot=5"],
         [*temp, "model=denet", "-S", "fold=0", "-S", "way=2", "-S", "shot=5"],
     ]  # fmt: skip
+
+
+def test_pfenet_trains_one_model_per_shot_as_released(fake_dvc):
+    """PFENet's release trains one model per shot (its configs' `shot`), 1-way: a 2-way 5-shot cell trains
+    train.shot=5 and leaves train.way at the 1-way default."""
+    assert experiments.main(["--models", "pfenet", "--settings", "2w5s"]) == 0
+    assert _calls(fake_dvc) == [
+        ["exp", "run", "--temp", "-S", "model=pfenet", "-S", "fold=0", "-S", "way=2", "-S", "shot=5", "-S",
+         "train.shot=5"],
+    ]  # fmt: skip
+
+
+def test_a_recipe_trains_per_way_or_shot_only():
+    with pytest.raises(ValueError, match=r"trains_per takes 'way' and 'shot', got \['fold'\]"):
+        Recipe(lr=0.1, steps=1, trains_per=("fold",))
 
 
 def test_cells_an_experiment_holds_are_skipped_unless_rerun(fake_dvc, monkeypatch, capsys):
