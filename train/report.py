@@ -182,16 +182,34 @@ def experiment_evaluations(shown: list[dict[str, Any]]) -> list[Evaluation]:
 # ---------------------------------------------------------------- the table
 
 
+def row_params(evaluation: Evaluation) -> dict[str, Any]:
+    """The params that tell rows apart. Where the model's recipe trains one model per way / shot (PANet,
+    PFENet: `Recipe.trains_per`), a train.way / train.shot equal to the cell's way / shot reads "per
+    setting", so the method's cells, each with its own model as released, share one row."""
+    from fss_model import model_entry
+
+    params = dict(evaluation.params)
+    try:
+        recipe = model_entry(evaluation.details["model"]).recipes.official
+    except ValueError:  # a model this checkout does not register
+        return params
+    for key in recipe.trains_per if recipe is not None else ():
+        if params.get(f"train.{key}") == evaluation.details.get(key):
+            params[f"train.{key}"] = "per setting"
+    return params
+
+
 def varying_keys(evaluations: list[Evaluation]) -> list[str]:
-    """Params whose values differ between the evaluations (those that can change the model)."""
-    known = [e.params for e in evaluations if e.params]
+    """Params whose values differ between these evaluations (those that can change the model)."""
+    known = [row_params(e) for e in evaluations if e.params]
     keys = sorted({k for p in known for k in p if not any(k == n or k.startswith(n) for n in NOT_A_ROW)})
     return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in known}) > 1]
 
 
 def row_label(evaluation: Evaluation, varying: list[str]) -> str:
     label = evaluation.details["model"]
-    extra = [f"{k}={evaluation.params.get(k)}" for k in varying if evaluation.params]
+    params = row_params(evaluation) if evaluation.params else {}
+    extra = [f"{k}={params.get(k)}" for k in varying if params]
     if evaluation.standalone:
         extra.append("standalone")
     return f"{label} ({', '.join(extra)})" if extra else label
@@ -200,13 +218,16 @@ def row_label(evaluation: Evaluation, varying: list[str]) -> str:
 def collect(evaluations: list[Evaluation]) -> Table:
     """Fold and seed runs per cell; later evaluations of the same (cell, fold, seed) replace earlier."""
     table = Table()
-    varying = varying_keys(evaluations)
+    by_model: dict[str, list[Evaluation]] = defaultdict(list)
+    for ev in evaluations:  # a row names only what differs between runs of its own model
+        by_model[ev.details["model"]].append(ev)
+    varying = {model: varying_keys(evs) for model, evs in by_model.items()}
     for ev in evaluations:
         d = ev.details
         group, setting, row = (
             (d["source"], d["dataset"], d["protocol"]),
             (int(d["way"]), int(d["shot"])),
-            row_label(ev, varying),
+            row_label(ev, varying[d["model"]]),
         )
         names = {(r["fold"], r["class_id"]): r["class"] for r in d.get("per_class", [])}
         for fold in d["folds"].values():

@@ -221,3 +221,31 @@ def test_one_colour_per_predictor_whatever_the_rows():
     colours = {report.row_colour(report.TRIVIAL_PREFIX + n) for n in report.TRIVIAL_COLOURS}
     assert len(colours) == 3 and report.row_colour("panet") not in colours
     assert report.group_title(("toy", "pascal", "denet")) == "pascal (toy data), protocol: denet"
+
+
+def test_a_method_trained_per_setting_keeps_one_row_and_other_models_do_not_name_its_params():
+    """PANet trains one model per setting (train.way / train.shot = the cell's) and PFENet per shot: each
+    keeps one row over its cells. A row names only what differs between runs of its own model: DENet's
+    rows do not read "train.shot=1" because PANet's vary, and a PANet model trained 1-shot but tested at
+    5-shot is a row of its own."""
+    p = tiny_params()
+
+    def evaluation(model: str, way: int, shot: int, train: dict, miou: float) -> report.Evaluation:
+        details = ev.summarize(p, [_run(0, way, shot, miou)])
+        details["model"] = model
+        params = {"model": model, "way": way, "shot": shot, "train.way": 1, "train.shot": 1, "train.lr": 0.01}
+        return report.Evaluation(details, f"{model}-{way}w{shot}s", {**params, **train})
+
+    evaluations = [
+        evaluation("denet", 1, 1, {}, 50.0),
+        evaluation("denet", 2, 5, {}, 30.0),
+        evaluation("panet", 1, 1, {}, 60.0),
+        evaluation("panet", 2, 5, {"train.way": 2, "train.shot": 5}, 40.0),
+        evaluation("pfenet", 2, 5, {"train.shot": 5}, 45.0),
+        evaluation("pfenet", 1, 1, {}, 55.0),
+    ]
+    rows = {row for _, row, _ in report.collect(evaluations).runs if not row.startswith("trivial")}
+    assert rows == {"denet", "panet", "pfenet"}
+    evaluations.append(evaluation("panet", 1, 5, {}, 58.0))  # trained 1-shot, tested 5-shot
+    rows = {row for _, row, _ in report.collect(evaluations).runs if not row.startswith("trivial")}
+    assert rows == {"denet", "panet (train.shot=per setting)", "panet (train.shot=1)", "pfenet"}
