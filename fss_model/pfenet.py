@@ -266,6 +266,7 @@ def pfenet_loss(
 PFENET_RELEASE = Recipe(
     lr=0.0025, momentum=0.9, weight_decay=1e-4, batch_size=4, steps=297_650, lr_schedule="poly",
     augment="pfenet", image_size=473, backbone="resnet50_deep", backbone_frozen=True, trains_per=("shot",),
+    eval_resize="letterbox",
     by_dataset={"coco": {"batch_size": 32, "lr": 0.02, "steps": 129_348, "image_size": 641}},
 )  # fmt: skip
 # toy: the small backbone's three taps, the COCO config's relative scales (a 21 x 21 map at 161 px), width
@@ -273,6 +274,7 @@ PFENET_RELEASE = Recipe(
 # shared toy SGD (lr 0.01 or 0.05) the head stayed at all-background for 200 steps; Adam reached
 # validation mIoU 46.02 at step 100 (docs/methods.md "PFENet on the toy data")
 PFENET_TOY = TOY.replace(
+    eval_resize="letterbox",
     optimizer="adam",
     lr=1e-3,
     weight_decay=0.0,

@@ -51,6 +51,9 @@ class Recipe:
     lr_schedule: str = "step"  # step (lr_milestones) | poly (PFENet)
     augment: str = "flip"  # train.stream.transforms.TrainTransform: flip | pfenet
     image_size: int | None = None  # sampler.image_size when `auto`; None: the source's default
+    # the release's test resize (evaluate.resize under a protocol whose eval_resize rule is `recipe`):
+    # square (squashed to the size) | letterbox (PFENet's: long side to the size, padded)
+    eval_resize: str = "square"
     # recipe fields that differ on one dataset (PFENet's COCO configs: batch 32, lr 0.02, 641 px)
     by_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

@@ -178,6 +178,10 @@ class Evaluate:
     # flip each test image (and its label) with p = 0.5, drawn from random.Random(0) in episode order,
     # supports before the query (the release's test()); auto: denet true, standard false
     flip: bool | str = AUTO
+    # how test images reach the square input: square (squashed, DENet's and HSNet's tests) | letterbox
+    # (PFENet's: long side to the size, padded, predictions mapped back to the label); auto: the protocol's
+    # rule (denet: square for every model; standard: the model's recipe, train.params)
+    resize: Literal["auto", "square", "letterbox"] = AUTO
 
 
 @dataclass
@@ -344,6 +348,8 @@ def resolve(params: Params) -> Params:
         obj = getattr(p, section)
         if getattr(obj, key) == AUTO:
             setattr(obj, key, getattr(rules, rule))
+    if p.evaluate.resize == AUTO and rules.eval_resize != "recipe":  # recipe: train.params.resolve_model
+        p.evaluate.resize = rules.eval_resize
     if p.data.min_fraction == AUTO:
         p.data.min_fraction = rules.min_fraction[p.dataset]
     if p.data.workers == AUTO:

@@ -49,6 +49,9 @@ class Protocol:
     # -- evaluation
     eval_flip: bool  # evaluate.flip default: mirror test images with p = 0.5 (the release's test())
     eval_at_image_size: bool  # score labels resized to sampler.image_size (true) | at the original size
+    # evaluate.resize default: square (every model's test images squashed to the square, DENet's test) |
+    # recipe (each method's own test resize, fss_model.recipe.Recipe.eval_resize: PFENet letterbox)
+    eval_resize: str
     eval_void_background: bool  # void (255) of test labels and support masks counts as background | ignored
     release_f_iou: (
         bool  # also report the DENet release's F-IOU (train.metrics.FullIoU) beside mIoU and FB-IoU
@@ -76,6 +79,7 @@ DENET = Protocol(
     query_only_episode_novel=True,
     eval_flip=True,
     eval_at_image_size=True,
+    eval_resize="square",
     eval_void_background=True,
     release_f_iou=True,
     release_model_kwargs=True,
@@ -99,6 +103,7 @@ STANDARD = Protocol(
     query_only_episode_novel=False,
     eval_flip=False,
     eval_at_image_size=False,
+    eval_resize="recipe",
     eval_void_background=False,
     release_f_iou=False,
     release_model_kwargs=False,

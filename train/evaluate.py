@@ -71,6 +71,7 @@ def episode_batches(
         flip=bool(p.evaluate.flip),
         first=mine.start,  # flips belong to the episode's place in the whole manifest
         remote=remote_reads(p),
+        resize=str(p.evaluate.resize),
     )
     return DataLoader(
         dataset,
@@ -88,9 +89,18 @@ def predict(model: nn.Module, batch: Batch, device: torch.device, amp: bool) -> 
         return forward(model, batch)
 
 
-def way_predictions(way_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Binary maps [way, H, W] of one episode: upsample (bilinear, align_corners) then argmax."""
-    return upsample_way_logits(way_logits.unsqueeze(0).float(), size)[0].argmax(dim=1)
+def way_predictions(
+    way_logits: torch.Tensor, size: tuple[int, int], letterbox: bool = False
+) -> torch.Tensor:
+    """Binary maps [way, H, W] of one episode: upsample (bilinear, align_corners) then argmax.
+
+    `letterbox` (the query went in through `letterbox_pair`): as PFENet's test with `ori_resize`, the
+    logits are upsampled to the square of the label's longer side and the label's (H, W) is its top-left
+    corner, where the letterboxed image sits.
+    """
+    side = max(size) if letterbox else None
+    full = upsample_way_logits(way_logits.unsqueeze(0).float(), (side, side) if side else size)[0]
+    return full[..., : size[0], : size[1]].argmax(dim=1)
 
 
 def run_episodes(
@@ -114,7 +124,8 @@ def run_episodes(
             if sizes is not None:
                 h, w = (int(v) for v in sizes[j])
                 label = label[:h, :w]
-            preds = way_predictions(out["way_logits"][j], tuple(label.shape))
+            letterbox = bool(batch["letterbox"][j]) if "letterbox" in batch else False
+            preds = way_predictions(out["way_logits"][j], tuple(label.shape), letterbox)
             yield batch, j, out, preds, label
 
 
@@ -303,6 +314,7 @@ def summarize(p: Params, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dataset": p.dataset,
         "protocol": p.protocol,
         "eval_resolution": "resized" if rules.eval_at_image_size else "original",
+        "eval_resize": p.evaluate.resize,
         "void": "background" if rules.eval_void_background else "ignored",
         "way": runs[0]["way"],
         "shot": runs[0]["shot"],

@@ -394,8 +394,9 @@ def render_episodes(
 
     # the whole manifest's dataset, so that each episode keeps its flips (by its place in the manifest)
     split, size, flip = join_url(str(shards), "test"), int(p.sampler.image_size), bool(p.evaluate.flip)
-    reduced, remote = p.sampler.decode_reduced, remote_reads(p)
-    dataset = EvalEpisodes(manifest, split, size, manifest["protocol"], reduced, flip=flip, remote=remote)
+    reduced, remote, resize = p.sampler.decode_reduced, remote_reads(p), str(p.evaluate.resize)
+    protocol = manifest["protocol"]
+    dataset = EvalEpisodes(manifest, split, size, protocol, reduced, flip=flip, remote=remote, resize=resize)
     loader = DataLoader(Subset(dataset, indexes), batch_size=p.evaluate.batch_size, collate_fn=collate_eval)
     episodes = run_episodes(model, loader, device, p.train.amp)
     panels = {}

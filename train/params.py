@@ -87,6 +87,8 @@ def resolve_model(params: Params, image_size_auto: bool = False) -> Params:
         p.backbone.name = recipe.backbone
     if p.backbone.frozen == AUTO:
         p.backbone.frozen = recipe.backbone_frozen
+    if p.evaluate.resize == AUTO:  # the protocol says `recipe` (pipeline.config.resolve fills the others)
+        p.evaluate.resize = recipe.eval_resize
     if t.void == AUTO:
         rules = protocol_rules(p.protocol)
         t.void = recipe.train_void if rules.release_void and recipe.train_void else rules.train_void

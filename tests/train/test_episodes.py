@@ -219,6 +219,35 @@ def test_eval_episodes_label_handling(tiny_data, protocol):
         assert (batch["support_masks"][j] == 1).sum() > 0
 
 
+@pytest.mark.parametrize("protocol", ["denet", "standard"])
+def test_letterboxed_eval_episodes_pad_images_and_never_score_the_padding(tiny_data, protocol):
+    """evaluate.resize: letterbox (PFENet's test): every image sits top-left on a black square; a label at the
+    image size (denet) is 255 on the padding even though denet counts void as background; an original-size
+    label (standard) is the raw label; the batch says so (`letterbox`) for run_episodes."""
+    from train.stream.transforms import letterbox_size
+
+    m = manifest(tiny_data, way=1, shot=1, count=6, protocol=protocol)
+    split = str(tiny_data["shards"] / "test")
+    ds = EvalEpisodes(m, split, 32, protocol, resize="letterbox")
+    samples = _samples(split)
+    batch = collate_eval([ds[i] for i in range(len(ds))])
+    assert batch["letterbox"].tolist() == [True] * 6
+    assert not collate_eval([EvalEpisodes(m, split, 32, protocol)[0]])["letterbox"].any()
+    for j, ep in enumerate(m["episodes"]):
+        raw = np.asarray(decode_label(samples[ep["query"]]["label.png"]))
+        h, w = letterbox_size(*raw.shape, 32)
+        img = batch["query_img"][j]
+        assert not img[:, h:].any() and not img[:, :, w:].any() and img[:, :h, :w].any()
+        label = batch["query_label"][j]
+        if protocol == "denet":
+            assert (label[h:] == IGNORE_INDEX).all() and (label[:, w:] == IGNORE_INDEX).all()
+            assert not (label[:h, :w] == IGNORE_INDEX).any()
+        else:
+            assert tuple(batch["query_size"][j].tolist()) == raw.shape
+    with pytest.raises(ValueError, match=r"evaluate\.resize = 'pad'"):
+        EvalEpisodes(m, split, 32, protocol, resize="pad")
+
+
 def test_truncated_test_shard_stops_evaluation_naming_it(tiny_data, tmp_path):
     test = tmp_path / "test"
     shutil.copytree(tiny_data["shards"] / "test", test)

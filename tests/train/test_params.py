@@ -204,6 +204,18 @@ def test_pfenet_official_recipe_is_its_release():
     toy = load_params(REPO_PARAMS, {"model": "pfenet"})
     assert toy.model_kwargs["layers"] == ["layer1", "layer2", "layer3"] and toy.backbone.name == "small"
     assert toy.train.augment == "flip"
+    # its test resize (test.py + util/transform.py Resize) under standard; under denet every model is
+    # tested as DENet's test squashes; a value set by hand wins
+    resize = {(m, protocol): load_params(REPO_PARAMS, {"model": m, "protocol": protocol}).evaluate.resize
+              for m in ("pfenet", "hsnet", "denet") for protocol in ("denet", "standard")}  # fmt: skip
+    assert resize == {("pfenet", "standard"): "letterbox", ("pfenet", "denet"): "square",
+                      ("hsnet", "standard"): "square", ("hsnet", "denet"): "square",
+                      ("denet", "standard"): "square", ("denet", "denet"): "square"}  # fmt: skip
+    assert load_params(REPO_PARAMS, {"model": "denet", "evaluate.resize": "letterbox"}).evaluate.resize == (
+        "letterbox"
+    )
+    with pytest.raises(ConfigError, match=r"evaluate\.resize"):
+        load_params(REPO_PARAMS, {"evaluate.resize": "pad"})
     with pytest.raises(ConfigError, match="lr_schedule"):
         load_params(REPO_PARAMS, {"train.lr_schedule": "cosine"})
     with pytest.raises(ConfigError, match=r"train\.augment = pfenet runs on the CPU"):

@@ -36,10 +36,13 @@ from train.stream.shard_io import (
     read_text,
 )
 from train.stream.transforms import (
+    EVAL_RESIZES,
     binary_mask,
     decode_image,
     decode_label,
     episode_label,
+    letterbox_pair,
+    letterbox_size,
     resize_pair,
 )
 
@@ -127,6 +130,9 @@ class EvalEpisodes(Dataset):
     standard: query labels at the original size, void kept as 255 (ignored); `collate_eval` pads
     them to the batch's largest size with 255 and `query_size` gives each (h, w) to crop to.
     `query_full_label` holds the raw dataset ids (novel classes kept) at the query label's size.
+    `resize`: square (squash to `image_size`, DENet's and HSNet's tests) | letterbox (PFENet's test:
+    `letterbox_pair`, labels at image size padded with 255; original-size labels stay as they are and
+    `run_episodes` maps the prediction back as the release does).
     `flip`: mirror images with their labels as `eval_flips` says (the denet protocol); `first` is the
     position of this manifest's first episode in the full manifest (a torchrun rank's slice), so that
     every episode keeps its flips however the episodes are split.
@@ -142,7 +148,11 @@ class EvalEpisodes(Dataset):
         flip: bool = False,
         first: int = 0,
         remote: RemoteReads = DEFAULT_REMOTE,
+        resize: str = "square",
     ) -> None:
+        if resize not in EVAL_RESIZES:
+            raise ValueError(f"evaluate.resize = {resize!r}: use one of {', '.join(EVAL_RESIZES)}")
+        self.resize = resize
         self.episodes = manifest["episodes"]
         self.way, self.shot = manifest["way"], manifest["shot"]
         self.reader = SampleReader(split_url, remote)
@@ -160,15 +170,26 @@ class EvalEpisodes(Dataset):
 
     def _load(
         self, sample: dict[str, Any], keep_label_size: bool, flip: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(image, label, padding): padding is True where `letterbox_pair` padded a label at the image
+        size (None without letterbox or at the original size), flipped with the image."""
         img = decode_image(sample["jpg"], self.image_size, self.reduced)
         label = decode_label(sample["label.png"])
-        img, small = resize_pair(img, label, self.image_size)
+        padding = None
+        if self.resize == "letterbox":
+            img, small = letterbox_pair(img, label, self.image_size)
+            if not keep_label_size:
+                h, w = letterbox_size(label.height, label.width, self.image_size)
+                padding = np.ones((self.image_size, self.image_size), dtype=bool)
+                padding[:h, :w] = False
+        else:
+            img, small = resize_pair(img, label, self.image_size)
         assert small is not None
         label = label if keep_label_size else small
         if flip:  # image and label together, like the release's RandomHorizontallyFlip
             img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
-        return np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
+            padding = padding[:, ::-1] if padding is not None else None
+        return np.asarray(img, dtype=np.uint8), np.asarray(label, dtype=np.uint8), padding
 
     def _keys(self, i: int) -> list[str]:
         ep = self.episodes[i]
@@ -188,21 +209,25 @@ class EvalEpisodes(Dataset):
         s_imgs, s_masks = [], []
         for c, keys in zip(ep["classes"], ep["supports"], strict=True):
             for k in keys:
-                si, sl = self._load(samples[k], keep_label_size=False, flip=bool(next(flips)))
+                si, sl, _ = self._load(samples[k], keep_label_size=False, flip=bool(next(flips)))
                 s_imgs.append(si)
                 s_masks.append(eval_support_mask(sl, c, self.protocol, ep["classes"]))
-        img, label = self._load(
+        img, label, padding = self._load(
             samples[ep["query"]], keep_label_size=not self.rules.eval_at_image_size, flip=bool(next(flips))
         )
+        query_label = eval_query_label(label, ep["classes"], self.protocol)
+        if padding is not None:  # letterbox padding is not scored, also where void counts as background
+            query_label = np.where(padding, IGNORE_INDEX, query_label).astype(np.uint8)
         return {
             "query_img": img,
-            "query_label": eval_query_label(label, ep["classes"], self.protocol),
+            "query_label": query_label,
             "query_full_label": label,
             "support_imgs": np.stack(s_imgs),
             "support_masks": np.stack(s_masks),
             "class_ids": list(ep["classes"]),
             "query_id": ep["query"],
             "support_ids": ep["supports"],
+            "letterbox": self.resize == "letterbox",
         }
 
 
@@ -228,6 +253,7 @@ def collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:
         "query_label": torch.from_numpy(labels),
         "query_full_label": torch.from_numpy(full),
         "query_size": torch.tensor([it["query_label"].shape for it in items], dtype=torch.int64),
+        "letterbox": torch.tensor([bool(it.get("letterbox")) for it in items]),
         "support_imgs": torch.from_numpy(np.ascontiguousarray(sup.transpose(0, 1, 2, 5, 3, 4))),
         "support_masks": torch.from_numpy(np.ascontiguousarray(masks)),
         "class_ids": torch.tensor([it["class_ids"] for it in items], dtype=torch.int64),

@@ -44,6 +44,33 @@ def resize_pair(
     return img, label
 
 
+EVAL_RESIZES = ("square", "letterbox")  # evaluate.resize: how test images reach the square input
+
+
+def letterbox_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """The content size of PFENet's test resize (util/transform.py `Resize.find_new_hw`): the long side
+    scaled to `size`, the short side by the same ratio (int), then both floored to a multiple of 8."""
+    ratio = size / max(h, w)
+    new_h, new_w = (size, int(w * ratio)) if h >= w else (int(h * ratio), size)
+    return new_h // 8 * 8, new_w // 8 * 8
+
+
+def letterbox_pair(
+    img: Image.Image, label: Image.Image | None, size: int
+) -> tuple[Image.Image, Image.Image | None]:
+    """PFENet's test resize (`resized_val: True`, the release's configs): image (bilinear) and label
+    (nearest) resized to `letterbox_size`, pasted top-left on a size x size square of 0 (image, before
+    normalisation) and 255 (label)."""
+    new_h, new_w = letterbox_size(img.height, img.width, size)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (0, 0))
+    if label is None:
+        return canvas, None
+    padded = Image.new("L", (size, size), IGNORE_INDEX)
+    padded.paste(label.resize((new_w, new_h), Image.NEAREST), (0, 0))
+    return canvas, padded
+
+
 def load_pair(
     jpg: bytes,
     png: bytes,
