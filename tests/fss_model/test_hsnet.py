@@ -31,13 +31,32 @@ def test_vote_keeps_the_release_tie_rule_and_the_largest_count_divides():
     assert predict_mask_nshot(passes([[0, 0]], shot=3)).sum() == 0
 
 
+def two_way(a: list[list[int]], b: list[list[int]], shot: int) -> torch.Tensor:
+    """Per-way binary predictions [2, h, w] of a 2-way K-shot episode whose ways get votes a and b."""
+    logits = torch.stack([passes(a, shot)[0], passes(b, shot)[0]])[None]  # [1, 2, shot, 2, 1, w]
+    return combine_ways(vote_scores(logits)).argmax(dim=2)[0, :, 0]
+
+
 def test_two_way_k_shot_each_way_keeps_its_own_vote_and_the_larger_share_wins():
-    a = vote_scores(passes([[5, 3, 0, 4]], shot=5)[:, None])
-    b = vote_scores(passes([[0, 5, 1, 4]], shot=5)[:, None])
-    ways = combine_ways(torch.cat([a, b], dim=1))  # [1, 2, 2, 1, 4]
-    pred = ways.argmax(dim=2)[0, :, 0]
+    pred = two_way([[5, 3, 0, 4]], [[0, 5, 1, 4]], shot=5)
     assert pred[0].tolist() == [1, 0, 0, 0]  # way 1: only where its share leads (a tie goes to neither)
-    assert pred[1].tolist() == [0, 1, 0, 0]
+    assert pred[1].tolist() == [0, 1, 0, 0]  # way 2's pixel 2 (1 vote of its largest 5) is not gated
+
+
+def test_two_way_k_shot_a_stray_vote_does_not_take_another_ways_pixels():
+    """Way 2's class is absent: one of its five supports votes for pixels 1 and 2 (its largest count is 1,
+    so its own 1-way vote marks them). Way 1 has 4 and 3 votes of 5 there: the share decides, so way 1
+    keeps pixel 1; pixel 2, where way 1 has no vote, goes to way 2. Dividing by each way's largest count
+    would score way 2's stray vote 1.0 and hand it pixel 1 too."""
+    pred = two_way([[4, 3, 0]], [[0, 1, 1]], shot=5)
+    assert pred[0].tolist() == [1, 1, 0]
+    assert pred[1].tolist() == [0, 0, 1]
+    # equal counts: the more confident way's passes take the pixel (one tie in a 5-level share is common)
+    a, b = passes([[3]], shot=5)[0], passes([[3]], shot=5)[0]
+    b[:, 1] *= 2.0  # way 2's passes: the same argmax, larger foreground logits
+    assert combine_ways(vote_scores(torch.stack([a, b])[None])).argmax(dim=2)[0, :, 0].tolist() == [[0], [1]]
+    # 1-way keeps the release's rule: the largest count divides
+    assert vote_scores(passes([[0, 1, 1]], shot=5)[:, None]).argmax(dim=2)[0, 0].tolist() == [[0, 1, 1]]
 
 
 def test_backbones_without_block_taps_and_odd_sizes_are_refused():
