@@ -8,14 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from train_helpers import tiny_params, write_params
+from train_helpers import fresh_checkpoint, write_params
 
-import fss_model
 from train import infer
-from train import train as tr
-from train.checkpoint import save_checkpoint
 
 SIZE = 65  # tiny_params' sampler.image_size
 
@@ -65,12 +61,7 @@ def test_an_empty_mask_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="its alpha channel is fully transparent"):
         infer.load_user_episode(photo, [photo], [tmp_path / "clear.png"], SIZE, class_id=1)
     # from the command line: one line, exit 2, nothing written
-    p = tiny_params()
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(tmp_path / "c.pt", model_name="denet", model_kwargs=kwargs, model=model, step=0,
-                    params=tr.params_snapshot(p))  # fmt: skip
+    fresh_checkpoint(tmp_path / "c.pt", snapshot=True)
     argv = ["--params", str(write_params(tmp_path)), "--checkpoint", str(tmp_path / "c.pt"),
             "--out", str(tmp_path / "out"), "--query", str(photo), "--support", str(photo),
             "--mask", str(tmp_path / "empty.png")]  # fmt: skip

@@ -12,12 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from faults import FullDisk, copy_shards, jpeg_claiming, replace_member, slow_http
 from raw_fixtures import write_params as raw_params
-from train_helpers import tiny_params, write_params
+from train_helpers import fresh_checkpoint, write_params
 
-import fss_model
 from pipeline import shards as shards_stage
 from pipeline.archive import ExistingDataError, extract
 from pipeline.config import ConfigError, load_params
@@ -26,8 +24,6 @@ from pipeline.io import write_json
 from pipeline.sources import Source
 from pipeline.verify import verify_split
 from train import evaluate as ev
-from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.infer import open_user_image
 from train.stream.manifests import build_manifest, read_manifest
 
@@ -40,11 +36,7 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
 
 
 def test_evaluate_out_on_a_file_stops_before_the_compute(tiny_data, tmp_path, capsys, monkeypatch):
-    p = tiny_params()
-    kwargs = tr.model_kwargs_from_params(p)
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "c.pt", model_name="denet", model_kwargs=kwargs,
-                    model=fss_model.build_model("denet", **kwargs), step=0)  # fmt: skip
+    fresh_checkpoint(tmp_path / "c.pt")
     manifest = build_manifest(
         str(tiny_data["shards"]), str(tiny_data["folds"]), "pascal", 0, 1, 1, "denet", 0, 4
     )

@@ -10,16 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from faults import copy_shards, fold0_stream, ranged_http, rangeless_http, slow_http
-from train_helpers import tiny_params
+from train_helpers import fresh_checkpoint, tiny_params
 
-import fss_model
 from pipeline.io import write_json
 from pipeline.netread import NetLimits
 from train import evaluate as ev
-from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.stream import shard_io
 from train.stream.by_key import SampleReader
 from train.stream.manifests import build_manifest
@@ -37,12 +33,8 @@ def fresh_range_memo(monkeypatch):
 
 
 def _checkpoint_and_manifest(tiny_data, tmp_path: Path, episodes: int) -> tuple[Path, Path]:
-    p = tiny_params()
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
-    model = fss_model.build_model("denet", **kwargs)
     ckpt = tmp_path / "c.pt"
-    save_checkpoint(ckpt, model_name="denet", model_kwargs=kwargs, model=model, step=0)
+    fresh_checkpoint(ckpt)
     manifest = build_manifest(
         str(tiny_data["shards"]), str(tiny_data["folds"]), "pascal", 0, 1, 1, "denet", 0, episodes
     )

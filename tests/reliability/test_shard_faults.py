@@ -5,18 +5,15 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 from faults import FullDisk, copy_shards, drop_member, fold0_stream
 from raw_fixtures import write_params as raw_params
-from train_helpers import write_params
+from train_helpers import fresh_checkpoint, write_params
 
-import fss_model
 from pipeline import shards as shards_stage
 from pipeline.io import write_json
 from pipeline.verify import verify_split
 from train import evaluate as ev
 from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.params import load_params
 from train.stream.by_key import EvalEpisodes, SampleReader
 from train.stream.manifests import build_manifest
@@ -110,10 +107,7 @@ def test_evaluate_cli_stops_naming_a_missing_shard_and_the_key(tiny_data, tmp_pa
     p = load_params(params)
     manifest = build_manifest(str(shards), str(tiny_data["folds"]), "pascal", 0, 1, 1, "denet", 0, 8)
     write_json(tmp_path / "m.json", manifest)
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(tmp_path / "c.pt", model_name="denet", model_kwargs=kwargs, model=model, step=0)
+    fresh_checkpoint(tmp_path / "c.pt", p)
     reader = SampleReader(str(shards / "test"))
     first = manifest["episodes"][0]["query"]
     shard = reader.locations[first].shard

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from faults import (
     append_raw,
     copy_shards,
@@ -25,15 +24,13 @@ from faults import (
 )
 from PIL import Image
 from raw_fixtures import VOC, write_params
+from train_helpers import fresh_checkpoint
 from train_helpers import write_params as train_params
 
-import fss_model
 from pipeline import shards as shards_stage
 from pipeline.io import write_json
 from pipeline.verify import verify_split
 from train import evaluate as ev
-from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.params import load_params
 from train.stream.by_key import SampleReader
 from train.stream.draw import episodes_digest
@@ -183,10 +180,7 @@ def test_a_bomb_in_a_shard_is_skipped_in_training_and_stops_evaluation(tiny_data
 
 def _evaluate_argv(tmp_path: Path, shards: Path, params: Path, manifest: dict) -> list[str]:
     write_json(tmp_path / "m.json", manifest)
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(load_params(params))
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(tmp_path / "c.pt", model_name="denet", model_kwargs=kwargs, model=model, step=0)
+    fresh_checkpoint(tmp_path / "c.pt", load_params(params))
     argv = ["--params", str(params), "--shards", str(shards), "--no-trivial"]
     for flag, name in (("--checkpoint", "c.pt"), ("--manifest", "m.json"), ("--out", "r.json")):
         argv += [flag, str(tmp_path / name)]

@@ -5,15 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from train_helpers import tiny_params, write_params
+from train_helpers import fresh_checkpoint, tiny_params, write_params
 
-import fss_model
 from pipeline.classes import VOC_CLASSES as VOC
 from pipeline.io import write_json
 from train import evaluate as ev
-from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.stats import EpisodeSums, scores
 from train.stream.manifests import build_manifest
 
@@ -22,12 +18,8 @@ from train.stream.manifests import build_manifest
 def setup(tiny_data, tmp_path_factory):
     """A freshly initialised DENet checkpoint and 1-way / 2-way manifests of fold 0."""
     root = tmp_path_factory.mktemp("eval")
-    p = tiny_params()
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
-    model = fss_model.build_model("denet", **kwargs)
     ckpt = root / "model.pt"
-    save_checkpoint(ckpt, model_name="denet", model_kwargs=kwargs, model=model, step=0)
+    fresh_checkpoint(ckpt)
     manifests = {}
     for way in (1, 2):
         m = build_manifest(
@@ -121,14 +113,8 @@ def test_a_checkpoint_alone_is_enough(tiny_data, tmp_path, capsys):
     paths = {f"paths.{k}": str(layout / k) for k in ("shards", "folds", "episodes", "results")}
     # params.yaml says fold 3 and protocol standard: the checkpoint's fold 0 / denet win
     params = write_params(tmp_path, **paths, fold=3, protocol="standard", **{"sampler.test_episodes": 5})
-    p = tiny_params(fold=0)
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
     ckpt = tmp_path / "best.pt"
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(
-        ckpt, model_name="denet", model_kwargs=kwargs, model=model, step=3, params=tr.params_snapshot(p)
-    )
+    fresh_checkpoint(ckpt, tiny_params(fold=0), step=3, snapshot=True)
     assert ev.main(["--params", str(params), "--checkpoint", str(ckpt), "--no-trivial"]) == 0
     drawn = layout / "episodes/toy/pascal/denet/fold0_1way_1shot/seed0.json"
     expected = build_manifest(
@@ -164,13 +150,8 @@ def test_a_checkpoint_alone_is_enough(tiny_data, tmp_path, capsys):
 
 
 def test_a_manifest_of_another_fold_than_the_checkpoint_is_refused(tiny_data, setup, tmp_path, capsys):
-    p = tiny_params(fold=1)
-    kwargs = tr.model_kwargs_from_params(p)
     ckpt = tmp_path / "fold1.pt"
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(
-        ckpt, model_name="denet", model_kwargs=kwargs, model=model, step=1, params=tr.params_snapshot(p)
-    )
+    fresh_checkpoint(ckpt, tiny_params(fold=1), step=1, snapshot=True)
     argv = ["--params", str(setup["params"]), "--shards", str(tiny_data["shards"]), "--checkpoint", str(ckpt),
             "--manifest", str(setup["manifests"][1]), "--out", str(tmp_path / "o")]  # fmt: skip
     assert ev.main(argv) == 2

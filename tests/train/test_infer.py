@@ -5,30 +5,21 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from train_helpers import tiny_params, write_params
+from train_helpers import fresh_checkpoint, write_params
 
-import fss_model
 from pipeline.classes import VOC_CLASSES as VOC
 from pipeline.io import write_json
 from pipeline.masks import voc_palette
 from train import infer
-from train import train as tr
-from train.checkpoint import save_checkpoint
 from train.stream.manifests import build_manifest
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
-    p = tiny_params()
-    torch.manual_seed(0)
-    kwargs = tr.model_kwargs_from_params(p)
     path = root / "model.pt"
-    model = fss_model.build_model("denet", **kwargs)
-    save_checkpoint(path, model_name="denet", model_kwargs=kwargs, model=model, step=3,
-                    params=tr.params_snapshot(p))  # fmt: skip
+    fresh_checkpoint(path, step=3, snapshot=True)
     return path
 
 

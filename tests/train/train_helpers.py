@@ -1,6 +1,7 @@
 """Tiny CPU params for the train/evaluate/infer tests (65 px, "small" backbone, batch 2, a few steps)."""
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,3 +46,24 @@ def write_params(tmp_path: Path, **overrides: object) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def fresh_checkpoint(
+    path: Path, p: Params | None = None, step: int = 0, snapshot: bool = False
+) -> dict[str, Any]:
+    """Save a DENet initialised under torch seed 0 with the model kwargs of `p` (default `tiny_params()`) at
+    `path`, with the params snapshot a trained checkpoint carries when `snapshot`; returns the kwargs."""
+    import torch
+
+    import fss_model
+    from train.checkpoint import save_checkpoint
+    from train.params import model_kwargs_from_params
+    from train.train import params_snapshot
+
+    p = p or tiny_params()
+    torch.manual_seed(0)
+    kwargs = model_kwargs_from_params(p)
+    model = fss_model.build_model("denet", **kwargs)
+    params = params_snapshot(p) if snapshot else None
+    save_checkpoint(path, model_name="denet", model_kwargs=kwargs, model=model, step=step, params=params)
+    return kwargs
