@@ -89,9 +89,7 @@ def predict(model: nn.Module, batch: Batch, device: torch.device, amp: bool) -> 
         return forward(model, batch)
 
 
-def way_predictions(
-    way_logits: torch.Tensor, size: tuple[int, int], letterbox: bool = False
-) -> torch.Tensor:
+def way_predictions(way_logits: torch.Tensor, size: tuple[int, int], letterbox: bool = False) -> torch.Tensor:
     """Binary maps [way, H, W] of one episode: upsample (bilinear, align_corners) then argmax.
 
     `letterbox` (the query went in through `letterbox_pair`): as PFENet's test with `ori_resize`, the

@@ -42,7 +42,6 @@ from train.params import load_params
 log = logging.getLogger(__name__)
 
 
-
 class InputError(UserError, ValueError):
     """A user's image or mask that cannot serve as an episode; the message names the file."""
 

@@ -217,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.params}: ok")
     else:
-        print("# every `auto` resolved; train.device and train.compile as on this machine; "
-              "train.episodes_per_class from the fold lists once the folds stage has run")
+        print(
+            "# every `auto` resolved; train.device and train.compile as on this machine; "
+            "train.episodes_per_class from the fold lists once the folds stage has run"
+        )
         print(yaml.safe_dump(as_dict(shown), sort_keys=False), end="")
     return 0
 

@@ -197,6 +197,24 @@ def test_truncated_shard_is_skipped_with_a_warning(tiny_data, tmp_path, caplog):
     assert any("skipping shard" in r.message and str(bad) in r.message for r in caplog.records)
 
 
+def test_every_shard_cut_stops_the_reader_though_each_gave_samples(tiny_data, tmp_path, caplog):
+    """Samples read before a shard's damage do not make it readable: a row of cut shards ends the pass."""
+    train = tmp_path / "train"
+    shutil.copytree(tiny_data["shards"] / "train", train)
+    shutil.copy(tiny_data["shards"] / "complete.json", tmp_path)
+    shards = sorted(train.glob("*.tar"))
+    for shard in shards:  # the last member cut: every sample before it is whole
+        with tarfile.open(shard) as tar:
+            last = tar.getmembers()[-1]
+        shard.write_bytes(shard.read_bytes()[: last.offset_data + last.size // 2])
+    ds = make_stream(tiny_data, shards=str(train), episodes_per_epoch=100_000)
+    no_row_left = pytest.raises(ShardError, match=f"no readable shard among {len(shards)}")
+    with caplog.at_level(logging.WARNING, logger="train.stream.sampler"), no_row_left:
+        list(ds)
+    assert ds.stats["samples_read"] > 0  # samples of the cut shards were kept, and did not hide the row
+    assert len(ds.stats["skipped_shards"]) == len(shards) + 1
+
+
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
 def test_checked_reader_matches_tarfile_and_stops_at_a_cut(tmp_path, fmt):
     # names over ustar's 100 bytes become GNU long-name and pax-path headers (ustar has no such header)

@@ -133,7 +133,6 @@ def eval_flips(count: int, images_per_episode: int, seed: int = 0) -> np.ndarray
     return np.array([[draw() < 0.5 for _ in range(images_per_episode)] for _ in range(count)], dtype=bool)
 
 
-
 def left_out_classes(
     pairs: dict[str, list[int]], novel: Sequence[int], protocol: str, way: int
 ) -> dict[str, str]:
@@ -153,6 +152,7 @@ def left_out_classes(
             out[str(c)] = (f"{n_pool} of its {n_pairs[c]} test images show no other novel class "
                            f"(the {protocol} {way}-way query rule)")  # fmt: skip
     return out
+
 
 def draw_test_episodes(
     pairs: dict[str, list[int]],

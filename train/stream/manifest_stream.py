@@ -74,9 +74,7 @@ class ManifestEpisodes(IterableDataset):
                 f"{len(missing)} of the {len(keys)} images of the training episodes are in no shard of "
                 f"{split_url} (first: {missing[0]}): {FOLD_LISTS_ELSEWHERE}"
             )
-        self.decoder = EpisodeDecoder(
-            novel, protocol, void, image_size, flip_p, reduced, gpu_decode, augment
-        )
+        self.decoder = EpisodeDecoder(novel, protocol, void, image_size, flip_p, reduced, gpu_decode, augment)
         self.batch_size, self.batches_per_epoch, self.seed = batch_size, batches_per_epoch, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self._orders: dict[int, np.ndarray] = {}

@@ -298,12 +298,15 @@ class SkipLog:
     """What a reader skipped, in `stats` (a DataLoader worker's own copy): shards, samples, samples read.
 
     `shard` is the webdataset error handler of the pipeline: it logs and counts a damaged shard and
-    lets reading go on, unless every shard failed in a row (nothing readable: ShardError).
+    lets reading go on, unless more shards than the reader has failed in a row (nothing readable:
+    ShardError). Only a shard read to its end (`shard_read`) breaks the row, not the samples a
+    failing shard gave before its damage: a server whose every body is cut or never ends would
+    otherwise keep a reader skipping for ever.
     """
 
     def __init__(self, shard_count: int) -> None:
         self.shard_count = shard_count
-        self.failures = 0  # shards failed since the last sample read
+        self.failures = 0  # shards failed since the last shard read whole
         self.stats: dict[str, Any] = {
             "samples_read": 0,
             "skipped_shards": [],
@@ -319,6 +322,10 @@ class SkipLog:
         if self.failures > self.shard_count:
             raise ShardError(f"no readable shard among {self.shard_count}: last was {url}") from exc
         return True
+
+    def shard_read(self, url: str) -> None:
+        """`url` was read to its end without damage: the row of failed shards is broken."""
+        self.failures = 0
 
     def sample(self, sample: Sample, problem: str) -> None:
         self.stats["skipped_samples"].append(f"{sample.get('__url__')}:{sample['__key__']}")
@@ -350,7 +357,6 @@ class EpisodeDraw:
         s, pools, stats = self.s, self.pools, self.skips.stats
         credit, useless = 0.0, 0  # useless: samples in a row without a base class of the train list
         for n, sample in enumerate(samples, 1):
-            self.skips.failures = 0
             stats["samples_read"] += 1
             classes = s.image_classes.get(sample["__key__"])
             useless = 0 if classes else useless + 1
@@ -492,7 +498,8 @@ class EpisodeStream(IterableDataset):
     def samples(self, shards: Iterator[dict[str, Any]]) -> Iterator[Sample]:
         """`{"url"}` dicts -> samples: webdataset's tar stages with train.stream.shard_io's member checks."""
         limits, expected, sizes = self.member_limits, self.expected_samples, self.shard_sizes
-        return tar_samples(shards, self.skips.shard, self.allow_pipe, limits, expected, self.remote, sizes)
+        handler, read_whole = self.skips.shard, self.skips.shard_read
+        return tar_samples(shards, handler, self.allow_pipe, limits, expected, self.remote, sizes, read_whole)
 
     def pipeline(self, gid: int, total: int, rng: np.random.Generator) -> wds.DataPipeline:
         """The reader's webdataset pipeline; one comment per stage says what flows after it."""

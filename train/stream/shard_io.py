@@ -392,6 +392,7 @@ def open_shards(
             yield {
                 **source,
                 "stream": open_stream(source["url"], allow_pipe, remote=remote, expected=expected),
+                "size": expected,
             }
         except (ShardError, OSError) as exc:
             if not handler(_naming(exc, source["url"], "cannot open")):
@@ -403,6 +404,7 @@ def checked_tar_files(
     handler: Handler,
     limits: Mapping[str, int] | None = None,
     expected: Mapping[str, int] | None = None,
+    read_whole: Callable[[str], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """webdataset's `tar_file_expander` with the checks of `pipeline.shard_format` on every member header.
 
@@ -413,7 +415,10 @@ def checked_tar_files(
     A `{}` ends every shard, as in webdataset, so samples of two shards never merge.
     `expected[url]`: the shard's sample count from its manifest. tarfile's stream mode takes a file
     cut at a header boundary for the archive's end, so a shard that ends with fewer samples is
-    reported to `handler` as truncated like any other damage.
+    reported to `handler` as truncated like any other damage. A shard of known size (`source["size"]`,
+    from the manifest) is read on after tarfile's end block to its last byte, so a body that goes on
+    is damage however its bytes arrive. `read_whole(url)` is told of each shard read to its end
+    without damage.
     """
     for source in sources:
         url, stream = source["url"], source["stream"]
@@ -439,9 +444,16 @@ def checked_tar_files(
                     assert handle is not None
                     yield {"fname": info.name, "data": handle.read(), "__url__": url}
                     tar.members = []  # a stream holds no member list: memory stays flat over a shard
+                if source.get("size") is not None:
+                    # tarfile stops at the first end block: what follows must end at the manifest's bytes
+                    # (a remote stream raises beyond them), whatever the server had sent by then
+                    while stream.read(_READ_CHUNK):
+                        pass
             want = (expected or {}).get(url)
             if want is not None and keys < want:
                 raise ShardError(f"shard {url}: {keys} of the manifest's {want} samples, then the file ends")
+            if read_whole is not None:
+                read_whole(url)
         except Exception as exc:
             if last is not None:
                 yield {"fname": f"{base_plus_ext(last)[0]}.__bad__", "data": True, "__url__": url}
@@ -467,12 +479,14 @@ def tar_samples(
     expected: Mapping[str, int] | None = None,
     remote: RemoteReads = DEFAULT_REMOTE,
     sizes: Mapping[str, int] | None = None,
+    read_whole: Callable[[str], None] | None = None,
 ) -> Iterator[Sample]:
     """`{"url": ...}` dicts -> samples `{"__key__", "__url__", "<ext>": bytes}` (webdataset's
     `tarfile_to_samples` with `open_shards` and `checked_tar_files` as its first two stages);
-    `sizes[url]`: the shard's bytes from its manifest (a remote stream may not go beyond them)."""
+    `sizes[url]`: the shard's bytes from its manifest (a remote stream may not go beyond them);
+    `read_whole(url)`: told of each shard read to its end without damage."""
     opened = open_shards(sources, handler, allow_pipe, remote, sizes)
-    files = checked_tar_files(opened, handler, limits, expected)
+    files = checked_tar_files(opened, handler, limits, expected, read_whole)
     return group_by_keys(files, handler=handler)  # type: ignore[no-any-return]
 
 
