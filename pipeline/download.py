@@ -420,18 +420,28 @@ def local_archive(source: Source, archives: Path, mirror: str | None) -> Path | 
     return None
 
 
-def verify_offline(source: Source, root: Path) -> str:
-    """Check the user's extracted folders of `source` by their layout, with no network: every path of
-    `source.layout` must be there (a trailing "/": a non-empty folder). ExistingDataError otherwise."""
+def missing_layout(source: Source, root: Path) -> tuple[str, str] | None:
+    """The first path of `source.layout` that `root` lacks, with what it should be; None: all there
+    (a trailing "/" in the layout: a non-empty folder)."""
     for rel in source.layout:
         path = root / rel.rstrip("/")
         ok = path.is_dir() and any(path.iterdir()) if rel.endswith("/") else path.is_file()
         if not ok:
-            what = "a non-empty folder" if rel.endswith("/") else "a file"
-            raise ExistingDataError(
-                f"{root / rel.split('/')[0]} is there without {source.name}, and lacks {path} ({what} of the "
-                f"official layout): complete it, or move it away to download and extract {source.name}"
-            )
+            return rel, "a non-empty folder" if rel.endswith("/") else "a file"
+    return None
+
+
+def verify_offline(source: Source, root: Path) -> str:
+    """Check the user's extracted folders of `source` by their layout, with no network: every path of
+    `source.layout` must be there. ExistingDataError otherwise."""
+    missing = missing_layout(source, root)
+    if missing is not None:
+        rel, what = missing
+        raise ExistingDataError(
+            f"{root / rel.split('/')[0]} is there without {source.name}, and lacks {root / rel.rstrip('/')} "
+            f"({what} of the official layout): complete it, or move it away to download and extract "
+            f"{source.name}"
+        )
     return "verified offline: " + ", ".join(source.tops)
 
 

@@ -4,21 +4,68 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import ConfigError, Params, load_params
-from pipeline.download import DownloadError, download_dataset
+from pipeline.download import DownloadError, download_dataset, missing_layout
 from pipeline.io import write_json
 from pipeline.netread import NetLimits
+from pipeline.sources import sources_for
 from pipeline.toy import build_mirror
+
+log = logging.getLogger(__name__)
 
 TOY_MIRROR = "mirror"  # <archives>/mirror holds the packaged toy archives, served like a lab mirror
 
 
 def done_path(out: Path, dataset: str) -> Path:
     return out / f"{dataset}.done"
+
+
+def _record(done: Path) -> dict | None:
+    try:
+        record = json.loads(done.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _holds_layout(raw: Path, dataset: str) -> bool:
+    return all(missing_layout(source, raw) is None for source in sources_for(dataset) if source.extract)
+
+
+def certified_raw(raw: str | Path, dataset: str) -> Path:
+    """The folder holding the extracted layouts that `<raw>/<dataset>.done` certifies.
+
+    The marker is a cached DVC output, the raw folder is not (tens of GB): a `dvc exp run --temp` or
+    queued experiment's copy of the repo, or a fresh clone after `dvc pull`, restores the marker
+    without the folder and skips the `raw` stage. An experiment's copy then reads the folder of the
+    workspace it was started from (DVC names it in DVC_ROOT) when that workspace's marker is the same
+    record; anything else is a ConfigError saying how to rebuild. `raw` is returned as it is when it
+    holds the layouts, or has no marker (a stage run by hand: the readers name what is missing).
+    """
+    raw = Path(raw)
+    record = _record(done_path(raw, dataset))
+    if record is None or _holds_layout(raw, dataset):
+        return raw
+    origin = os.environ.get("DVC_ROOT")
+    if origin and not raw.is_absolute() and Path(origin).resolve() != Path.cwd().resolve():
+        theirs = Path(origin) / raw
+        if _record(done_path(theirs, dataset)) == record and _holds_layout(theirs, dataset):
+            log.warning(
+                "%s: reading the extracted %s data of this experiment's workspace, %s", raw, dataset, theirs
+            )
+            return theirs
+    raise ConfigError(
+        f"{done_path(raw, dataset)}: the marker is here (restored from the DVC cache) but not the extracted "
+        f"{dataset} data it certifies, which DVC never caches; rebuild it in this workspace with "
+        "`dvc repro --force raw`, then run again"
+    )
 
 
 def run_raw(params: Params, out: str | Path, archives: str | Path, progress: bool = True) -> dict:

@@ -39,6 +39,7 @@ from pipeline.config import NUM_CLASSES, Params, load_params
 from pipeline.io import atomic_write, remove_stale_temps, replace_dir, temp_dir, write_json
 from pipeline.masks import SPLITS, DataError, Labeled, Sample, coco_samples, pascal_samples, process_or_error
 from pipeline.pool_workers import exit_with_parent
+from pipeline.raw import certified_raw
 from pipeline.shard_format import (
     COMPLETE,
     INDEX_COLUMNS,
@@ -494,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def work() -> int:
-        build_shards(args.raw, args.out, load_params(args.params), args.workers)
+        params = load_params(args.params)
+        build_shards(certified_raw(args.raw, params.dataset), args.out, params, args.workers)
         return 0
 
     return run_stage("shards", work)

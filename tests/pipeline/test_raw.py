@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_params
+from pipeline.config import ConfigError, load_params
 from pipeline.download import ChecksumError, download_dataset
-from pipeline.raw import TOY_MIRROR, done_path, main, run_raw
+from pipeline.raw import TOY_MIRROR, certified_raw, done_path, main, run_raw
+from pipeline.shards import main as shards_main
 from pipeline.toy import build_mirror
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +133,46 @@ def test_toy_archives_served_over_http_download_unchanged(tmp_path: Path) -> Non
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _marker_only_copy(workspace: Path, copy: Path) -> None:
+    """What a `dvc exp run --temp` copy holds of the raw stage: the cached `.done`, not the folder."""
+    (copy / "data/raw/toy").mkdir(parents=True)
+    shutil.copy(workspace / "data/raw/toy/pascal.done", copy / "data/raw/toy/pascal.done")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "workspace"
+    run_raw(params(dataset="pascal"), ws / "data/raw/toy", ws / "data/archives/toy", progress=False)
+    return ws
+
+
+def test_an_experiment_copy_reads_the_raw_folder_of_its_workspace(workspace, tmp_path, monkeypatch):
+    """The marker came from the cache without the folder: DVC_ROOT's folder is read, if its marker agrees."""
+    copy = tmp_path / "copy"
+    _marker_only_copy(workspace, copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    assert certified_raw("data/raw/toy", "pascal") == workspace / "data/raw/toy"
+    # the workspace's folder holds other data than the copy's marker certifies: never read
+    (copy / "data/raw/toy/pascal.done").write_text(json.dumps({"dataset": "pascal", "files": {}}))
+    with pytest.raises(ConfigError, match=r"dvc repro --force raw"):
+        certified_raw("data/raw/toy", "pascal")
+
+
+def test_a_marker_without_its_folder_names_the_rebuild(workspace, tmp_path, monkeypatch):
+    copy = tmp_path / "clone"  # a fresh clone after `dvc pull`: DVC_ROOT is the clone itself
+    _marker_only_copy(workspace, copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    with pytest.raises(ConfigError, match=r"pascal\.done: the marker is here .* not the extracted pascal"):
+        certified_raw("data/raw/toy", "pascal")
+    # a workspace whose own folder is complete, or a folder with no marker, is read as it is
+    monkeypatch.chdir(workspace)
+    assert certified_raw("data/raw/toy", "pascal") == Path("data/raw/toy")
+    assert certified_raw(tmp_path / "nothing", "pascal") == tmp_path / "nothing"
+    # the shards stage says the same in one line
+    monkeypatch.chdir(copy)
+    shutil.copy(REPO / "params.yaml", copy / "params.yaml")
+    assert shards_main(["--raw", "data/raw/toy", "--out", "shards/x", "--params", "params.yaml"]) == 2

@@ -195,6 +195,19 @@ def test_temp_run_with_more_test_seeds_reevaluates_without_training(project):
     assert "test seeds 0, 1" in table and "| 0 | aeroplane |" in table
 
 
+def test_temp_run_under_another_protocol_builds_its_shards_from_the_workspace_raw_folder(project):
+    """A `--temp` copy gets the raw stage's cached marker, never the raw folder: new shards (another
+    protocol) are built from the folder of the workspace the run was started from."""
+    repo = project
+    done = _run(repo, DVC, "exp", "run", "--temp", "-n", "standard", "-S", "protocol=standard")
+    assert "Running stage 'shards'" in done.stdout and "Running stage 'raw'" not in done.stdout
+    assert "reading the extracted pascal data of this experiment's workspace" in done.stdout + done.stderr
+    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
+    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    assert exps["standard"]["params"]["params.yaml"]["data"]["protocol"] == "standard"
+    assert 0 <= exps["standard"]["metrics"][METRICS]["data"]["miou"] <= 100
+
+
 def test_make_run_stays_an_experiment_and_the_test_score_is_the_first_column(project):
     """After `make run` (the fixture) and the `dvc exp run`s above, all are listed; `dvc exp show`'s first
     metric columns are the test mIoU, its 95% interval and FB-IoU; every fold-0 novel class is in the
