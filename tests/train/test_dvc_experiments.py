@@ -199,7 +199,8 @@ def test_temp_run_under_another_protocol_builds_its_shards_from_the_workspace_ra
     """A `--temp` copy gets the raw stage's cached marker, never the raw folder: new shards (another
     protocol) are built from the folder of the workspace the run was started from."""
     repo = project
-    done = _run(repo, DVC, "exp", "run", "--temp", "-n", "standard", "-S", "protocol=standard")
+    cell = ("-S", "fold=0", "-S", "protocol=standard")  # the workspace's params hold earlier tests' -S values
+    done = _run(repo, DVC, "exp", "run", "--temp", "-n", "standard", *cell)
     assert "Running stage 'shards'" in done.stdout and "Running stage 'raw'" not in done.stdout
     assert "reading the extracted pascal data of this experiment's workspace" in done.stdout + done.stderr
     shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
