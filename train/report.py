@@ -412,7 +412,7 @@ def plot_table(table: Table, path: Path) -> None:
     bar is labelled with its value, so that a 0 (all-background) shows too."""
     plt = _pyplot()
     groups = _groups(table) or [("-", "-", "-")]
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(8.5 * len(groups), 3.5), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=True):
         rows = _rows(table, group)
         hatches = _hatches(rows)
@@ -435,7 +435,7 @@ def plot_table(table: Table, path: Path) -> None:
         ax.set_ylabel("mIoU (95% interval)")
         ax.set_title(group_title(group), fontsize=9)
         if rows:
-            ax.legend(fontsize=7)
+            _legend_outside(ax)
     _save(fig, path)
 
 
@@ -457,7 +457,7 @@ def plot_per_class(table: Table, path: Path) -> None:
                       rotation=45, ha="right", fontsize=7)  # fmt: skip
         ax.set_ylabel("IoU")
         ax.set_title(f"{group_title(group)}: {setting[0]}-way {setting[1]}-shot", fontsize=9)
-        ax.legend(fontsize=7)
+        _legend_outside(ax)
     _save(fig, path)
 
 
@@ -475,12 +475,17 @@ def plot_curves(table: Table, path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            _legend_outside(ax)
     _save(fig, path)
 
 
+def _legend_outside(ax: Any) -> None:
+    """The legend right of the panel: with eight methods and the trivial rows, one inside covered bars."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
+    fig.tight_layout()  # counts the legends: each panel shrinks to make room for its own
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     _pyplot().close(fig)

@@ -249,3 +249,32 @@ def test_a_method_trained_per_setting_keeps_one_row_and_other_models_do_not_name
     evaluations.append(evaluation("panet", 1, 5, {}, 58.0))  # trained 1-shot, tested 5-shot
     rows = {row for _, row, _ in report.collect(evaluations).runs if not row.startswith("trivial")}
     assert rows == {"denet", "panet (train.shot=per setting)", "panet (train.shot=1)", "pfenet"}
+
+
+def test_legends_cover_no_bar_and_stay_in_the_figure(tmp_path, monkeypatch):
+    """Eight methods and the trivial rows in one panel: the legend sits beside the bars, not over them."""
+    p = tiny_params()
+    models = ["amp", "canet", "denet", "hsnet", "panet", "pfenet", "pgnet", "sgone"]
+    evaluations = []
+    for i, model in enumerate(models):
+        for way, shot in report.SETTINGS:
+            details = ev.summarize(p, [_run(0, way, shot, 60.0 + i)])  # every bar as high as the legend
+            details["model"] = model
+            params = {"model": model, "way": way, "shot": shot}
+            evaluations.append(report.Evaluation(details, f"{model}-{way}w{shot}s", params))
+    table = report.collect(evaluations)
+    figures = []
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (figures.append(fig), real_save(fig, path)))
+    report.plot_table(table, tmp_path / "table.png")
+    report.plot_per_class(table, tmp_path / "per_class.png")
+    assert len(figures) == 2
+    for fig in figures:
+        fig.canvas.draw()
+        whole = fig.bbox
+        for ax in fig.axes:
+            legend = ax.get_legend().get_window_extent()
+            assert len(ax.get_legend().get_texts()) >= len(models)
+            bars = [patch.get_window_extent() for patch in ax.patches if patch.get_height() > 0]
+            assert bars and not any(legend.overlaps(bar) for bar in bars)
+            assert whole.x0 <= legend.x0 and legend.x1 <= whole.x1 and legend.y0 >= whole.y0
