@@ -16,7 +16,6 @@ file matches, else the extraction stops with one line saying what differs.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from pipeline.errors import UserError
-from pipeline.io import remove_stale_temps, temp_dir, write_json
+from pipeline.io import read_record, remove_stale_temps, temp_dir, write_json
 
 MARKER_DIR = ".extracted"  # <dest>/.extracted/<archive name>.json records what was published
 # The official archives expand at most ~10x (COCO's annotation JSON; JPEG images barely compress and
@@ -231,11 +230,7 @@ def _marker(dest: Path, name: str) -> Path:
 
 
 def read_marker(dest: Path, name: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(_marker(dest, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_record(_marker(dest, name))
 
 
 def _markers(dest: Path) -> Iterator[tuple[str, dict[str, Any]]]:

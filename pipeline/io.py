@@ -48,6 +48,15 @@ def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
         handle.write("\n")
 
 
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object at `path`; None when the file is missing, not JSON, or not an object."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so large archives need no memory."""
     digest = hashlib.sha256()

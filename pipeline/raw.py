@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, Params, load_params
 from pipeline.download import DownloadError, download_dataset, missing_layout
-from pipeline.io import write_json
+from pipeline.io import read_record, write_json
 from pipeline.netread import NetLimits
 from pipeline.sources import sources_for
 from pipeline.toy import build_mirror
@@ -25,14 +24,6 @@ TOY_MIRROR = "mirror"  # <archives>/mirror holds the packaged toy archives, serv
 
 def done_path(out: Path, dataset: str) -> Path:
     return out / f"{dataset}.done"
-
-
-def _record(done: Path) -> dict | None:
-    try:
-        record = json.loads(done.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _holds_layout(raw: Path, dataset: str) -> bool:
@@ -50,13 +41,13 @@ def certified_raw(raw: str | Path, dataset: str) -> Path:
     holds the layouts, or has no marker (a stage run by hand: the readers name what is missing).
     """
     raw = Path(raw)
-    record = _record(done_path(raw, dataset))
+    record = read_record(done_path(raw, dataset))
     if record is None or _holds_layout(raw, dataset):
         return raw
     origin = os.environ.get("DVC_ROOT")
     if origin and not raw.is_absolute() and Path(origin).resolve() != Path.cwd().resolve():
         theirs = Path(origin) / raw
-        if _record(done_path(theirs, dataset)) == record and _holds_layout(theirs, dataset):
+        if read_record(done_path(theirs, dataset)) == record and _holds_layout(theirs, dataset):
             log.warning(
                 "%s: reading the extracted %s data of this experiment's workspace, %s", raw, dataset, theirs
             )

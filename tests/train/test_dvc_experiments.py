@@ -53,6 +53,12 @@ def _run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess
     return done
 
 
+def _experiments(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: its data (params, metrics)}."""
+    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
+    return {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -165,8 +171,7 @@ def test_failed_run_keeps_the_workspace_and_experiments_keep_their_metrics(proje
     assert "Running stage 'episodes'" not in failed.stdout  # stopped by the check stage, first
     assert {p: _digest(repo / p) for p in before} == before  # nothing of the workspace was removed
 
-    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
-    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    exps = _experiments(repo)
     metrics = exps["two-way"]["metrics"][METRICS]["data"]
     assert metrics["miou"] == json.loads((repo / METRICS).read_text())["miou"]
     assert set(metrics) >= {"miou", "fb_iou", "miou_std", "miou_ci95_low", "miou_ci95_high", "seed0"}
@@ -185,8 +190,7 @@ def test_temp_run_with_more_test_seeds_reevaluates_without_training(project):
     # the same cell again: every stage but the params check comes from the run cache
     again = _run(repo, DVC, "exp", "run", "--temp", "-S", "fold=0", "-S", "evaluate.seeds=[0,1]")
     assert "Stage 'evaluate' is cached" in again.stdout and "Running stage 'evaluate'" not in again.stdout
-    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
-    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    exps = _experiments(repo)
     metrics = exps["seeds"]["metrics"][METRICS]["data"]
     assert {"seed0", "seed1"} <= set(metrics) and metrics["seed0"]["manifest"] != metrics["seed1"]["manifest"]
     # the report over experiments reads each one's details from its commit
@@ -203,8 +207,7 @@ def test_temp_run_under_another_protocol_builds_its_shards_from_the_workspace_ra
     done = _run(repo, DVC, "exp", "run", "--temp", "-n", "standard", *cell)
     assert "Running stage 'shards'" in done.stdout and "Running stage 'raw'" not in done.stdout
     assert "reading the extracted pascal data of this experiment's workspace" in done.stdout + done.stderr
-    shown = json.loads(_run(repo, DVC, "exp", "show", "--json").stdout)
-    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    exps = _experiments(repo)
     assert exps["standard"]["params"]["params.yaml"]["data"]["protocol"] == "standard"
     assert 0 <= exps["standard"]["metrics"][METRICS]["data"]["miou"] <= 100
 
@@ -213,8 +216,7 @@ def test_make_run_stays_an_experiment_and_the_test_score_is_the_first_column(pro
     """After `make run` (the fixture) and the `dvc exp run`s above, all are listed; `dvc exp show`'s first
     metric columns are the test mIoU, its 95% interval and FB-IoU; every fold-0 novel class is in the
     mean or named with its reason."""
-    shown = json.loads(_run(project, DVC, "exp", "show", "--json").stdout)
-    exps = {r["name"]: r["data"] for top in shown for e in top.get("experiments") or [] for r in e["revs"]}
+    exps = _experiments(project)
     assert {"make-run", "two-way", "seeds"} <= {n for n, d in exps.items() if METRICS in (d["metrics"] or {})}
     header = _run(project, DVC, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     first = header.index("parent") + 1
